@@ -1,0 +1,18 @@
+//! Outlier detectors for batchscore: pure compute, no IO, no global state.
+//!
+//! Every detector implements [`Detector`], which scores a batch of rows given as feature columns
+//! and follows scikit-learn's conventions: `score_samples` is lower for more abnormal rows,
+//! `decision = score - offset` is negative for anomalies. Training follows linfa's shape:
+//! hyper-parameters are built with [`IsolationForestParams`], validated into
+//! [`ValidIsolationForestParams`] by `check()`, and only validated parameters can `fit`.
+
+mod detector;
+mod error;
+mod iforest;
+
+pub use detector::{Detector, Scored};
+pub use error::DetectorError;
+pub use iforest::{
+    Contamination, IsolationForest, IsolationForestParams, MaxFeatures, MaxSamples, RawForest,
+    RawNode, ValidIsolationForestParams, average_path_length,
+};

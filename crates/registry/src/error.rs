@@ -1,0 +1,36 @@
+//! Registry errors, each naming the model key or file it is about.
+
+use batchscore_io::IoError;
+
+/// What can go wrong reading or writing models.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry has no model for this key.
+    #[error("no model for key `{key}` in registry {registry}")]
+    NoModel { key: String, registry: String },
+    /// The model file is not a valid model (truncated, corrupted, hostile or from a newer version).
+    #[error("corrupt model file {url}: {reason}")]
+    Corrupt { url: String, reason: String },
+    /// The file holds another key's model than the index says.
+    #[error("model file {url} holds key `{found}`, expected `{expected}`")]
+    KeyMismatch { url: String, expected: String, found: String },
+    /// The registry index cannot be parsed.
+    #[error("corrupt registry index {url}: {reason}")]
+    CorruptIndex { url: String, reason: String },
+    /// A model key that cannot name a file.
+    #[error("invalid model key `{key}`: {reason}")]
+    InvalidKey { key: String, reason: String },
+    /// Encoding a model failed.
+    #[error("cannot encode model `{key}`: {reason}")]
+    Encode { key: String, reason: String },
+    /// Storage failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+impl RegistryError {
+    /// True when retrying later may help (storage unavailable).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RegistryError::Io(e) if e.is_retryable())
+    }
+}

@@ -1,0 +1,214 @@
+//! The model file format.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic "BSMODEL\0"
+//! 8       4     format version, u32 little-endian (currently 1)
+//! 12      8     payload length, u64 little-endian
+//! 20      32    SHA-256 of the payload
+//! 52      n     payload: bincode 2 (standard config) of `Model` via serde
+//! ```
+//! The header stays the same when the payload codec changes: a new codec gets a new format
+//! version, and old files keep decoding.
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::{Model, RegistryError};
+
+/// The first bytes of every model file.
+pub const MAGIC: &[u8; 8] = b"BSMODEL\0";
+/// The format version this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+/// No model is bigger; a larger length field is corruption, and the bound caps allocations.
+const MAX_PAYLOAD: u64 = 512 << 20;
+
+impl Model {
+    /// Encodes the model as a model file.
+    pub fn encode(&self) -> Result<Bytes, RegistryError> {
+        let payload = bincode::serde::encode_to_vec(self, bincode::config::standard()).map_err(
+            |e| RegistryError::Encode { key: self.meta.key.to_string(), reason: e.to_string() },
+        )?;
+        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&Sha256::digest(&payload));
+        out.extend_from_slice(&payload);
+        Ok(Bytes::from(out))
+    }
+
+    /// Decodes and validates a model file; `url` names it in errors.
+    pub fn decode(url: &str, bytes: &[u8]) -> Result<Self, RegistryError> {
+        let corrupt = |reason: String| RegistryError::Corrupt { url: url.into(), reason };
+        if bytes.len() < HEADER_LEN {
+            return Err(corrupt(format!("{} bytes is shorter than the header", bytes.len())));
+        }
+        let (header, payload) = bytes.split_at(HEADER_LEN);
+        if &header[..8] != MAGIC {
+            return Err(corrupt("not a batchscore model file (bad magic bytes)".into()));
+        }
+        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        if version != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "format version {version}, this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&header[12..20]);
+        let len = u64::from_le_bytes(len);
+        if len > MAX_PAYLOAD || len != payload.len() as u64 {
+            return Err(corrupt(format!(
+                "header announces {len} payload bytes, file holds {}",
+                payload.len()
+            )));
+        }
+        if Sha256::digest(payload).as_slice() != &header[20..52] {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        // The limit bounds every allocation the decoder makes to the payload's size, so a forged
+        // length prefix inside the payload cannot exhaust memory.
+        let config = bincode::config::standard().with_limit::<{ MAX_PAYLOAD as usize }>();
+        let (model, read): (Model, usize) = bincode::serde::decode_from_slice(payload, config)
+            .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+        if read != payload.len() {
+            return Err(corrupt(format!("{} trailing payload bytes", payload.len() - read)));
+        }
+        model.check().map_err(corrupt)?;
+        Ok(model)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{ModelKey, TrainingInfo};
+    use batchscore_detectors::IsolationForestParams;
+    use proptest::prelude::*;
+
+    pub(crate) fn small_model(key: i64) -> Model {
+        let params = IsolationForestParams { n_estimators: 5, seed: 7, ..Default::default() };
+        let x: Vec<f64> = (0..50).map(|i| (i as f64 * 0.37).sin()).collect();
+        let y: Vec<f64> = (0..50).map(|i| (i as f64 * 0.11).cos()).collect();
+        let forest = params.clone().check().unwrap().fit(&[&x, &y]).unwrap();
+        let summaries = vec![
+            crate::FeatureSummary::of(&x),
+            crate::FeatureSummary::of(&y),
+        ];
+        Model::isolation_forest(
+            ModelKey::device(key),
+            &params,
+            vec!["x".into(), "y".into()],
+            TrainingInfo { rows: 50, from_us: Some(0), to_us: Some(49), summaries },
+            forest,
+            "2026-01-01T00:00:00Z".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips() {
+        let model = small_model(3);
+        let bytes = model.encode().unwrap();
+        assert_eq!(&bytes[..8], MAGIC);
+        assert_eq!(Model::decode("m", &bytes).unwrap(), model);
+    }
+
+    #[test]
+    fn version_ignores_creation_time() {
+        let a = small_model(3);
+        let mut b = small_model(3);
+        b.meta.created_at = "2030-01-01T00:00:00Z".into();
+        assert_eq!(Model::decode("m", &b.encode().unwrap()).unwrap().version(), a.version());
+        assert_ne!(small_model(4).version(), a.version());
+    }
+
+    #[test]
+    fn rejects_truncation_bad_magic_version_and_checksum() {
+        let bytes = small_model(1).encode().unwrap().to_vec();
+        for cut in [0, 10, HEADER_LEN, bytes.len() - 1] {
+            assert!(Model::decode("m", &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut b = bytes.clone();
+        b[0] = b'X';
+        assert!(Model::decode("m", &b).unwrap_err().to_string().contains("magic"));
+        let mut b = bytes.clone();
+        b[8] = 9;
+        assert!(Model::decode("m", &b).unwrap_err().to_string().contains("version"));
+        let mut b = bytes.clone();
+        let last = b.len() - 1;
+        b[last] ^= 0xff;
+        assert!(Model::decode("m", &b).unwrap_err().to_string().contains("checksum"));
+    }
+
+    /// A hostile file with a valid checksum but a payload that breaks the forest's invariants.
+    #[test]
+    fn rejects_structurally_invalid_payloads_with_valid_checksums() {
+        let model = small_model(1);
+        let crate::DetectorModel::IsolationForest(forest) = &model.detector;
+        let mut raw: batchscore_detectors::RawForest = forest.clone().into();
+        raw.trees[0][0].left = 1000;
+        // Serialise the raw (invalid) forest in place of the valid one: same serde shape.
+        #[derive(serde::Serialize)]
+        enum Shadow {
+            IsolationForest(batchscore_detectors::RawForest),
+        }
+        #[derive(serde::Serialize)]
+        struct ShadowModel<'a> {
+            meta: &'a crate::ModelMeta,
+            detector: Shadow,
+        }
+        let payload = bincode::serde::encode_to_vec(
+            ShadowModel { meta: &model.meta, detector: Shadow::IsolationForest(raw) },
+            bincode::config::standard(),
+        )
+        .unwrap();
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        file.extend_from_slice(&Sha256::digest(&payload));
+        file.extend_from_slice(&payload);
+        let err = Model::decode("hostile", &file).unwrap_err().to_string();
+        assert!(err.contains("child"), "{err}");
+    }
+
+    proptest! {
+        /// Random byte flips and truncations never panic: they decode to the same model (a flip
+        /// in padding cannot exist, so in practice) or fail with an error.
+        #[test]
+        fn arbitrary_damage_is_an_error_not_a_panic(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let bytes = small_model(2).encode().unwrap().to_vec();
+            let mut damaged = bytes.clone();
+            for (at, value) in flips {
+                let i = at % damaged.len();
+                damaged[i] = value;
+            }
+            damaged.truncate(cut % (damaged.len() + 1));
+            if damaged != bytes {
+                prop_assert!(Model::decode("fuzz", &damaged).is_err());
+            }
+        }
+
+        /// Payload damage behind a recomputed checksum still never panics.
+        #[test]
+        fn damaged_payload_with_fixed_checksum_never_panics(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let bytes = small_model(2).encode().unwrap().to_vec();
+            let mut payload = bytes[HEADER_LEN..].to_vec();
+            for (at, value) in flips {
+                let i = at % payload.len();
+                payload[i] = value;
+            }
+            let mut file = bytes[..20].to_vec();
+            file.extend_from_slice(&Sha256::digest(&payload));
+            file.extend_from_slice(&payload);
+            let _ = Model::decode("fuzz", &file);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The model registry: one model per model key, in a versioned, checksummed file format.
+//!
+//! A model file is a small header (magic, format version, payload length, SHA-256 of the payload)
+//! around a bincode payload holding the model's metadata and its detector. Decoding checks every
+//! byte of that and then validates the detector's structure, so a truncated, corrupted or hostile
+//! file is a [`RegistryError`], never a panic. An `index.json` at the registry root lists every
+//! model with its size and checksum, so opening a registry of any size is one read.
+
+mod error;
+mod format;
+mod index;
+mod model;
+
+pub use error::RegistryError;
+pub use format::{FORMAT_VERSION, MAGIC};
+pub use index::{IndexEntry, Registry};
+pub use model::{DetectorModel, FeatureSummary, Model, ModelKey, ModelMeta, TrainingInfo};
