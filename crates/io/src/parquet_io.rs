@@ -252,19 +252,41 @@ pub fn decode_parquet(url: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, IoErr
         .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())))
 }
 
-/// Encodes batches as CSV with a header row.
+/// Encodes batches as CSV with a header row; UTC timestamps are written as RFC 3339.
 pub fn encode_csv(batches: &[RecordBatch]) -> Result<Bytes, IoError> {
+    let encode = |e: arrow::error::ArrowError| IoError::Encode { what: "CSV".into(), source: Box::new(e) };
     let mut buffer = Vec::new();
     {
         let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buffer);
         for batch in batches {
-            writer.write(batch).map_err(|e| IoError::Encode {
-                what: "CSV".into(),
-                source: Box::new(e),
-            })?;
+            writer.write(&utc_as_offset(batch).map_err(encode)?).map_err(encode)?;
         }
     }
     Ok(Bytes::from(buffer))
+}
+
+/// Re-tags `UTC` timestamp columns as `+00:00`: the CSV writer formats offset time zones
+/// without the time-zone database (which would add a large dependency), and the instants are
+/// the same.
+fn utc_as_offset(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let schema = batch.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        match field.data_type() {
+            DataType::Timestamp(unit, Some(tz)) if matches!(tz.as_ref(), "UTC" | "Z" | "Etc/UTC") => {
+                let data_type = DataType::Timestamp(*unit, Some("+00:00".into()));
+                columns.push(arrow::compute::cast(column, &data_type)?);
+                fields.push(Field::new(field.name(), data_type, field.is_nullable()));
+            }
+            _ => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 #[cfg(test)]
