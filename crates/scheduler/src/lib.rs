@@ -1,1 +1,28 @@
-//! placeholder
+//! Planning and execution of batchscore jobs: which devices, which row groups, which worker.
+//!
+//! A job scans its input once (one listing, one footer read per file that partition pruning
+//! keeps), prunes row groups by device and time statistics, and groups row groups into work
+//! units in device order, so that every byte of input belongs to exactly one unit. The plan
+//! depends only on the input, the selection and the window, never on threads or shards; shards
+//! take a deterministic, row-balanced subset of it.
+//! Units run on a rayon pool owned by the job. Each unit writes one Parquet part and a receipt;
+//! a shard manifest and `_SUCCESS` are written create-only, which makes reruns exactly-once.
+
+mod commit;
+mod dataset;
+mod error;
+mod plan;
+mod progress;
+mod run;
+mod score;
+mod select;
+mod train;
+
+pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo};
+pub use dataset::InputColumns;
+pub use error::SchedulerError;
+pub use plan::{Plan, Unit};
+pub use progress::{NoProgress, Progress};
+pub use run::{RunReport, RunSpec, run};
+pub use select::{DeviceSelection, MaxFailed, Shard, TimeWindow};
+pub use train::{TrainReport, TrainSpec, train};

@@ -1,0 +1,207 @@
+//! Command-line definitions (clap). Values stay raw here; `settings` validates and resolves them.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Score IoT sensor readings with one pretrained outlier detector per device, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "batchscore", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// TOML config file; its relative paths are relative to the file.
+    #[arg(long, global = true, env = "BATCHSCORE_CONFIG", value_name = "FILE")]
+    pub config: Option<String>,
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr, no progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score readings with each device's model and commit scored Parquet (the main job).
+    Run(RunArgs),
+    /// Train one model per device from readings into a registry.
+    Train(TrainArgs),
+    /// Generate deterministic synthetic telemetry with labelled anomalies.
+    Generate(GenerateArgs),
+    /// Inspect and verify a model registry.
+    Models(ModelsArgs),
+}
+
+/// Options shared by `run` and `train`.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Readings: a directory or URL holding Parquet files (wide layout).
+    #[arg(long, env = "BATCHSCORE_INPUT", value_name = "URL")]
+    pub input: Option<String>,
+    /// Model registry directory or URL.
+    #[arg(long, env = "BATCHSCORE_REGISTRY", value_name = "URL")]
+    pub registry: Option<String>,
+    /// Devices: `0..1000` (half-open), `0..=999`, `3,7,9`, `all`, or `@file` with such items.
+    #[arg(long, env = "BATCHSCORE_DEVICES", value_name = "SEL")]
+    pub devices: Option<String>,
+    /// Window start (inclusive): RFC 3339, `YYYY-MM-DD HH:MM:SS` (UTC) or `YYYY-MM-DD`.
+    #[arg(long, env = "BATCHSCORE_FROM", value_name = "TIME")]
+    pub from: Option<String>,
+    /// Window end (exclusive), same formats as --from.
+    #[arg(long, env = "BATCHSCORE_TO", value_name = "TIME")]
+    pub to: Option<String>,
+    /// The last whole period before now, aligned to the clock (e.g. `1h`, `15m`, `1d`);
+    /// instead of --from/--to.
+    #[arg(long, env = "BATCHSCORE_LAST", value_name = "PERIOD", conflicts_with_all = ["from", "to"])]
+    pub last: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long, env = "BATCHSCORE_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Where runs are written: OUTPUT/RUN_ID/.
+    #[arg(long, env = "BATCHSCORE_OUTPUT", value_name = "URL")]
+    pub output: Option<String>,
+    /// Run id (default: derived from inputs, registry, devices and window).
+    #[arg(long, env = "BATCHSCORE_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+    /// This process's shard, 0-based.
+    #[arg(long, env = "BATCHSCORE_SHARD_INDEX", value_name = "I")]
+    pub shard_index: Option<u32>,
+    /// Number of shards the job is split into.
+    #[arg(long, env = "BATCHSCORE_SHARD_COUNT", value_name = "N")]
+    pub shard_count: Option<u32>,
+    /// Read the shard index from this environment variable (e.g. JOB_COMPLETION_INDEX,
+    /// AWS_BATCH_JOB_ARRAY_INDEX, SLURM_ARRAY_TASK_ID) when --shard-index is not given.
+    #[arg(long, env = "BATCHSCORE_SHARD_INDEX_ENV", value_name = "VAR")]
+    pub shard_index_env: Option<String>,
+    /// Failed devices tolerated before the run exits with code 3: a count `N` or `P%`.
+    #[arg(long, env = "BATCHSCORE_MAX_FAILED", value_name = "N|P%")]
+    pub max_failed: Option<String>,
+    /// Summary format on stdout.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub summary: SummaryFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Trees per forest.
+    #[arg(long, value_name = "N")]
+    pub n_estimators: Option<usize>,
+    /// Rows per tree: `auto` (min(256, rows)), a count, or a fraction like `0.5`.
+    #[arg(long, value_name = "auto|N|F")]
+    pub max_samples: Option<String>,
+    /// Features per tree: a count or a fraction like `0.5` (default: all).
+    #[arg(long, value_name = "N|F")]
+    pub max_features: Option<String>,
+    /// Draw rows with replacement.
+    #[arg(long)]
+    pub bootstrap: bool,
+    /// Expected share of anomalies: `auto` (offset -0.5) or a fraction in (0, 0.5].
+    #[arg(long, value_name = "auto|F")]
+    pub contamination: Option<String>,
+    /// Random seed (each device's forest is seeded from it and the device id).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Feature columns, comma-separated, in model order (default: every sensor column).
+    #[arg(long, value_name = "COLS", value_delimiter = ',')]
+    pub features: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PartitionArg {
+    Device,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    Wide,
+    Long,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Parquet,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of devices (ids 0..N).
+    #[arg(long, default_value_t = 100)]
+    pub devices: u32,
+    /// Sensors per device.
+    #[arg(long, default_value_t = 8)]
+    pub sensors: usize,
+    /// Readings per device.
+    #[arg(long, default_value_t = 1000)]
+    pub rows_per_device: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output directory or URL: readings go to OUT/readings/, labels to OUT/labels.parquet.
+    #[arg(long, value_name = "URL")]
+    pub out: String,
+    /// `device`: hive partitions device_id=N/; `none`: files of many devices sorted by device.
+    #[arg(long, value_enum, default_value_t = PartitionArg::None)]
+    pub partition: PartitionArg,
+    #[arg(long, value_enum, default_value_t = LayoutArg::Wide)]
+    pub layout: LayoutArg,
+    #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
+    pub format: FormatArg,
+    /// First timestamp (RFC 3339 or YYYY-MM-DD).
+    #[arg(long, default_value = "2026-01-01")]
+    pub start: String,
+    /// Seconds between readings.
+    #[arg(long, default_value_t = 60)]
+    pub interval_seconds: u32,
+    /// Share of injected anomalous rows.
+    #[arg(long, default_value_t = 0.01)]
+    pub anomaly_rate: f64,
+    /// Rows per file when not partitioned by device.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows_per_file: usize,
+    /// Rows per Parquet row group.
+    #[arg(long, default_value_t = 65_536)]
+    pub row_group_rows: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Model registry directory or URL.
+    #[arg(long, env = "BATCHSCORE_REGISTRY", value_name = "URL", global = true)]
+    pub registry: Option<String>,
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// One line per model.
+    List,
+    /// Everything about one model.
+    Show {
+        /// The model key (the device id).
+        key: String,
+    },
+    /// Load and validate every model; report the bad ones (exit code 3 if any).
+    Verify {
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}

@@ -1,0 +1,280 @@
+//! The subcommands: each resolves its settings, calls the library, and renders the result.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use batchscore_detectors::Detector;
+use batchscore_io::Storage;
+use batchscore_registry::{ModelKey, Registry};
+use batchscore_scheduler::{DeviceStatus, RunReport};
+use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning};
+use chrono::Utc;
+use rayon::prelude::*;
+
+use crate::cli::{
+    FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand, PartitionArg, RunArgs,
+    SummaryFormat, TrainArgs,
+};
+use crate::config::ConfigFile;
+use crate::printer::{Printer, thousands};
+use crate::progress::Reporter;
+use crate::settings::{self, UsageError};
+
+/// Exit code when the job finished but failed items exceed the tolerated share.
+pub const EXIT_PARTIAL: u8 = 3;
+
+fn interactive(printer: Printer) -> bool {
+    !printer.quiet && std::io::stderr().is_terminal()
+}
+
+fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
+    let threads = threads.filter(|t| *t > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")
+}
+
+pub fn generate(args: &GenerateArgs, storage: &Storage, printer: Printer) -> Result<u8> {
+    let start = settings::parse_time(&args.start)?;
+    let spec = GenerateSpec {
+        devices: args.devices,
+        sensors: args.sensors,
+        rows_per_device: args.rows_per_device,
+        seed: args.seed,
+        start_us: start.timestamp_micros(),
+        interval_s: args.interval_seconds,
+        anomaly_rate: args.anomaly_rate,
+        partitioning: match args.partition {
+            PartitionArg::Device => Partitioning::Device,
+            PartitionArg::None => Partitioning::None,
+        },
+        layout: match args.layout {
+            LayoutArg::Wide => Layout::Wide,
+            LayoutArg::Long => Layout::Long,
+        },
+        format: match args.format {
+            FormatArg::Parquet => FileFormat::Parquet,
+            FormatArg::Csv => FileFormat::Csv,
+        },
+        rows_per_file: args.rows_per_file,
+        row_group_rows: args.row_group_rows,
+    };
+    let out = storage.open(&args.out).map_err(|e| UsageError(e.to_string()))?;
+    let started = std::time::Instant::now();
+    let summary = pool(args.threads)?.install(|| batchscore_synth::generate(&spec, &out))?;
+    printer.out(&format!(
+        "generated {} devices x {} rows ({} rows, {} anomalies) in {} files, {:.1} MB, {:.2} s\n  readings  {}/readings\n  labels    {}/labels.parquet",
+        args.devices,
+        args.rows_per_device,
+        thousands(summary.rows),
+        thousands(summary.anomalies),
+        summary.files,
+        summary.bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+        out.url(),
+        out.url(),
+    ));
+    Ok(0)
+}
+
+pub fn train(args: &TrainArgs, config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
+    let spec = settings::train_spec(args, config, storage, Utc::now())?;
+    let reporter = Reporter::new(interactive(printer), "train");
+    let report = batchscore_scheduler::train(&spec, &reporter)?;
+    let secs = report.elapsed.as_secs_f64();
+    printer.out(&format!(
+        "trained {} models from {} rows in {:.2} s ({:.0} models/s on {} threads)\n  registry  {}",
+        report.trained,
+        thousands(report.rows),
+        secs,
+        report.trained as f64 / secs.max(1e-9),
+        spec.threads,
+        report.registry_url
+    ));
+    if report.failed.is_empty() {
+        return Ok(0);
+    }
+    printer.out(&format!("  failed    {} devices:", report.failed.len()));
+    for (device, reason) in report.failed.iter().take(10) {
+        printer.out(&format!("    device {device}: {reason}"));
+    }
+    Ok(EXIT_PARTIAL)
+}
+
+/// Generates the embedded sample and trains its models on first use, when the config asks.
+fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<()> {
+    let Some(sample) = config.sample.as_ref().filter(|s| s.generate_if_missing) else {
+        return Ok(());
+    };
+    let dir = config.location(&Some(sample.dir.clone())).unwrap_or_default();
+    let location = storage.open(&dir)?;
+    if location.list("readings")?.is_empty() {
+        printer.note(&format!(
+            "first use: generating the sample ({} devices x {} rows) in {dir}",
+            sample.devices, sample.rows_per_device
+        ));
+        let spec = GenerateSpec {
+            devices: sample.devices,
+            sensors: sample.sensors,
+            rows_per_device: sample.rows_per_device,
+            seed: sample.seed,
+            ..GenerateSpec::default()
+        };
+        pool(None)?.install(|| batchscore_synth::generate(&spec, &location))?;
+    }
+    let registry = config.location(&config.paths.registry).context("the sample needs paths.registry")?;
+    if Registry::open(storage.open(&registry)?)?.is_empty() {
+        printer.note(&format!("first use: training the sample's models into {registry}"));
+        let args = TrainArgs {
+            input: InputArgs { input: None, registry: None, devices: Some("all".into()), from: None, to: None, last: None, threads: None },
+            n_estimators: None,
+            max_samples: None,
+            max_features: None,
+            bootstrap: false,
+            contamination: None,
+            seed: None,
+            features: None,
+        };
+        let spec = settings::train_spec(&args, config, storage, Utc::now())?;
+        let reporter = Reporter::new(interactive(printer), "train");
+        let report = batchscore_scheduler::train(&spec, &reporter)?;
+        printer.note(&format!("trained {} models in {:.2} s", report.trained, report.elapsed.as_secs_f64()));
+    }
+    Ok(())
+}
+
+pub fn run(args: &RunArgs, config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
+    ensure_sample(config, storage, printer)?;
+    let spec = settings::run_spec(args, config, storage, Utc::now())?;
+    let reporter = Reporter::new(interactive(printer), "run");
+    let report = batchscore_scheduler::run(&spec, &reporter)?;
+    match args.summary {
+        SummaryFormat::Json => printer.out(&serde_json::to_string_pretty(&report.manifest)?),
+        SummaryFormat::Text => printer.out(&render_summary(&report, spec.threads)),
+    }
+    Ok(if report.failed_over_threshold { EXIT_PARTIAL } else { 0 })
+}
+
+fn render_summary(r: &RunReport, threads: usize) -> String {
+    let t = &r.manifest.totals;
+    let secs = r.elapsed.as_secs_f64();
+    let state = if r.complete { "complete: _SUCCESS written" } else { "shard committed; waiting for other shards" };
+    let pct = if t.rows > 0 { 100.0 * t.anomalies as f64 / t.rows as f64 } else { 0.0 };
+    let mut lines = vec![
+        format!("batchscore run {}  [{}]  ({state})", r.run_id, r.manifest.scope),
+        format!("  output    {}/", r.output_url),
+        format!(
+            "  devices   {} scored, {} failed, {} without input",
+            thousands(t.devices_scored),
+            thousands(t.devices_failed),
+            thousands(t.devices_no_input)
+        ),
+        format!("  rows      {} scored, {} anomalies ({pct:.2} %)", thousands(t.rows), thousands(t.anomalies)),
+        format!(
+            "  units     {} of {} in the plan ({} already committed by an earlier attempt), {} part files",
+            t.units, r.plan_units, r.units_skipped, t.parts
+        ),
+        format!(
+            "  time      {secs:.2} s, {} rows/s on {threads} threads",
+            thousands((t.rows as f64 / secs.max(1e-9)) as u64)
+        ),
+    ];
+    let failures: Vec<_> = r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
+    if !failures.is_empty() {
+        lines.push(format!("  failures  (first {} of {}; all in {:?})", failures.len().min(10), failures.len(), r.manifest.failures_tables));
+        for d in failures.iter().take(10) {
+            lines.push(format!(
+                "    device {}: {}: {}",
+                d.device,
+                d.stage.as_deref().unwrap_or("?"),
+                d.reason.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    if r.failed_over_threshold {
+        lines.push("  result    failed devices exceed --max-failed (exit code 3)".into());
+    }
+    lines.join("\n")
+}
+
+pub fn models(args: &ModelsArgs, config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
+    let url = args
+        .registry
+        .clone()
+        .or_else(|| config.location(&config.paths.registry))
+        .ok_or_else(|| UsageError("missing --registry: pass it, set BATCHSCORE_REGISTRY, or set `paths.registry` in the config file".into()))?;
+    let registry = Registry::open(storage.open(&url).map_err(|e| UsageError(e.to_string()))?)?;
+    match &args.command {
+        ModelsCommand::List => {
+            printer.out(&format!("{:<12} {:<16} {:<18} {:>8} {:>10}  created", "key", "version", "detector", "features", "rows"));
+            for e in registry.entries() {
+                printer.out(&format!(
+                    "{:<12} {:<16} {:<18} {:>8} {:>10}  {}",
+                    e.key.as_str(),
+                    e.version,
+                    e.detector,
+                    e.features.len(),
+                    e.training_rows,
+                    e.created_at
+                ));
+            }
+            printer.note(&format!("{} models in {}", registry.len(), registry.url()));
+            Ok(0)
+        }
+        ModelsCommand::Show { key } => {
+            let key = ModelKey::try_from(key.clone()).map_err(|e| UsageError(e.to_string()))?;
+            let model = registry.load(&key)?;
+            let entry = registry.entry(&key).cloned();
+            let batchscore_registry::DetectorModel::IsolationForest(forest) = &model.detector;
+            let view = serde_json::json!({
+                "index": entry,
+                "meta": model.meta,
+                "detector": {
+                    "kind": model.detector.kind(),
+                    "trees": forest.n_trees(),
+                    "nodes": forest.n_nodes(),
+                    "max_samples": forest.max_samples(),
+                    "offset": model.detector.offset(),
+                },
+            });
+            printer.out(&serde_json::to_string_pretty(&view)?);
+            Ok(0)
+        }
+        ModelsCommand::Verify { threads } => {
+            let entries: Vec<_> = registry.entries().cloned().collect();
+            let results: Vec<(String, Result<(), String>)> = pool(*threads)?.install(|| {
+                entries
+                    .par_iter()
+                    .map(|e| {
+                        let r = registry.load(&e.key).map(|_| ()).map_err(|err| {
+                            let mut text = err.to_string();
+                            let mut source = std::error::Error::source(&err);
+                            while let Some(s) = source {
+                                text.push_str(&format!(": {s}"));
+                                source = s.source();
+                            }
+                            text
+                        });
+                        (e.key.to_string(), r)
+                    })
+                    .collect()
+            });
+            let bad: Vec<_> = results.iter().filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e))).collect();
+            // Files under models/ that the index does not name are left-overs, not errors.
+            let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+            let orphans: Vec<String> = storage
+                .open(&url)?
+                .list("models")?
+                .into_iter()
+                .map(|e| e.path)
+                .filter(|p| !listed.contains(p.as_str()))
+                .collect();
+            for (key, reason) in &bad {
+                printer.out(&format!("BAD  {key}: {reason}"));
+            }
+            for path in orphans.iter().take(20) {
+                printer.out(&format!("NOTE {path} is not in the index"));
+            }
+            printer.out(&format!("verified {} models: {} ok, {} bad", results.len(), results.len() - bad.len(), bad.len()));
+            Ok(if bad.is_empty() { 0 } else { EXIT_PARTIAL })
+        }
+    }
+}

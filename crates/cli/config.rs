@@ -1,0 +1,117 @@
+//! The TOML config file: typed, unknown keys rejected, every key optional.
+
+use std::path::{Path, PathBuf};
+
+use batchscore_scheduler::InputColumns;
+use serde::Deserialize;
+
+use crate::settings::UsageError;
+
+/// A parsed config file. See `configs/sample.toml` for every key, documented.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    pub paths: PathsSection,
+    pub columns: Option<InputColumns>,
+    pub select: SelectSection,
+    pub run: RunSection,
+    pub train: TrainSection,
+    pub sample: Option<SampleSection>,
+    /// Directory of the file, for relative paths.
+    #[serde(skip)]
+    pub base: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsSection {
+    pub input: Option<String>,
+    pub registry: Option<String>,
+    pub output: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelectSection {
+    pub devices: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub last: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    pub threads: Option<usize>,
+    pub max_failed: Option<String>,
+    pub shard_count: Option<u32>,
+    pub shard_index_env: Option<String>,
+    pub min_part_rows: Option<u64>,
+    pub max_part_rows: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub threads: Option<usize>,
+    pub n_estimators: Option<usize>,
+    pub max_samples: Option<String>,
+    pub max_features: Option<String>,
+    pub bootstrap: Option<bool>,
+    pub contamination: Option<String>,
+    pub seed: Option<u64>,
+    pub features: Option<Vec<String>>,
+}
+
+/// The embedded demo: generate the sample and train its models on first use.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleSection {
+    /// Generate `dir` and train `paths.registry` when they are missing.
+    pub generate_if_missing: bool,
+    /// Where the sample lives: readings in DIR/readings/, labels in DIR/labels.parquet.
+    pub dir: String,
+    pub devices: u32,
+    pub sensors: usize,
+    pub rows_per_device: usize,
+    pub seed: u64,
+}
+
+impl ConfigFile {
+    /// Reads and parses a config file.
+    pub fn load(path: &str) -> Result<Self, UsageError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("cannot read config file {path}: {e}")))?;
+        let mut config: ConfigFile =
+            toml::from_str(&text).map_err(|e| UsageError(format!("config file {path}: {e}")))?;
+        config.base = Path::new(path).parent().map(Path::to_path_buf);
+        Ok(config)
+    }
+
+    /// Resolves a location from the file: plain relative paths are relative to the file.
+    pub fn location(&self, value: &Option<String>) -> Option<String> {
+        let value = value.as_ref()?;
+        if value.contains("://") || Path::new(value).is_absolute() {
+            return Some(value.clone());
+        }
+        match &self.base {
+            Some(base) if !base.as_os_str().is_empty() => Some(base.join(value).display().to_string()),
+            _ => Some(value.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_keys_and_resolves_relative_paths() {
+        let err = toml::from_str::<ConfigFile>("[run]\nthreads = 2\nthread = 3\n").unwrap_err();
+        assert!(err.to_string().contains("thread"), "{err}");
+        let mut c: ConfigFile = toml::from_str("[paths]\ninput = \"../data\"\noutput = \"memory://x\"\n").unwrap();
+        c.base = Some(PathBuf::from("configs"));
+        assert_eq!(c.location(&c.paths.input).unwrap(), "configs/../data");
+        assert_eq!(c.location(&c.paths.output).unwrap(), "memory://x");
+    }
+}

@@ -1,0 +1,48 @@
+//! The one place the binary writes for humans: results to stdout, notes to stderr.
+
+use std::io::Write;
+
+/// Writes command results and notes; `quiet` silences notes, never results.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    pub quiet: bool,
+}
+
+impl Printer {
+    /// A result line (summary, listing): always on stdout.
+    pub fn out(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        // A closed pipe (`| head`) is not an error worth failing the job for.
+        let _ = writeln!(stdout, "{text}");
+    }
+
+    /// A note for the person at the terminal (stderr), unless quiet.
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(1000), "1,000");
+        assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,310 @@
+//! Settings resolved once, in one place: flags > environment > config file > defaults.
+//!
+//! clap already merges flags with their environment variables (a flag wins), so each setting
+//! here is `flag_or_env.or(config).unwrap_or(default)`, and the result is a validated spec of the
+//! scheduler crate: nothing downstream sees a raw string.
+
+use batchscore_detectors::{Contamination, IsolationForestParams, MaxFeatures, MaxSamples};
+use batchscore_io::Storage;
+use batchscore_scheduler::{DeviceSelection, InputColumns, MaxFailed, RunSpec, Shard, TimeWindow, TrainSpec};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde_json::json;
+
+use crate::cli::{InputArgs, RunArgs, TrainArgs};
+use crate::config::ConfigFile;
+
+/// A bad flag, environment variable or config value (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(e: impl std::fmt::Display) -> UsageError {
+    UsageError(e.to_string())
+}
+
+/// Default bounds on rows per work unit and part file.
+const DEFAULT_MIN_PART_ROWS: u64 = 100_000;
+const DEFAULT_MAX_PART_ROWS: u64 = 1_000_000;
+
+fn required(value: Option<String>, flag: &str, env: &str, key: &str) -> Result<String, UsageError> {
+    value.ok_or_else(|| {
+        UsageError(format!("missing {flag}: pass it, set {env}, or set `{key}` in the config file"))
+    })
+}
+
+/// The device selection, reading `@file` from disk.
+pub fn selection(text: Option<String>) -> Result<DeviceSelection, UsageError> {
+    let text = text.unwrap_or_else(|| "all".into());
+    let text = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| UsageError(format!("cannot read device list {path}: {e}")))?,
+        None => text,
+    };
+    DeviceSelection::parse(&text).map_err(usage)
+}
+
+/// Parses RFC 3339, `YYYY-MM-DD HH:MM:SS` (UTC) or `YYYY-MM-DD` (midnight UTC).
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, UsageError> {
+    let t = text.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S"] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(t, format) {
+            return Ok(dt.and_utc());
+        }
+    }
+    if let Some(dt) = NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)) {
+        return Ok(dt.and_utc());
+    }
+    Err(UsageError(format!(
+        "`{text}` is not a time: use RFC 3339 (2026-01-01T00:00:00Z), `2026-01-01 00:00:00` or `2026-01-01`"
+    )))
+}
+
+/// Parses a period such as `90s`, `15m`, `1h` or `1d` into seconds.
+pub fn parse_period(text: &str) -> Result<i64, UsageError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: i64 = n.parse().map_err(|_| UsageError(format!("`{text}` is not a period like 1h")))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(UsageError(format!("`{text}`: the unit must be s, m, h or d"))),
+    };
+    if n <= 0 {
+        return Err(UsageError(format!("`{text}` must be positive")));
+    }
+    Ok(n * seconds)
+}
+
+fn window(
+    from: Option<String>,
+    to: Option<String>,
+    last: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<TimeWindow, UsageError> {
+    if let Some(last) = last {
+        if from.is_some() || to.is_some() {
+            return Err(UsageError("`last` cannot be combined with `from`/`to`".into()));
+        }
+        // The last whole period, aligned to the clock (e.g. 13:00-14:00 when run at 14:05), so
+        // every retry within the next period selects the same rows and derives the same run id.
+        let period = parse_period(&last)? * 1_000_000;
+        let end = now.timestamp_micros().div_euclid(period) * period;
+        return TimeWindow::new(Some(end - period), Some(end)).map_err(usage);
+    }
+    let from = from.map(|t| parse_time(&t)).transpose()?.map(|t| t.timestamp_micros());
+    let to = to.map(|t| parse_time(&t)).transpose()?.map(|t| t.timestamp_micros());
+    TimeWindow::new(from, to).map_err(usage)
+}
+
+fn threads(value: Option<usize>) -> Result<usize, UsageError> {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match value {
+        None | Some(0) => Ok(available),
+        Some(n) if n > 4096 => Err(UsageError(format!("--threads {n} is more than 4096"))),
+        Some(n) => Ok(n),
+    }
+}
+
+/// The input-side settings shared by run and train.
+struct Common {
+    input: String,
+    registry: String,
+    selection: DeviceSelection,
+    window: TimeWindow,
+    columns: InputColumns,
+    raw: serde_json::Value,
+}
+
+fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<Common, UsageError> {
+    let input = required(
+        args.input.clone().or_else(|| config.location(&config.paths.input)),
+        "--input",
+        "BATCHSCORE_INPUT",
+        "paths.input",
+    )?;
+    let registry = required(
+        args.registry.clone().or_else(|| config.location(&config.paths.registry)),
+        "--registry",
+        "BATCHSCORE_REGISTRY",
+        "paths.registry",
+    )?;
+    let devices = args.devices.clone().or_else(|| config.select.devices.clone());
+    let selection = selection(devices.clone())?;
+    let (from, to, last) = if args.from.is_some() || args.to.is_some() || args.last.is_some() {
+        (args.from.clone(), args.to.clone(), args.last.clone())
+    } else {
+        (config.select.from.clone(), config.select.to.clone(), config.select.last.clone())
+    };
+    let window = window(from.clone(), to.clone(), last.clone(), now)?;
+    let columns = config.columns.clone().unwrap_or_default();
+    let raw = json!({
+        "input": input, "registry": registry, "devices": selection.canonical(),
+        "from": from, "to": to, "last": last, "window_us": window, "columns": columns,
+    });
+    Ok(Common { input, registry, selection, window, columns, raw })
+}
+
+/// Resolves `batchscore run`.
+pub fn run_spec(
+    args: &RunArgs,
+    config: &ConfigFile,
+    storage: &Storage,
+    now: DateTime<Utc>,
+) -> Result<RunSpec, UsageError> {
+    let c = common(&args.input, config, now)?;
+    let output = required(
+        args.output.clone().or_else(|| config.location(&config.paths.output)),
+        "--output",
+        "BATCHSCORE_OUTPUT",
+        "paths.output",
+    )?;
+    let shard_count = args.shard_count.or(config.run.shard_count).unwrap_or(1);
+    let shard_index = match args.shard_index {
+        Some(i) => i,
+        None => match args.shard_index_env.clone().or_else(|| config.run.shard_index_env.clone()) {
+            Some(var) => {
+                let value = std::env::var(&var)
+                    .map_err(|_| UsageError(format!("shard index variable {var} is not set")))?;
+                value.trim().parse().map_err(|_| {
+                    UsageError(format!("shard index variable {var}=`{value}` is not a number"))
+                })?
+            }
+            None => 0,
+        },
+    };
+    let shard = Shard::new(shard_index, shard_count).map_err(usage)?;
+    let max_failed = args.max_failed.clone().or_else(|| config.run.max_failed.clone()).unwrap_or_else(|| "0".into());
+    let max_failed = MaxFailed::parse(&max_failed).map_err(usage)?;
+    let threads = threads(args.input.threads.or(config.run.threads))?;
+    let min_part_rows = config.run.min_part_rows.unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
+    let max_part_rows = config.run.max_part_rows.unwrap_or(DEFAULT_MAX_PART_ROWS).max(min_part_rows);
+    let mut settings = c.raw;
+    settings["output"] = json!(output);
+    settings["shard"] = json!(shard);
+    settings["max_failed"] = json!(max_failed);
+    settings["threads"] = json!(threads);
+    settings["min_part_rows"] = json!(min_part_rows);
+    settings["max_part_rows"] = json!(max_part_rows);
+    Ok(RunSpec {
+        input: storage.open(&c.input).map_err(usage)?,
+        registry: storage.open(&c.registry).map_err(usage)?,
+        output: storage.open(&output).map_err(usage)?,
+        run_id: args.run_id.clone(),
+        selection: c.selection,
+        window: c.window,
+        columns: c.columns,
+        threads,
+        shard,
+        max_failed,
+        min_part_rows,
+        max_part_rows,
+        settings,
+    })
+}
+
+fn max_samples(text: &str) -> Result<MaxSamples, UsageError> {
+    if text == "auto" {
+        Ok(MaxSamples::Auto)
+    } else if text.contains('.') {
+        text.parse().map(MaxSamples::Fraction).map_err(|_| UsageError(format!("max_samples `{text}`")))
+    } else {
+        text.parse().map(MaxSamples::Count).map_err(|_| UsageError(format!("max_samples `{text}`")))
+    }
+}
+
+fn max_features(text: &str) -> Result<MaxFeatures, UsageError> {
+    if text == "all" {
+        Ok(MaxFeatures::All)
+    } else if text.contains('.') {
+        text.parse().map(MaxFeatures::Fraction).map_err(|_| UsageError(format!("max_features `{text}`")))
+    } else {
+        text.parse().map(MaxFeatures::Count).map_err(|_| UsageError(format!("max_features `{text}`")))
+    }
+}
+
+fn contamination(text: &str) -> Result<Contamination, UsageError> {
+    if text == "auto" {
+        Ok(Contamination::Auto)
+    } else {
+        text.parse().map(Contamination::Fraction).map_err(|_| UsageError(format!("contamination `{text}`")))
+    }
+}
+
+/// Resolves `batchscore train`.
+pub fn train_spec(
+    args: &TrainArgs,
+    config: &ConfigFile,
+    storage: &Storage,
+    now: DateTime<Utc>,
+) -> Result<TrainSpec, UsageError> {
+    let c = common(&args.input, config, now)?;
+    let t = &config.train;
+    let defaults = IsolationForestParams::default();
+    let params = IsolationForestParams {
+        n_estimators: args.n_estimators.or(t.n_estimators).unwrap_or(defaults.n_estimators),
+        max_samples: match args.max_samples.as_ref().or(t.max_samples.as_ref()) {
+            Some(s) => max_samples(s)?,
+            None => defaults.max_samples,
+        },
+        max_features: match args.max_features.as_ref().or(t.max_features.as_ref()) {
+            Some(s) => max_features(s)?,
+            None => defaults.max_features,
+        },
+        bootstrap: args.bootstrap || t.bootstrap.unwrap_or(defaults.bootstrap),
+        contamination: match args.contamination.as_ref().or(t.contamination.as_ref()) {
+            Some(s) => contamination(s)?,
+            None => defaults.contamination,
+        },
+        seed: args.seed.or(t.seed).unwrap_or(defaults.seed),
+    };
+    let params = params.check().map_err(usage)?;
+    Ok(TrainSpec {
+        input: storage.open(&c.input).map_err(usage)?,
+        registry: storage.open(&c.registry).map_err(usage)?,
+        selection: c.selection,
+        window: c.window,
+        columns: c.columns,
+        features: args.features.clone().or_else(|| t.features.clone()),
+        params,
+        threads: threads(args.input.threads.or(t.threads))?,
+        created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_periods() {
+        assert_eq!(parse_time("2026-01-01").unwrap().timestamp(), 1_767_225_600);
+        assert_eq!(parse_time("2026-01-01T01:00:00+01:00").unwrap().timestamp(), 1_767_225_600);
+        assert_eq!(parse_time("2026-01-01 00:00:10").unwrap().timestamp(), 1_767_225_610);
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_period("15m").unwrap(), 900);
+        assert!(parse_period("0h").is_err() && parse_period("1w").is_err());
+    }
+
+    #[test]
+    fn last_period_is_aligned_to_the_clock() {
+        let now = parse_time("2026-03-01T14:05:00Z").unwrap();
+        let w = window(None, None, Some("1h".into()), now).unwrap();
+        assert_eq!(w.from_us, Some(parse_time("2026-03-01T13:00:00Z").unwrap().timestamp_micros()));
+        assert_eq!(w.to_us, Some(parse_time("2026-03-01T14:00:00Z").unwrap().timestamp_micros()));
+    }
+
+    #[test]
+    fn detector_parameters() {
+        assert_eq!(max_samples("auto").unwrap(), MaxSamples::Auto);
+        assert_eq!(max_samples("128").unwrap(), MaxSamples::Count(128));
+        assert_eq!(max_samples("0.5").unwrap(), MaxSamples::Fraction(0.5));
+        assert_eq!(contamination("0.1").unwrap(), Contamination::Fraction(0.1));
+        assert!(max_features("x").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Commit records: per-unit receipts, shard manifests, the failures table and `_SUCCESS`.
+//!
+//! Layout under `OUTPUT/RUN_ID/`:
+//! - `part-NNNNN.parquet`: scored rows of unit N, written in one atomic put.
+//! - `_receipts/part-NNNNN.json`: what unit N wrote (part size, checksum, device outcomes),
+//!   written create-only after its part; a unit is committed when both exist with the recorded
+//!   size. Receipts hold no timings, so concurrent attempts of a unit write identical bytes.
+//! - `_plan.json`: the plan's fingerprint, create-only; a rerun with other inputs under the same
+//!   run id is refused instead of mixing two plans.
+//! - `_manifests/shard-I-of-N.json` and `_failures/shard-I-of-N.parquet`: one per shard.
+//! - `_SUCCESS`: the merged manifest, written create-only once every shard has its manifest.
+//!   Readers follow it, not a directory listing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use batchscore_io::{Location, WriteOptions, encode_parquet};
+use serde::{Deserialize, Serialize};
+
+use crate::SchedulerError;
+
+pub(crate) const FORMAT: u32 = 1;
+pub(crate) const SUCCESS: &str = "_SUCCESS";
+pub(crate) const PLAN: &str = "_plan.json";
+
+/// What happened to one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    Scored,
+    Failed,
+    /// Selected, but the input has no rows for it in the window.
+    NoInput,
+}
+
+/// One device's outcome, as recorded in receipts and manifests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceOutcome {
+    pub device: i64,
+    pub status: DeviceStatus,
+    pub rows: u64,
+    pub anomalies: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub model_version: Option<String>,
+    /// Where it failed: `model_missing`, `model_invalid`, `feature_mismatch` or `scoring`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+/// One committed part file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    pub unit: usize,
+    /// Path relative to the run's directory.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What a unit committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Receipt {
+    pub format: u32,
+    pub run_id: String,
+    pub unit: usize,
+    pub part: Option<PartInfo>,
+    pub devices: Vec<DeviceOutcome>,
+}
+
+/// Counts over a manifest's devices and parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub units: u64,
+    pub parts: u64,
+    pub rows: u64,
+    pub anomalies: u64,
+    pub devices_scored: u64,
+    pub devices_failed: u64,
+    pub devices_no_input: u64,
+}
+
+/// A shard's manifest, or (in `_SUCCESS`) the whole run's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub run_id: String,
+    /// `shard-I-of-N` for a shard manifest, `all` for `_SUCCESS`.
+    pub scope: String,
+    pub shard_count: u32,
+    pub totals: Totals,
+    pub parts: Vec<PartInfo>,
+    pub devices: Vec<DeviceOutcome>,
+    /// Failures tables written (relative paths).
+    pub failures_tables: Vec<String>,
+    /// Wall-clock milliseconds per phase (of this attempt; merged manifests keep each shard's).
+    pub timings_ms: BTreeMap<String, u64>,
+    /// The settings the run was started with (no secrets).
+    pub settings: serde_json::Value,
+}
+
+impl Receipt {
+    pub(crate) fn path(unit: usize) -> String {
+        format!("_receipts/part-{unit:05}.json")
+    }
+}
+
+pub(crate) fn part_path(unit: usize) -> String {
+    format!("part-{unit:05}.parquet")
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<bytes::Bytes, SchedulerError> {
+    serde_json::to_vec_pretty(value).map(bytes::Bytes::from).map_err(|e| {
+        SchedulerError::CorruptRecord { url: "<memory>".into(), reason: e.to_string() }
+    })
+}
+
+pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(
+    location: &Location,
+    path: &str,
+    bytes: &[u8],
+) -> Result<T, SchedulerError> {
+    serde_json::from_slice(bytes).map_err(|e| SchedulerError::CorruptRecord {
+        url: location.url_of(path),
+        reason: e.to_string(),
+    })
+}
+
+/// Merges the outcomes of devices whose rows were split over units, sorted by device: rows and
+/// anomalies add up; a failure anywhere makes the device failed.
+pub(crate) fn merge_outcomes(outcomes: Vec<DeviceOutcome>) -> Vec<DeviceOutcome> {
+    let mut by_device: BTreeMap<i64, DeviceOutcome> = BTreeMap::new();
+    for outcome in outcomes {
+        match by_device.get_mut(&outcome.device) {
+            None => {
+                by_device.insert(outcome.device, outcome);
+            }
+            Some(merged) => {
+                merged.rows += outcome.rows;
+                merged.anomalies += outcome.anomalies;
+                let rank = |s: DeviceStatus| match s {
+                    DeviceStatus::Failed => 2,
+                    DeviceStatus::Scored => 1,
+                    DeviceStatus::NoInput => 0,
+                };
+                if rank(outcome.status) > rank(merged.status) {
+                    merged.status = outcome.status;
+                    merged.stage = outcome.stage;
+                    merged.reason = outcome.reason;
+                    merged.model_version = outcome.model_version.or(merged.model_version.take());
+                }
+            }
+        }
+    }
+    by_device.into_values().collect()
+}
+
+impl Totals {
+    pub(crate) fn of(parts: &[PartInfo], devices: &[DeviceOutcome], units: u64) -> Self {
+        let count = |s: DeviceStatus| devices.iter().filter(|d| d.status == s).count() as u64;
+        Self {
+            units,
+            parts: parts.len() as u64,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            anomalies: devices.iter().map(|d| d.anomalies).sum(),
+            devices_scored: count(DeviceStatus::Scored),
+            devices_failed: count(DeviceStatus::Failed),
+            devices_no_input: count(DeviceStatus::NoInput),
+        }
+    }
+}
+
+/// The failures table: one row per failed device.
+pub(crate) fn failures_table(run_id: &str, devices: &[DeviceOutcome]) -> Result<bytes::Bytes, SchedulerError> {
+    let failed: Vec<&DeviceOutcome> =
+        devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("device_id", DataType::Int64, false),
+        Field::new("model_key", DataType::Utf8, false),
+        Field::new("stage", DataType::Utf8, true),
+        Field::new("reason", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![run_id; failed.len()])),
+            Arc::new(Int64Array::from_iter_values(failed.iter().map(|d| d.device))),
+            Arc::new(StringArray::from_iter_values(failed.iter().map(|d| d.device.to_string()))),
+            Arc::new(StringArray::from_iter(failed.iter().map(|d| d.stage.as_deref()))),
+            Arc::new(StringArray::from_iter(failed.iter().map(|d| d.reason.as_deref()))),
+        ],
+    )
+    .map_err(|source| SchedulerError::Arrow { what: "failures", source })?;
+    Ok(encode_parquet(&schema, &[batch], &WriteOptions::default())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(device: i64, status: DeviceStatus, rows: u64) -> DeviceOutcome {
+        DeviceOutcome { device, status, rows, anomalies: 1, model_version: None, stage: None, reason: None }
+    }
+
+    #[test]
+    fn split_devices_merge() {
+        let merged = merge_outcomes(vec![
+            outcome(2, DeviceStatus::Scored, 10),
+            outcome(1, DeviceStatus::Scored, 5),
+            outcome(2, DeviceStatus::Scored, 7),
+            outcome(3, DeviceStatus::NoInput, 0),
+            outcome(3, DeviceStatus::Failed, 4),
+        ]);
+        let view: Vec<(i64, DeviceStatus, u64, u64)> =
+            merged.iter().map(|d| (d.device, d.status, d.rows, d.anomalies)).collect();
+        assert_eq!(
+            view,
+            vec![
+                (1, DeviceStatus::Scored, 5, 1),
+                (2, DeviceStatus::Scored, 17, 2),
+                (3, DeviceStatus::Failed, 4, 2),
+            ]
+        );
+    }
+}

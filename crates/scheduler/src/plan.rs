@@ -1,0 +1,162 @@
+//! Work units: contiguous device intervals balanced by row count, and their shard assignment.
+
+use serde::Serialize;
+
+use crate::Shard;
+use crate::dataset::Slice;
+
+/// One unit of work: the selected rows of its row groups (`slices`), whose devices lie in
+/// `lo..=hi`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unit {
+    /// Position in the plan; names the unit's part file.
+    pub index: usize,
+    pub lo: i64,
+    pub hi: i64,
+    /// Rows in the unit's row groups (an upper bound on the rows it scores).
+    pub rows: u64,
+    #[serde(skip)]
+    pub(crate) slices: Vec<usize>,
+}
+
+/// Every unit of a job, in device order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub units: Vec<Unit>,
+}
+
+impl Plan {
+    /// Groups row groups into units of about `target_rows` rows, in device order.
+    ///
+    /// Every row group belongs to exactly one unit, so every input byte is read once. With
+    /// `whole_devices`, row groups whose device intervals overlap are kept in one unit, so each
+    /// device's rows are all in one unit (training needs that; a chain of row groups that each
+    /// share a device with the next then becomes one unit). Without it, units are cut at
+    /// row-group boundaries only, and a device whose rows straddle a cut is scored by both units,
+    /// each row once.
+    pub(crate) fn build(slices: &[Slice], target_rows: u64, whole_devices: bool) -> Self {
+        let mut order: Vec<usize> = (0..slices.len()).collect();
+        order.sort_by_key(|&i| (slices[i].lo, slices[i].hi, slices[i].file, slices[i].row_group));
+        let mut groups: Vec<Unit> = Vec::new();
+        for i in order {
+            let s = &slices[i];
+            match groups.last_mut() {
+                Some(c) if whole_devices && s.lo <= c.hi => {
+                    c.hi = c.hi.max(s.hi);
+                    c.rows += s.rows;
+                    c.slices.push(i);
+                }
+                _ => groups.push(Unit { index: 0, lo: s.lo, hi: s.hi, rows: s.rows, slices: vec![i] }),
+            }
+        }
+        let mut units: Vec<Unit> = Vec::new();
+        for c in groups {
+            match units.last_mut() {
+                Some(u) if u.rows + c.rows <= target_rows => {
+                    u.lo = u.lo.min(c.lo);
+                    u.hi = u.hi.max(c.hi);
+                    u.rows += c.rows;
+                    u.slices.extend(c.slices);
+                }
+                _ => units.push(c),
+            }
+        }
+        for (index, unit) in units.iter_mut().enumerate() {
+            unit.index = index;
+            // Read each file's row groups in file order.
+            unit.slices.sort_by_key(|&i| (slices[i].file, slices[i].row_group));
+        }
+        Self { units }
+    }
+
+    /// Total rows over all units.
+    pub fn rows(&self) -> u64 {
+        self.units.iter().map(|u| u.rows).sum()
+    }
+
+    /// The units of `shard`: largest units first to the least loaded shard, ties to the lower
+    /// index, so every process computes the same assignment and loads differ by at most one unit.
+    pub fn shard_units(&self, shard: Shard) -> Vec<usize> {
+        let n = shard.count() as usize;
+        let mut by_size: Vec<&Unit> = self.units.iter().collect();
+        by_size.sort_by_key(|u| (std::cmp::Reverse(u.rows), u.index));
+        let mut load = vec![0u64; n];
+        let mut mine = Vec::new();
+        for unit in by_size {
+            let (target, _) = load
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, l)| (**l, *i))
+                .unwrap_or((0, &0));
+            load[target] += unit.rows;
+            if target == shard.index() as usize {
+                mine.push(unit.index);
+            }
+        }
+        mine.sort_unstable();
+        mine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn slice(file: usize, row_group: usize, lo: i64, hi: i64, rows: u64) -> Slice {
+        Slice { file, row_group, lo, hi, rows }
+    }
+
+    #[test]
+    fn overlapping_row_groups_share_a_unit() {
+        let slices = vec![
+            slice(0, 0, 0, 4, 100),
+            slice(0, 1, 4, 9, 100), // device 4 spans two row groups
+            slice(1, 0, 10, 19, 100),
+            slice(2, 0, 20, 20, 50),
+        ];
+        let plan = Plan::build(&slices, 120, true);
+        let bounds: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
+        assert_eq!(bounds, vec![(0, 9), (10, 20)]);
+        assert_eq!(plan.units[0].slices, vec![0, 1]);
+        assert_eq!(plan.rows(), 350);
+        // Cutting at row groups: device 4 is split, each row group still read once.
+        let plan = Plan::build(&slices, 120, false);
+        let bounds: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
+        assert_eq!(bounds, vec![(0, 4), (4, 9), (10, 20)]);
+    }
+
+    proptest! {
+        /// Every row group lands in exactly one unit, units are disjoint device intervals, and
+        /// the shards partition the units.
+        #[test]
+        fn units_and_shards_partition_the_input(
+            raw in proptest::collection::vec((0i64..200, 0i64..20, 1u64..500), 1..60),
+            target in 1u64..3000,
+            count in 1u32..6,
+            whole in any::<bool>(),
+        ) {
+            let slices: Vec<Slice> = raw.iter().enumerate()
+                .map(|(i, (lo, w, rows))| slice(i % 3, i, *lo, lo + w, *rows)).collect();
+            let plan = Plan::build(&slices, target, whole);
+            let mut seen: Vec<usize> = plan.units.iter().flat_map(|u| u.slices.clone()).collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..slices.len()).collect::<Vec<_>>());
+            if whole {
+                for pair in plan.units.windows(2) {
+                    prop_assert!(pair[0].hi < pair[1].lo);
+                }
+            }
+            for u in &plan.units {
+                for &s in &u.slices {
+                    prop_assert!(slices[s].lo >= u.lo && slices[s].hi <= u.hi);
+                }
+            }
+            let mut all: Vec<usize> = (0..count)
+                .flat_map(|i| plan.shard_units(Shard::new(i, count).unwrap()))
+                .collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..plan.units.len()).collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The scoring job: scan, plan, execute this shard's units, commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use batchscore_io::{Location, WriteOptions, encode_parquet};
+use batchscore_registry::Registry;
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::commit::{
+    DeviceOutcome, DeviceStatus, FORMAT, Manifest, PLAN, PartInfo, Receipt, SUCCESS, Totals,
+    failures_table, from_json, merge_outcomes, part_path, to_json,
+};
+use crate::dataset::Dataset;
+use crate::score::{output_schema, score_unit};
+use crate::{DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, Shard, TimeWindow};
+
+/// Selected devices listed one by one as `no_input` only up to this many; a bigger selection is
+/// a range over an id space, not a device list.
+const MAX_LISTED_SELECTION: u64 = 1_000_000;
+/// Rows per row group of scored parts.
+const PART_ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Everything a scoring run needs, already validated.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub input: Location,
+    pub registry: Location,
+    pub output: Location,
+    /// `None`: derived from the inputs, registry, selection and window.
+    pub run_id: Option<String>,
+    pub selection: DeviceSelection,
+    pub window: TimeWindow,
+    pub columns: InputColumns,
+    pub threads: usize,
+    pub shard: Shard,
+    pub max_failed: MaxFailed,
+    /// Bounds on rows per work unit (and so per part file).
+    pub min_part_rows: u64,
+    pub max_part_rows: u64,
+    /// The settings as given, recorded in manifests (must hold no secrets).
+    pub settings: serde_json::Value,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    /// Where the run's files are.
+    pub output_url: String,
+    /// This shard's manifest.
+    pub manifest: Manifest,
+    /// Units in the whole plan, and this shard's units already committed by earlier attempts.
+    pub plan_units: usize,
+    pub units_skipped: usize,
+    /// True when `_SUCCESS` exists: every shard has committed.
+    pub complete: bool,
+    /// True when more devices failed than `max_failed` allows.
+    pub failed_over_threshold: bool,
+    pub elapsed: Duration,
+}
+
+#[derive(Serialize)]
+struct PlanRecord<'a> {
+    format: u32,
+    run_id: &'a str,
+    fingerprint: &'a str,
+    units: usize,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+/// Checks a run id is usable as a path segment.
+fn check_run_id(id: &str) -> Result<(), SchedulerError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with(['.', '_'])
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SchedulerError::InvalidSetting {
+            setting: "run-id",
+            reason: format!(
+                "`{id}`: use 1-128 ASCII letters, digits, '-', '_', '.', '=', not starting with '.' or '_'"
+            ),
+        })
+    }
+}
+
+/// Runs this shard's part of a scoring job. See the crate docs for the commit protocol.
+pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, SchedulerError> {
+    let started = Instant::now();
+    let mut timings = BTreeMap::new();
+    let registry = Registry::open(spec.registry.clone())?;
+    let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
+    let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
+    // Aim for ~16 units so a job spreads over cores and nodes, within the part-size bounds that
+    // keep files analytics-sized. Depends only on the input, never on threads or shards.
+    let target = total_rows.div_ceil(16).clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows));
+    let plan = Plan::build(&dataset.slices, target, false);
+    let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target);
+    let run_id = match &spec.run_id {
+        Some(id) => id.clone(),
+        None => format!("run-{}", &fingerprint[..16]),
+    };
+    check_run_id(&run_id)?;
+    let out = spec.output.join(&run_id)?;
+    let plan_record = to_json(&PlanRecord { format: FORMAT, run_id: &run_id, fingerprint: &fingerprint, units: plan.units.len() })?;
+    if !out.put_if_absent(PLAN, plan_record)? {
+        let existing: serde_json::Value = from_json(&out, PLAN, &out.get(PLAN)?)?;
+        if existing.get("fingerprint").and_then(|f| f.as_str()) != Some(fingerprint.as_str()) {
+            return Err(SchedulerError::RunConflict { run_id, url: out.url().to_string() });
+        }
+    }
+    timings.insert("plan".to_string(), ms(started.elapsed()));
+    tracing::info!(run_id = %run_id, units = plan.units.len(), rows = total_rows, files = dataset.files.len(), "planned");
+
+    let existing: HashMap<String, u64> = out.list("")?.into_iter().map(|e| (e.path, e.size)).collect();
+    let mine = plan.shard_units(spec.shard);
+    let my_rows: u64 = mine.iter().map(|&u| plan.units[u].rows).sum();
+    progress.start(mine.len(), my_rows);
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(spec.threads)
+        .thread_name(|i| format!("batchscore-worker-{i}"))
+        .build()
+        .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
+    let execute_started = Instant::now();
+    let context = UnitContext { spec, dataset: &dataset, registry: &registry, out: &out, run_id: &run_id, existing: &existing };
+    let results: Vec<Result<(Receipt, bool), SchedulerError>> = pool.install(|| {
+        mine.par_iter()
+            .map(|&u| {
+                let result = context.process(&plan.units[u]);
+                if let Ok((receipt, skipped)) = &result {
+                    let rows = receipt.part.as_ref().map_or(0, |p| p.rows);
+                    progress.unit_done(rows, receipt.devices.len(), *skipped);
+                }
+                result
+            })
+            .collect()
+    });
+    progress.finish();
+    let mut receipts = Vec::with_capacity(results.len());
+    let mut units_skipped = 0;
+    for result in results {
+        let (receipt, skipped) = result?;
+        units_skipped += usize::from(skipped);
+        receipts.push(receipt);
+    }
+    timings.insert("execute".to_string(), ms(execute_started.elapsed()));
+
+    let commit_started = Instant::now();
+    let parts: Vec<PartInfo> = receipts.iter().filter_map(|r| r.part.clone()).collect();
+    let mut devices = merge_outcomes(receipts.into_iter().flat_map(|r| r.devices).collect());
+    if spec.shard.count() == 1 {
+        add_no_input(&spec.selection, &mut devices);
+        devices.sort_by_key(|d| d.device);
+    }
+    let shard_name = spec.shard.name();
+    let mut failures_tables = Vec::new();
+    if devices.iter().any(|d| d.status == DeviceStatus::Failed) {
+        let path = format!("_failures/{shard_name}.parquet");
+        out.put_if_absent(&path, failures_table(&run_id, &devices)?)?;
+        failures_tables.push(path);
+    }
+    timings.insert("commit".to_string(), ms(commit_started.elapsed()));
+    timings.insert("total".to_string(), ms(started.elapsed()));
+    let manifest = Manifest {
+        format: FORMAT,
+        run_id: run_id.clone(),
+        scope: shard_name.clone(),
+        shard_count: spec.shard.count(),
+        totals: Totals::of(&parts, &devices, mine.len() as u64),
+        parts,
+        devices,
+        failures_tables,
+        timings_ms: timings,
+        settings: spec.settings.clone(),
+    };
+    out.put_if_absent(&format!("_manifests/{shard_name}.json"), to_json(&manifest)?)?;
+    let complete = publish_success(&out, spec, &run_id, plan.units.len())?;
+    let scope_devices = manifest.totals.devices_scored + manifest.totals.devices_failed + manifest.totals.devices_no_input;
+    let failed_over_threshold = spec.max_failed.exceeded(manifest.totals.devices_failed, scope_devices);
+    tracing::info!(run_id = %run_id, complete, units_skipped, "committed");
+    Ok(RunReport {
+        run_id,
+        output_url: out.url().to_string(),
+        manifest,
+        plan_units: plan.units.len(),
+        units_skipped,
+        complete,
+        failed_over_threshold,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Records selected devices that no unit saw as `no_input`.
+fn add_no_input(selection: &DeviceSelection, devices: &mut Vec<DeviceOutcome>) {
+    if selection.len().is_none_or(|n| n > MAX_LISTED_SELECTION) {
+        return;
+    }
+    let seen: BTreeSet<i64> = devices.iter().map(|d| d.device).collect();
+    let Some(selected) = selection.devices() else { return };
+    for device in selected.filter(|d| !seen.contains(d)) {
+        devices.push(DeviceOutcome {
+            device,
+            status: DeviceStatus::NoInput,
+            rows: 0,
+            anomalies: 0,
+            model_version: None,
+            stage: None,
+            reason: None,
+        });
+    }
+}
+
+/// Writes `_SUCCESS` if every shard of this shard count has its manifest; true if it exists.
+fn publish_success(out: &Location, spec: &RunSpec, run_id: &str, units: usize) -> Result<bool, SchedulerError> {
+    if out.get_opt(SUCCESS)?.is_some() {
+        return Ok(true);
+    }
+    let suffix = format!("-of-{:05}.json", spec.shard.count());
+    let manifests: Vec<String> = out
+        .list("_manifests")?
+        .into_iter()
+        .map(|e| e.path)
+        .filter(|p| p.ends_with(&suffix))
+        .collect();
+    if manifests.len() < spec.shard.count() as usize {
+        return Ok(false);
+    }
+    let mut parts = Vec::new();
+    let mut devices = Vec::new();
+    let mut failures_tables = Vec::new();
+    let mut timings_ms = BTreeMap::new();
+    for path in &manifests {
+        let m: Manifest = from_json(out, path, &out.get(path)?)?;
+        parts.extend(m.parts);
+        devices.extend(m.devices);
+        failures_tables.extend(m.failures_tables);
+        for (phase, t) in m.timings_ms {
+            timings_ms.insert(format!("{}.{phase}", m.scope), t);
+        }
+    }
+    let mut devices = merge_outcomes(devices);
+    add_no_input(&spec.selection, &mut devices);
+    parts.sort_by_key(|p| p.unit);
+    devices.sort_by_key(|d| d.device);
+    let manifest = Manifest {
+        format: FORMAT,
+        run_id: run_id.to_string(),
+        scope: "all".into(),
+        shard_count: spec.shard.count(),
+        totals: Totals::of(&parts, &devices, units as u64),
+        parts,
+        devices,
+        failures_tables,
+        timings_ms,
+        settings: spec.settings.clone(),
+    };
+    out.put_if_absent(SUCCESS, to_json(&manifest)?)?;
+    Ok(true)
+}
+
+/// Identifies everything that determines the run's output.
+fn plan_fingerprint(spec: &RunSpec, dataset: &Dataset, registry: &Registry, plan: &Plan, target: u64) -> String {
+    #[derive(Serialize)]
+    struct Material<'a> {
+        version: &'static str,
+        input: &'a str,
+        files: &'a [(String, u64, String)],
+        registry: &'a str,
+        registry_index: &'a str,
+        selection: String,
+        window: &'a TimeWindow,
+        columns: &'a InputColumns,
+        target_rows: u64,
+        units: Vec<(i64, i64)>,
+    }
+    let material = Material {
+        version: "batchscore-run-v1",
+        input: spec.input.url(),
+        files: &dataset.identity,
+        registry: registry.url(),
+        registry_index: registry.fingerprint(),
+        selection: spec.selection.canonical(),
+        window: &spec.window,
+        columns: &spec.columns,
+        target_rows: target,
+        units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
+    };
+    let bytes = serde_json::to_vec(&material).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+struct UnitContext<'a> {
+    spec: &'a RunSpec,
+    dataset: &'a Dataset,
+    registry: &'a Registry,
+    out: &'a Location,
+    run_id: &'a str,
+    existing: &'a HashMap<String, u64>,
+}
+
+impl UnitContext<'_> {
+    /// Commits one unit, or returns its receipt if an earlier attempt committed it.
+    fn process(&self, unit: &crate::Unit) -> Result<(Receipt, bool), SchedulerError> {
+        let receipt_path = Receipt::path(unit.index);
+        if self.existing.contains_key(&receipt_path) {
+            let receipt: Receipt = from_json(self.out, &receipt_path, &self.out.get(&receipt_path)?)?;
+            let part_intact = receipt
+                .part
+                .as_ref()
+                .is_none_or(|p| self.existing.get(&p.path) == Some(&p.bytes));
+            if part_intact && receipt.unit == unit.index && receipt.run_id == self.run_id {
+                return Ok((receipt, true));
+            }
+            tracing::warn!(unit = unit.index, "part missing or damaged; rewriting it");
+        }
+        let table = self.dataset.read_unit(&unit.slices, &self.spec.selection, &self.spec.window)?;
+        let (batch, devices) =
+            score_unit(&table, &self.dataset.columns, &self.dataset.sensors, self.registry, self.run_id)?;
+        drop(table);
+        let part = match batch {
+            None => None,
+            Some(batch) => {
+                let schema = output_schema(&self.dataset.columns, &self.dataset.sensors);
+                let options = WriteOptions {
+                    row_group_rows: PART_ROW_GROUP_ROWS,
+                    metadata: vec![
+                        ("batchscore.run_id".into(), self.run_id.to_string()),
+                        ("batchscore.unit".into(), unit.index.to_string()),
+                    ],
+                };
+                let bytes = encode_parquet(&schema, &[batch.clone()], &options)?;
+                let path = part_path(unit.index);
+                // One atomic put at a path fixed by run id and unit: a retry rewrites the same
+                // bytes, never a second copy.
+                self.out.put(&path, bytes.clone())?;
+                Some(PartInfo {
+                    unit: unit.index,
+                    path,
+                    rows: batch.num_rows() as u64,
+                    bytes: bytes.len() as u64,
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                })
+            }
+        };
+        let receipt = Receipt { format: FORMAT, run_id: self.run_id.to_string(), unit: unit.index, part, devices };
+        if !self.out.put_if_absent(&receipt_path, to_json(&receipt)?)? {
+            // A receipt exists although its part was missing: it came from an earlier attempt
+            // of this same unit and plan, so the part we just wrote restores it; keep the record.
+            tracing::debug!(unit = unit.index, "receipt already present");
+        }
+        tracing::debug!(unit = unit.index, devices = receipt.devices.len(), "unit committed");
+        Ok((receipt, false))
+    }
+}

@@ -1,0 +1,259 @@
+//! Validated job settings: device selections, time windows, shards and failure thresholds.
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::SchedulerError;
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> SchedulerError {
+    SchedulerError::InvalidSetting { setting, reason: reason.into() }
+}
+
+/// Which devices a job covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum DeviceSelection {
+    /// Every device found in the input.
+    All,
+    /// Sorted, disjoint, non-empty half-open ranges.
+    Ranges(Vec<Range<i64>>),
+}
+
+impl DeviceSelection {
+    /// Parses `all`, `0..1000` (half-open), `0..=999`, `3,7,9`, or a mix, separated by commas or
+    /// white space (so the contents of an `@file` parse too).
+    pub fn parse(text: &str) -> Result<Self, SchedulerError> {
+        let mut ranges = Vec::new();
+        let tokens: Vec<&str> =
+            text.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
+        if tokens.is_empty() {
+            return Err(invalid("devices", "empty selection"));
+        }
+        for token in &tokens {
+            if token.eq_ignore_ascii_case("all") {
+                if tokens.len() > 1 {
+                    return Err(invalid("devices", "`all` cannot be combined with other devices"));
+                }
+                return Ok(DeviceSelection::All);
+            }
+            let number = |s: &str| {
+                s.trim().parse::<i64>().map_err(|_| {
+                    invalid("devices", format!("`{token}` is not a device id, a range or `all`"))
+                })
+            };
+            let range = if let Some((a, b)) = token.split_once("..=") {
+                let (a, b) = (number(a)?, number(b)?);
+                a..b.checked_add(1).ok_or_else(|| invalid("devices", "range end overflows"))?
+            } else if let Some((a, b)) = token.split_once("..") {
+                number(a)?..number(b)?
+            } else {
+                let d = number(token)?;
+                d..d.checked_add(1).ok_or_else(|| invalid("devices", "device id overflows"))?
+            };
+            if range.is_empty() {
+                return Err(invalid("devices", format!("`{token}` is an empty range")));
+            }
+            ranges.push(range);
+        }
+        ranges.sort_by_key(|r| (r.start, r.end));
+        let mut merged: Vec<Range<i64>> = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        Ok(DeviceSelection::Ranges(merged))
+    }
+
+    /// True if `device` is selected.
+    pub fn contains(&self, device: i64) -> bool {
+        match self {
+            DeviceSelection::All => true,
+            DeviceSelection::Ranges(ranges) => {
+                let i = ranges.partition_point(|r| r.end <= device);
+                ranges.get(i).is_some_and(|r| r.start <= device)
+            }
+        }
+    }
+
+    /// True if any device in `lo..=hi` is selected.
+    pub fn overlaps(&self, lo: i64, hi: i64) -> bool {
+        match self {
+            DeviceSelection::All => true,
+            DeviceSelection::Ranges(ranges) => {
+                let i = ranges.partition_point(|r| r.end <= lo);
+                ranges.get(i).is_some_and(|r| r.start <= hi)
+            }
+        }
+    }
+
+    /// The selected devices, for finite selections.
+    pub fn devices(&self) -> Option<impl Iterator<Item = i64> + '_> {
+        match self {
+            DeviceSelection::All => None,
+            DeviceSelection::Ranges(ranges) => Some(ranges.iter().flat_map(|r| r.clone())),
+        }
+    }
+
+    /// Number of selected devices, for finite selections.
+    pub fn len(&self) -> Option<u64> {
+        match self {
+            DeviceSelection::All => None,
+            DeviceSelection::Ranges(r) => Some(r.iter().map(|r| r.end.abs_diff(r.start)).sum()),
+        }
+    }
+
+    /// A canonical text form (`all` or merged ranges), used in run ids and manifests.
+    pub fn canonical(&self) -> String {
+        match self {
+            DeviceSelection::All => "all".into(),
+            DeviceSelection::Ranges(ranges) => ranges
+                .iter()
+                .map(|r| format!("{}..{}", r.start, r.end))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+}
+
+/// A half-open time window `[from, to)` in microseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TimeWindow {
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+}
+
+impl TimeWindow {
+    /// A window; `from` must be before `to` when both are given.
+    pub fn new(from_us: Option<i64>, to_us: Option<i64>) -> Result<Self, SchedulerError> {
+        if let (Some(f), Some(t)) = (from_us, to_us) {
+            if f >= t {
+                return Err(invalid("from/to", "the window's start must be before its end"));
+            }
+        }
+        Ok(Self { from_us, to_us })
+    }
+
+    /// True if `ts` is inside the window.
+    pub fn contains(&self, ts: i64) -> bool {
+        self.from_us.is_none_or(|f| ts >= f) && self.to_us.is_none_or(|t| ts < t)
+    }
+
+    /// True if any instant of `lo..=hi` is inside the window.
+    pub fn overlaps(&self, lo: i64, hi: i64) -> bool {
+        self.from_us.is_none_or(|f| hi >= f) && self.to_us.is_none_or(|t| lo < t)
+    }
+}
+
+/// This process's share of a job: shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    index: u32,
+    count: u32,
+}
+
+impl Shard {
+    /// The whole job in one process.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Shard `index` of `count`; `index < count`.
+    pub fn new(index: u32, count: u32) -> Result<Self, SchedulerError> {
+        if count == 0 || index >= count {
+            return Err(invalid(
+                "shard",
+                format!("shard index {index} is not below the shard count {count}"),
+            ));
+        }
+        Ok(Self { index, count })
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The shard's name in commit records, e.g. `shard-00002-of-00008`.
+    pub fn name(&self) -> String {
+        format!("shard-{:05}-of-{:05}", self.index, self.count)
+    }
+}
+
+/// How many failed devices a run tolerates before it counts as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum MaxFailed {
+    Count(u64),
+    Percent(f64),
+}
+
+impl MaxFailed {
+    /// Parses `N` or `P%`.
+    pub fn parse(text: &str) -> Result<Self, SchedulerError> {
+        let text = text.trim();
+        if let Some(p) = text.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| invalid("max-failed", format!("`{text}`")))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(invalid("max-failed", "a percentage must be within 0..=100"));
+            }
+            return Ok(MaxFailed::Percent(p));
+        }
+        text.parse().map(MaxFailed::Count).map_err(|_| {
+            invalid("max-failed", format!("`{text}` is neither a count nor a percentage"))
+        })
+    }
+
+    /// True if `failed` of `total` devices is more than tolerated.
+    pub fn exceeded(&self, failed: u64, total: u64) -> bool {
+        match *self {
+            MaxFailed::Count(n) => failed > n,
+            MaxFailed::Percent(p) => failed as f64 * 100.0 > p * total as f64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_selections() {
+        assert_eq!(DeviceSelection::parse("all").unwrap(), DeviceSelection::All);
+        assert_eq!(DeviceSelection::parse("0..1000").unwrap().len(), Some(1000));
+        let s = DeviceSelection::parse("3,7,9").unwrap();
+        assert_eq!(s.devices().unwrap().collect::<Vec<_>>(), vec![3, 7, 9]);
+        let s = DeviceSelection::parse("5..8\n1 2..=3\n7").unwrap();
+        assert_eq!(s.canonical(), "1..4,5..8");
+        assert!(s.contains(6) && !s.contains(4) && !s.contains(8));
+        assert!(s.overlaps(3, 5) && !s.overlaps(4, 4) && !s.overlaps(8, 100));
+        for bad in ["", "x", "5..5", "3..1", "all,3", "1..x"] {
+            assert!(DeviceSelection::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn windows_shards_and_thresholds() {
+        let w = TimeWindow::new(Some(10), Some(20)).unwrap();
+        assert!(w.contains(10) && !w.contains(20) && w.overlaps(0, 10) && !w.overlaps(20, 30));
+        assert!(TimeWindow::new(Some(5), Some(5)).is_err());
+        assert!(Shard::new(3, 3).is_err() && Shard::new(0, 0).is_err());
+        assert_eq!(Shard::new(2, 8).unwrap().name(), "shard-00002-of-00008");
+        assert!(MaxFailed::parse("0").unwrap().exceeded(1, 100));
+        assert!(!MaxFailed::parse("5%").unwrap().exceeded(5, 100));
+        assert!(MaxFailed::parse("5%").unwrap().exceeded(6, 100));
+        assert!(MaxFailed::parse("150%").is_err() && MaxFailed::parse("-1").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn contains_matches_the_listed_devices(devices in proptest::collection::vec(-50i64..50, 1..20), probe in -60i64..60) {
+            let text = devices.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
+            let s = DeviceSelection::parse(&text).unwrap();
+            prop_assert_eq!(s.contains(probe), devices.contains(&probe));
+            prop_assert_eq!(s.overlaps(probe, probe + 3), devices.iter().any(|d| (probe..=probe + 3).contains(d)));
+        }
+    }
+}
