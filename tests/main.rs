@@ -1,1 +1,7 @@
+//! Integration tests: drive the real `batchscore` binary end to end on generated data.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+mod common;
+mod exactly_once;
+mod failures;
+mod pipeline;

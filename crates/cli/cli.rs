@@ -81,6 +81,12 @@ pub struct RunArgs {
     /// Failed devices tolerated before the run exits with code 3: a count `N` or `P%`.
     #[arg(long, env = "BATCHSCORE_MAX_FAILED", value_name = "N|P%")]
     pub max_failed: Option<String>,
+    /// Smallest work unit (and part file) in rows, unless the input is smaller.
+    #[arg(long, env = "BATCHSCORE_MIN_PART_ROWS", value_name = "ROWS")]
+    pub min_part_rows: Option<u64>,
+    /// Largest work unit (and part file) in rows, unless one row group is larger.
+    #[arg(long, env = "BATCHSCORE_MAX_PART_ROWS", value_name = "ROWS")]
+    pub max_part_rows: Option<u64>,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub summary: SummaryFormat,

@@ -173,8 +173,9 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
             t.units, r.plan_units, r.units_skipped, t.parts
         ),
         format!(
-            "  time      {secs:.2} s, {} rows/s on {threads} threads",
-            thousands((t.rows as f64 / secs.max(1e-9)) as u64)
+            "  time      {secs:.2} s, {} rows scored now at {} rows/s on {threads} threads",
+            thousands(r.rows_scored_now),
+            thousands((r.rows_scored_now as f64 / secs.max(1e-9)) as u64)
         ),
     ];
     let failures: Vec<_> = r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();

@@ -182,8 +182,8 @@ pub fn run_spec(
     let max_failed = args.max_failed.clone().or_else(|| config.run.max_failed.clone()).unwrap_or_else(|| "0".into());
     let max_failed = MaxFailed::parse(&max_failed).map_err(usage)?;
     let threads = threads(args.input.threads.or(config.run.threads))?;
-    let min_part_rows = config.run.min_part_rows.unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
-    let max_part_rows = config.run.max_part_rows.unwrap_or(DEFAULT_MAX_PART_ROWS).max(min_part_rows);
+    let min_part_rows = args.min_part_rows.or(config.run.min_part_rows).unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
+    let max_part_rows = args.max_part_rows.or(config.run.max_part_rows).unwrap_or(DEFAULT_MAX_PART_ROWS).max(min_part_rows);
     let mut settings = c.raw;
     settings["output"] = json!(output);
     settings["shard"] = json!(shard);

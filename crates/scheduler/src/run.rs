@@ -55,6 +55,8 @@ pub struct RunReport {
     /// Units in the whole plan, and this shard's units already committed by earlier attempts.
     pub plan_units: usize,
     pub units_skipped: usize,
+    /// Rows scored by this attempt (excluding units committed earlier).
+    pub rows_scored_now: u64,
     /// True when `_SUCCESS` exists: every shard has committed.
     pub complete: bool,
     /// True when more devices failed than `max_failed` allows.
@@ -147,9 +149,13 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
     progress.finish();
     let mut receipts = Vec::with_capacity(results.len());
     let mut units_skipped = 0;
+    let mut rows_scored_now = 0;
     for result in results {
         let (receipt, skipped) = result?;
         units_skipped += usize::from(skipped);
+        if !skipped {
+            rows_scored_now += receipt.part.as_ref().map_or(0, |p| p.rows);
+        }
         receipts.push(receipt);
     }
     timings.insert("execute".to_string(), ms(execute_started.elapsed()));
@@ -193,6 +199,7 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         manifest,
         plan_units: plan.units.len(),
         units_skipped,
+        rows_scored_now,
         complete,
         failed_over_threshold,
         elapsed: started.elapsed(),

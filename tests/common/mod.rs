@@ -1,0 +1,167 @@
+//! Shared fixture and helpers: one generated dataset and trained registry per test process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub const DEVICES: u32 = 30;
+pub const ROWS: usize = 600;
+/// Part-size flags that split the fixture (18,000 rows in 1,500-row groups) into many units.
+pub const SMALL_PARTS: [&str; 4] = ["--min-part-rows", "1000", "--max-part-rows", "3000"];
+
+/// Runs the binary with `args`; logs are quiet unless asked.
+pub fn batchscore(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_batchscore"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("BATCHSCORE_CONFIG")
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs the binary and requires exit code `code`; returns stdout.
+pub fn expect_code(args: &[&str], code: i32) -> String {
+    let out = batchscore(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "batchscore {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout + &stderr
+}
+
+/// A generated dataset with trained models, shared by the tests of this process.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Fixture {
+    pub fn data(&self) -> String {
+        self.root.join("data").display().to_string()
+    }
+    pub fn readings(&self) -> String {
+        self.root.join("data/readings").display().to_string()
+    }
+    pub fn registry(&self) -> String {
+        self.root.join("registry").display().to_string()
+    }
+}
+
+pub fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let f = Fixture { _dir: dir, root };
+        // Small row groups so that units, shards and pruning have something to split.
+        expect_code(
+            &[
+                "generate", "--devices", &DEVICES.to_string(), "--rows-per-device", &ROWS.to_string(),
+                "--seed", "7", "--row-group-rows", "1500", "--rows-per-file", "6000", "--out", &f.data(),
+            ],
+            0,
+        );
+        expect_code(&["train", "--input", &f.readings(), "--registry", &f.registry(), "--seed", "3"], 0);
+        f
+    })
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Reads every batch of a Parquet file.
+pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(|b| b.unwrap()).collect()
+}
+
+/// The single run directory under `output`.
+pub fn run_dir(output: &Path) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(output).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.pop().unwrap()
+}
+
+/// The `_SUCCESS` manifest of a run directory.
+pub fn manifest(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("_SUCCESS")).expect("_SUCCESS exists")).unwrap()
+}
+
+/// A scored row: (device, timestamp) -> (score bits, decision bits, is_anomaly).
+pub type Scored = HashMap<(i64, i64), (u64, u64, bool)>;
+
+/// Every scored row of a completed run, following the manifest (not a directory listing);
+/// fails if any row appears twice.
+pub fn scored_rows(run: &Path) -> Scored {
+    let m = manifest(run);
+    let mut rows = Scored::new();
+    for part in m["parts"].as_array().unwrap() {
+        for batch in read_parquet(&run.join(part["path"].as_str().unwrap())) {
+            let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
+            let ts = batch.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
+            let score = batch.column_by_name("score").unwrap().as_primitive::<Float64Type>();
+            let decision = batch.column_by_name("decision").unwrap().as_primitive::<Float64Type>();
+            let anomaly = batch.column_by_name("is_anomaly").unwrap().as_boolean();
+            for i in 0..batch.num_rows() {
+                let key = (device.value(i), ts.value(i));
+                let value = (score.value(i).to_bits(), decision.value(i).to_bits(), anomaly.value(i));
+                assert!(rows.insert(key, value).is_none(), "row {key:?} written twice");
+            }
+        }
+    }
+    rows
+}
+
+/// Ground-truth labels: (device, timestamp) -> is_anomaly.
+pub fn labels(data: &Path) -> HashMap<(i64, i64), bool> {
+    let mut out = HashMap::new();
+    for batch in read_parquet(&data.join("labels.parquet")) {
+        let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
+        let ts = batch.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
+        let label = batch.column_by_name("is_anomaly").unwrap().as_boolean();
+        for i in 0..batch.num_rows() {
+            assert!(!device.is_null(i));
+            out.insert((device.value(i), ts.value(i)), label.value(i));
+        }
+    }
+    out
+}
+
+/// All files of a run directory with their bytes, by relative path.
+pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

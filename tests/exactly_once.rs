@@ -1,0 +1,117 @@
+//! The commit protocol: shards, reruns, and repair of a lost part.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::common::*;
+
+fn run_args<'a>(f: &'a Paths, output: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run", "--input", f.readings.as_str(), "--registry", f.registry_url.as_str(), "--output", output];
+    args.extend(SMALL_PARTS);
+    args
+}
+
+#[test]
+fn three_shards_write_exactly_the_rows_of_one_run() {
+    let f = Paths::new(fixture());
+    let (single, sharded) = (tempdir(), tempdir());
+    let single_out = single.path().display().to_string();
+    expect_code(&run_args(&f, &single_out), 0);
+    let expected = scored_rows(&run_dir(single.path()));
+
+    let sharded_out = sharded.path().display().to_string();
+    for i in 0..3 {
+        let index = i.to_string();
+        let mut args = run_args(&f, &sharded_out);
+        args.extend(["--shard-index", &index, "--shard-count", "3"]);
+        let stdout = expect_code(&args, 0);
+        let run = run_dir(sharded.path());
+        // Only the last shard completes the run.
+        assert_eq!(run.join("_SUCCESS").exists(), i == 2, "after shard {i}: {stdout}");
+    }
+    let run = run_dir(sharded.path());
+    assert_eq!(run.file_name(), run_dir(single.path()).file_name(), "shards share the run id");
+    // scored_rows fails on any row written twice.
+    assert_eq!(scored_rows(&run), expected);
+    let m = manifest(&run);
+    assert_eq!(m["shard_count"], 3);
+    assert_eq!(m["totals"]["devices_scored"], DEVICES);
+    for shard in 0..3 {
+        assert!(run.join(format!("_manifests/shard-{shard:05}-of-00003.json")).exists());
+    }
+}
+
+#[test]
+fn shard_index_can_come_from_a_scheduler_variable() {
+    let f = Paths::new(fixture());
+    let dir = tempdir();
+    let out = dir.path().display().to_string();
+    let mut args = run_args(&f, &out);
+    args.extend(["--shard-count", "2", "--shard-index-env", "JOB_COMPLETION_INDEX"]);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
+        .args(&args)
+        .env("JOB_COMPLETION_INDEX", "1")
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0));
+    let run = run_dir(dir.path());
+    assert!(run.join("_manifests/shard-00001-of-00002.json").exists());
+    assert!(!run.join("_SUCCESS").exists());
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+#[test]
+fn rerun_restores_exactly_a_deleted_part_and_touches_nothing_else() {
+    let f = Paths::new(fixture());
+    let dir = tempdir();
+    let out = dir.path().display().to_string();
+    expect_code(&run_args(&f, &out), 0);
+    let run = run_dir(dir.path());
+    let before = files(&run);
+    let parts: Vec<String> =
+        before.iter().map(|(p, _)| p.clone()).filter(|p| p.starts_with("part-")).collect();
+    assert!(parts.len() >= 3);
+    let victim = &parts[1];
+    let others: Vec<(String, SystemTime)> =
+        parts.iter().filter(|p| *p != victim).map(|p| (p.clone(), modified(&run.join(p)))).collect();
+    std::fs::remove_file(run.join(victim)).unwrap();
+
+    let stdout = expect_code(&run_args(&f, &out), 0);
+    assert!(stdout.contains(&format!("({} already committed", parts.len() - 1)), "{stdout}");
+    assert_eq!(files(&run), before, "the same bytes as before, every file");
+    for (p, t) in others {
+        assert_eq!(modified(&run.join(&p)), t, "{p} was rewritten");
+    }
+    // A third run finds everything committed.
+    let stdout = expect_code(&run_args(&f, &out), 0);
+    assert!(stdout.contains(&format!("({} already committed", parts.len())), "{stdout}");
+}
+
+#[test]
+fn a_run_id_cannot_be_reused_for_other_inputs() {
+    let f = Paths::new(fixture());
+    let dir = tempdir();
+    let out = dir.path().display().to_string();
+    let mut args = run_args(&f, &out);
+    args.extend(["--run-id", "nightly", "--devices", "0..10"]);
+    expect_code(&args, 0);
+    let mut args = run_args(&f, &out);
+    args.extend(["--run-id", "nightly", "--devices", "0..20"]);
+    let stderr = expect_code(&args, 2);
+    assert!(stderr.contains("nightly"), "{stderr}");
+}
+
+/// The fixture's paths as owned strings.
+struct Paths {
+    readings: String,
+    registry_url: String,
+}
+
+impl Paths {
+    fn new(f: &Fixture) -> Self {
+        Self { readings: f.readings(), registry_url: f.registry() }
+    }
+}
