@@ -1,1 +1,56 @@
-fn main(){}
+//! Criterion benches of the hot paths: IsolationForest scoring and fitting, model decoding.
+//!
+//! `cargo bench --bench kernel` prints rows/s (throughput) for scoring 100 trees of 256 samples
+//! over 8 features, the reference shape of the performance targets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use batchscore_detectors::{Detector, IsolationForestParams};
+use batchscore_registry::{FeatureSummary, Model, ModelKey, TrainingInfo};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn data(rows: usize, features: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..features).map(|_| (0..rows).map(|_| rng.random::<f64>() * 10.0).collect()).collect()
+}
+
+fn refs(columns: &[Vec<f64>]) -> Vec<&[f64]> {
+    columns.iter().map(Vec::as_slice).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let train = data(2000, 8, 1);
+    let params = IsolationForestParams { seed: 7, ..Default::default() }.check().unwrap();
+    let forest = params.fit(&refs(&train)).unwrap();
+
+    let mut group = c.benchmark_group("iforest_score");
+    for rows in [1_024usize, 65_536] {
+        let batch = data(rows, 8, 2);
+        let columns = refs(&batch);
+        let mut out = vec![0.0; rows];
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_with_input(BenchmarkId::new("100x256x8", rows), &rows, |b, _| {
+            b.iter(|| forest.score_samples_into(&columns, &mut out).unwrap())
+        });
+    }
+    group.finish();
+
+    c.bench_function("iforest_fit_2000x8", |b| b.iter(|| params.fit(&refs(&train)).unwrap()));
+
+    let summaries = train.iter().map(|c| FeatureSummary::of(c)).collect();
+    let model = Model::isolation_forest(
+        ModelKey::device(1),
+        params.params(),
+        (0..8).map(|i| format!("f{i}")).collect(),
+        TrainingInfo { rows: 2000, from_us: None, to_us: None, summaries },
+        forest,
+        "2026-01-01T00:00:00Z".into(),
+    )
+    .unwrap();
+    let bytes = model.encode().unwrap();
+    c.bench_function("model_decode_100_trees", |b| b.iter(|| Model::decode("bench", &bytes).unwrap()));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -15,9 +15,30 @@ fn a_device_without_a_model_fails_alone() {
     let f = fixture();
     let dir = tempdir();
     let registry = dir.path().join("partial").display().to_string();
-    expect_code(&["train", "--input", &f.readings(), "--registry", &registry, "--devices", "0..8"], 0);
+    expect_code(
+        &[
+            "train",
+            "--input",
+            &f.readings(),
+            "--registry",
+            &registry,
+            "--devices",
+            "0..8",
+        ],
+        0,
+    );
     let output = dir.path().join("out").display().to_string();
-    let args = ["run", "--input", &f.readings(), "--registry", &registry, "--output", &output, "--devices", "0..10"];
+    let args = [
+        "run",
+        "--input",
+        &f.readings(),
+        "--registry",
+        &registry,
+        "--output",
+        &output,
+        "--devices",
+        "0..10",
+    ];
     // Two of ten devices have no model: over the default threshold of 0 -> exit code 3 ...
     let stdout = expect_code(&args, 3);
     assert!(stdout.contains("8 scored, 2 failed"), "{stdout}");
@@ -54,14 +75,30 @@ fn a_corrupt_model_fails_its_device_and_verify_reports_it() {
 
     let output = dir.path().join("out").display().to_string();
     let stdout = expect_code(
-        &["run", "--input", &f.readings(), "--registry", &registry, "--output", &output, "--max-failed", "1"],
+        &[
+            "run",
+            "--input",
+            &f.readings(),
+            "--registry",
+            &registry,
+            "--output",
+            &output,
+            "--max-failed",
+            "1",
+        ],
         0,
     );
-    assert!(stdout.contains(&format!("{} scored, 1 failed", DEVICES - 1)), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} scored, 1 failed", DEVICES - 1)),
+        "{stdout}"
+    );
     assert!(stdout.contains("device 3: model_invalid"), "{stdout}");
     assert!(stdout.contains("models/3.bsm"), "{stdout}");
     let verify = expect_code(&["models", "--registry", &registry, "verify"], 3);
-    assert!(verify.contains("BAD  3:") && verify.contains("1 bad"), "{verify}");
+    assert!(
+        verify.contains("BAD  3:") && verify.contains("1 bad"),
+        "{verify}"
+    );
 }
 
 #[test]
@@ -69,15 +106,41 @@ fn a_model_trained_on_other_columns_fails_with_feature_mismatch() {
     let dir = tempdir();
     let data = dir.path().join("seven").display().to_string();
     let readings = format!("{data}/readings");
-    expect_code(&["generate", "--devices", "3", "--sensors", "7", "--rows-per-device", "100", "--out", &data], 0);
+    expect_code(
+        &[
+            "generate",
+            "--devices",
+            "3",
+            "--sensors",
+            "7",
+            "--rows-per-device",
+            "100",
+            "--out",
+            &data,
+        ],
+        0,
+    );
     let output = dir.path().join("out").display().to_string();
     // The fixture's models expect 8 sensors, including flow_rate.
     let stdout = expect_code(
-        &["run", "--input", &readings, "--registry", &fixture().registry(), "--output", &output, "--max-failed", "100%"],
+        &[
+            "run",
+            "--input",
+            &readings,
+            "--registry",
+            &fixture().registry(),
+            "--output",
+            &output,
+            "--max-failed",
+            "100%",
+        ],
         0,
     );
     assert!(stdout.contains("0 scored, 3 failed"), "{stdout}");
-    assert!(stdout.contains("feature_mismatch") && stdout.contains("flow_rate"), "{stdout}");
+    assert!(
+        stdout.contains("feature_mismatch") && stdout.contains("flow_rate"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -90,7 +153,15 @@ fn a_truncated_input_file_is_a_clear_error() {
     std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
     let output = dir.path().join("out").display().to_string();
     let stderr = expect_code(
-        &["run", "--input", &readings.display().to_string(), "--registry", &fixture().registry(), "--output", &output],
+        &[
+            "run",
+            "--input",
+            &readings.display().to_string(),
+            "--registry",
+            &fixture().registry(),
+            "--output",
+            &output,
+        ],
         4,
     );
     assert!(stderr.contains("part-00001.parquet"), "{stderr}");
@@ -101,15 +172,57 @@ fn a_missing_column_is_a_clear_error_naming_file_and_column() {
     let dir = tempdir();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
-    expect_code(&["generate", "--devices", "3", "--rows-per-device", "50", "--partition", "device", "--out", &a_s], 0);
-    expect_code(&["generate", "--devices", "5", "--sensors", "7", "--rows-per-device", "50", "--partition", "device", "--out", &b_s], 0);
-    copy_dir(&b.join("readings/device_id=4"), &a.join("readings/device_id=4"));
+    expect_code(
+        &[
+            "generate",
+            "--devices",
+            "3",
+            "--rows-per-device",
+            "50",
+            "--partition",
+            "device",
+            "--out",
+            &a_s,
+        ],
+        0,
+    );
+    expect_code(
+        &[
+            "generate",
+            "--devices",
+            "5",
+            "--sensors",
+            "7",
+            "--rows-per-device",
+            "50",
+            "--partition",
+            "device",
+            "--out",
+            &b_s,
+        ],
+        0,
+    );
+    copy_dir(
+        &b.join("readings/device_id=4"),
+        &a.join("readings/device_id=4"),
+    );
     let output = dir.path().join("out").display().to_string();
     let stderr = expect_code(
-        &["run", "--input", &format!("{a_s}/readings"), "--registry", &fixture().registry(), "--output", &output],
+        &[
+            "run",
+            "--input",
+            &format!("{a_s}/readings"),
+            "--registry",
+            &fixture().registry(),
+            "--output",
+            &output,
+        ],
         4,
     );
-    assert!(stderr.contains("device_id=4/part-00000.parquet") && stderr.contains("`flow_rate`"), "{stderr}");
+    assert!(
+        stderr.contains("device_id=4/part-00000.parquet") && stderr.contains("`flow_rate`"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -117,7 +230,15 @@ fn usage_errors_exit_with_code_2() {
     let f = fixture();
     let out = tempdir();
     let output = out.path().display().to_string();
-    let base = ["run", "--input", &f.readings(), "--registry", &f.registry(), "--output", &output];
+    let base = [
+        "run",
+        "--input",
+        &f.readings(),
+        "--registry",
+        &f.registry(),
+        "--output",
+        &output,
+    ];
     for extra in [
         vec!["--shard-index", "3", "--shard-count", "3"],
         vec!["--devices", "5..2"],
@@ -129,6 +250,20 @@ fn usage_errors_exit_with_code_2() {
         args.extend(extra.iter());
         expect_code(&args, 2);
     }
-    expect_code(&["run", "--registry", &f.registry(), "--output", &output], 2);
-    expect_code(&["run", "--input", "ftp://nowhere/x", "--registry", &f.registry(), "--output", &output], 2);
+    expect_code(
+        &["run", "--registry", &f.registry(), "--output", &output],
+        2,
+    );
+    expect_code(
+        &[
+            "run",
+            "--input",
+            "ftp://nowhere/x",
+            "--registry",
+            &f.registry(),
+            "--output",
+            &output,
+        ],
+        2,
+    );
 }

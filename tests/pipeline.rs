@@ -13,8 +13,19 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
     let output = out.path().display().to_string();
     let stdout = expect_code(
         &[
-            "run", "--input", &f.readings(), "--registry", &f.registry(), "--output", &output, "--devices", "0..30",
-            "--min-part-rows", "1000", "--max-part-rows", "3000",
+            "run",
+            "--input",
+            &f.readings(),
+            "--registry",
+            &f.registry(),
+            "--output",
+            &output,
+            "--devices",
+            "0..30",
+            "--min-part-rows",
+            "1000",
+            "--max-part-rows",
+            "3000",
         ],
         0,
     );
@@ -24,7 +35,10 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
     assert_eq!(m["totals"]["rows"], (DEVICES as usize * ROWS) as u64);
     assert_eq!(m["totals"]["devices_scored"], DEVICES);
     assert_eq!(m["devices"].as_array().unwrap().len(), DEVICES as usize);
-    assert!(m["parts"].as_array().unwrap().len() >= 2, "several parts: {m}");
+    assert!(
+        m["parts"].as_array().unwrap().len() >= 2,
+        "several parts: {m}"
+    );
 
     let first = &m["parts"][0]["path"];
     let batch = &read_parquet(&run.join(first.as_str().unwrap()))[0];
@@ -33,18 +47,35 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
     assert_eq!(
         names,
         [
-            "device_id", "timestamp", "temperature", "pressure", "vibration", "humidity", "rpm", "voltage",
-            "current", "flow_rate", "score", "decision", "is_anomaly", "model_version", "run_id"
+            "device_id",
+            "timestamp",
+            "temperature",
+            "pressure",
+            "vibration",
+            "humidity",
+            "rpm",
+            "voltage",
+            "current",
+            "flow_rate",
+            "score",
+            "decision",
+            "is_anomaly",
+            "model_version",
+            "run_id"
         ]
     );
-    assert!(matches!(batch.schema().field(1).data_type(), DataType::Timestamp(_, Some(tz)) if tz.as_ref() == "UTC"));
+    assert!(
+        matches!(batch.schema().field(1).data_type(), DataType::Timestamp(_, Some(tz)) if tz.as_ref() == "UTC")
+    );
 
     // Injected anomalies rank above normal rows: ROC-AUC of -score against the labels.
     let rows = scored_rows(&run);
     let labels = labels(Path::new(&f.data()));
     assert_eq!(rows.len(), labels.len());
-    let mut scored: Vec<(f64, bool)> =
-        rows.iter().map(|(k, (s, _, _))| (-f64::from_bits(*s), labels[k])).collect();
+    let mut scored: Vec<(f64, bool)> = rows
+        .iter()
+        .map(|(k, (s, _, _))| (-f64::from_bits(*s), labels[k]))
+        .collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     let positives = scored.iter().filter(|(_, l)| *l).count() as f64;
     let negatives = scored.len() as f64 - positives;
@@ -73,8 +104,19 @@ fn thread_count_does_not_change_a_single_byte() {
         let output = dir.path().display().to_string();
         expect_code(
             &[
-                "run", "--input", &f.readings(), "--registry", &f.registry(), "--output", &output, "--threads", threads,
-                "--min-part-rows", "1000", "--max-part-rows", "3000",
+                "run",
+                "--input",
+                &f.readings(),
+                "--registry",
+                &f.registry(),
+                "--output",
+                &output,
+                "--threads",
+                threads,
+                "--min-part-rows",
+                "1000",
+                "--max-part-rows",
+                "3000",
             ],
             0,
         );
@@ -82,7 +124,10 @@ fn thread_count_does_not_change_a_single_byte() {
     let (ra, rb) = (run_dir(a.path()), run_dir(b.path()));
     assert_eq!(ra.file_name(), rb.file_name(), "same run id");
     let data = |run: &Path| -> Vec<(String, Vec<u8>)> {
-        files(run).into_iter().filter(|(p, _)| p.ends_with(".parquet") || p.starts_with("_receipts")).collect()
+        files(run)
+            .into_iter()
+            .filter(|(p, _)| p.ends_with(".parquet") || p.starts_with("_receipts"))
+            .collect()
     };
     let (fa, fb) = (data(&ra), data(&rb));
     assert!(fa.len() >= 4);
@@ -98,22 +143,68 @@ fn hive_partitions_and_packed_files_give_the_same_scores() {
     let output = dir.path().join("out");
     expect_code(
         &[
-            "generate", "--devices", &DEVICES.to_string(), "--rows-per-device", &ROWS.to_string(), "--seed", "7",
-            "--partition", "device", "--out", &hive,
+            "generate",
+            "--devices",
+            &DEVICES.to_string(),
+            "--rows-per-device",
+            &ROWS.to_string(),
+            "--seed",
+            "7",
+            "--partition",
+            "device",
+            "--out",
+            &hive,
         ],
         0,
     );
     let readings = format!("{hive}/readings");
-    expect_code(&["train", "--input", &readings, "--registry", &registry, "--seed", "3"], 0);
+    expect_code(
+        &[
+            "train",
+            "--input",
+            &readings,
+            "--registry",
+            &registry,
+            "--seed",
+            "3",
+        ],
+        0,
+    );
     // Partition pruning: only devices 5..12 are read.
     let out = output.display().to_string();
-    expect_code(&["run", "--input", &readings, "--registry", &registry, "--output", &out, "--devices", "5..12"], 0);
+    expect_code(
+        &[
+            "run",
+            "--input",
+            &readings,
+            "--registry",
+            &registry,
+            "--output",
+            &out,
+            "--devices",
+            "5..12",
+        ],
+        0,
+    );
     let hive_rows = scored_rows(&run_dir(&output));
     assert_eq!(hive_rows.len(), 7 * ROWS);
 
     let packed_out = dir.path().join("packed");
     let out = packed_out.display().to_string();
-    expect_code(&["run", "--input", &f.readings(), "--registry", &f.registry(), "--output", &out, "--devices", "5..12"], 0);
+    expect_code(
+        &[
+            "run",
+            "--input",
+            &f.readings(),
+            "--registry",
+            &f.registry(),
+            "--output",
+            &out,
+            "--devices",
+            "5..12",
+        ],
+        0,
+    );
     assert_eq!(scored_rows(&run_dir(&packed_out)), hive_rows);
 }
 
@@ -125,25 +216,51 @@ fn time_window_selects_rows() {
     // Readings start 2026-01-01 00:00 UTC, one per minute: 01:00-03:00 is 120 rows per device.
     expect_code(
         &[
-            "run", "--input", &f.readings(), "--registry", &f.registry(), "--output", &output, "--devices", "0,3,7",
-            "--from", "2026-01-01T01:00:00Z", "--to", "2026-01-01 03:00:00",
+            "run",
+            "--input",
+            &f.readings(),
+            "--registry",
+            &f.registry(),
+            "--output",
+            &output,
+            "--devices",
+            "0,3,7",
+            "--from",
+            "2026-01-01T01:00:00Z",
+            "--to",
+            "2026-01-01 03:00:00",
         ],
         0,
     );
     let rows = scored_rows(&run_dir(dir.path()));
     assert_eq!(rows.len(), 3 * 120);
     let (lo, hi) = (1_767_229_200_000_000i64, 1_767_236_400_000_000i64);
-    assert!(rows.keys().all(|(d, t)| [0, 3, 7].contains(d) && *t >= lo && *t < hi));
+    assert!(
+        rows.keys()
+            .all(|(d, t)| [0, 3, 7].contains(d) && *t >= lo && *t < hi)
+    );
 }
 
 #[test]
 fn models_list_show_and_verify() {
     let f = fixture();
     let listing = expect_code(&["models", "--registry", &f.registry(), "list"], 0);
-    assert_eq!(listing.lines().filter(|l| l.contains("isolation_forest")).count(), DEVICES as usize);
+    assert_eq!(
+        listing
+            .lines()
+            .filter(|l| l.contains("isolation_forest"))
+            .count(),
+        DEVICES as usize
+    );
     let show = expect_code(&["models", "--registry", &f.registry(), "show", "4"], 0);
-    let view: serde_json::Value = serde_json::from_str(show.split("\n{").last().map(|s| format!("{{{s}")).unwrap().as_str())
-        .unwrap_or_else(|_| serde_json::from_str(&show).unwrap());
+    let view: serde_json::Value = serde_json::from_str(
+        show.split("\n{")
+            .last()
+            .map(|s| format!("{{{s}"))
+            .unwrap()
+            .as_str(),
+    )
+    .unwrap_or_else(|_| serde_json::from_str(&show).unwrap());
     assert_eq!(view["meta"]["key"], "4");
     assert_eq!(view["detector"]["trees"], 100);
     assert_eq!(view["meta"]["features"].as_array().unwrap().len(), 8);
@@ -158,21 +275,44 @@ fn training_is_deterministic_whatever_the_thread_count() {
     let versions = |threads: &str| {
         let registry = dir.path().join(format!("r{threads}")).display().to_string();
         expect_code(
-            &["train", "--input", &f.readings(), "--registry", &registry, "--seed", "3", "--threads", threads, "--devices", "0..6"],
+            &[
+                "train",
+                "--input",
+                &f.readings(),
+                "--registry",
+                &registry,
+                "--seed",
+                "3",
+                "--threads",
+                threads,
+                "--devices",
+                "0..6",
+            ],
             0,
         );
         let index: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(format!("{registry}/index.json")).unwrap()).unwrap();
-        index["models"].as_array().unwrap().iter().map(|m| m["version"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+            serde_json::from_slice(&std::fs::read(format!("{registry}/index.json")).unwrap())
+                .unwrap();
+        index["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["version"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
     let one = versions("1");
     assert_eq!(one.len(), 6);
     assert_eq!(one, versions("2"));
     // And equal to the fixture's models, trained on all devices at once.
     let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(format!("{}/index.json", f.registry())).unwrap()).unwrap();
-    let fixture_versions: Vec<String> =
-        index["models"].as_array().unwrap().iter().map(|m| m["version"].as_str().unwrap().to_string()).collect();
+        serde_json::from_slice(&std::fs::read(format!("{}/index.json", f.registry())).unwrap())
+            .unwrap();
+    let fixture_versions: Vec<String> = index["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["version"].as_str().unwrap().to_string())
+        .collect();
     for v in &one {
         assert!(fixture_versions.contains(v));
     }

@@ -12,8 +12,8 @@ use chrono::Utc;
 use rayon::prelude::*;
 
 use crate::cli::{
-    FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand, PartitionArg, RunArgs,
-    SummaryFormat, TrainArgs,
+    FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand, PartitionArg,
+    RunArgs, SummaryFormat, TrainArgs,
 };
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
@@ -28,8 +28,13 @@ fn interactive(printer: Printer) -> bool {
 }
 
 fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
-    let threads = threads.filter(|t| *t > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")
+    let threads = threads
+        .filter(|t| *t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start worker threads")
 }
 
 pub fn generate(args: &GenerateArgs, storage: &Storage, printer: Printer) -> Result<u8> {
@@ -57,7 +62,9 @@ pub fn generate(args: &GenerateArgs, storage: &Storage, printer: Printer) -> Res
         rows_per_file: args.rows_per_file,
         row_group_rows: args.row_group_rows,
     };
-    let out = storage.open(&args.out).map_err(|e| UsageError(e.to_string()))?;
+    let out = storage
+        .open(&args.out)
+        .map_err(|e| UsageError(e.to_string()))?;
     let started = std::time::Instant::now();
     let summary = pool(args.threads)?.install(|| batchscore_synth::generate(&spec, &out))?;
     printer.out(&format!(
@@ -75,7 +82,12 @@ pub fn generate(args: &GenerateArgs, storage: &Storage, printer: Printer) -> Res
     Ok(0)
 }
 
-pub fn train(args: &TrainArgs, config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
+pub fn train(
+    args: &TrainArgs,
+    config: &ConfigFile,
+    storage: &Storage,
+    printer: Printer,
+) -> Result<u8> {
     let spec = settings::train_spec(args, config, storage, Utc::now())?;
     let reporter = Reporter::new(interactive(printer), "train");
     let report = batchscore_scheduler::train(&spec, &reporter)?;
@@ -104,7 +116,9 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
     let Some(sample) = config.sample.as_ref().filter(|s| s.generate_if_missing) else {
         return Ok(());
     };
-    let dir = config.location(&Some(sample.dir.clone())).unwrap_or_default();
+    let dir = config
+        .location(&Some(sample.dir.clone()))
+        .unwrap_or_default();
     let location = storage.open(&dir)?;
     if location.list("readings")?.is_empty() {
         printer.note(&format!(
@@ -120,11 +134,23 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
         };
         pool(None)?.install(|| batchscore_synth::generate(&spec, &location))?;
     }
-    let registry = config.location(&config.paths.registry).context("the sample needs paths.registry")?;
+    let registry = config
+        .location(&config.paths.registry)
+        .context("the sample needs paths.registry")?;
     if Registry::open(storage.open(&registry)?)?.is_empty() {
-        printer.note(&format!("first use: training the sample's models into {registry}"));
+        printer.note(&format!(
+            "first use: training the sample's models into {registry}"
+        ));
         let args = TrainArgs {
-            input: InputArgs { input: None, registry: None, devices: Some("all".into()), from: None, to: None, last: None, threads: None },
+            input: InputArgs {
+                input: None,
+                registry: None,
+                devices: Some("all".into()),
+                from: None,
+                to: None,
+                last: None,
+                threads: None,
+            },
             n_estimators: None,
             max_samples: None,
             max_features: None,
@@ -136,7 +162,11 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
         let spec = settings::train_spec(&args, config, storage, Utc::now())?;
         let reporter = Reporter::new(interactive(printer), "train");
         let report = batchscore_scheduler::train(&spec, &reporter)?;
-        printer.note(&format!("trained {} models in {:.2} s", report.trained, report.elapsed.as_secs_f64()));
+        printer.note(&format!(
+            "trained {} models in {:.2} s",
+            report.trained,
+            report.elapsed.as_secs_f64()
+        ));
     }
     Ok(())
 }
@@ -150,16 +180,31 @@ pub fn run(args: &RunArgs, config: &ConfigFile, storage: &Storage, printer: Prin
         SummaryFormat::Json => printer.out(&serde_json::to_string_pretty(&report.manifest)?),
         SummaryFormat::Text => printer.out(&render_summary(&report, spec.threads)),
     }
-    Ok(if report.failed_over_threshold { EXIT_PARTIAL } else { 0 })
+    Ok(if report.failed_over_threshold {
+        EXIT_PARTIAL
+    } else {
+        0
+    })
 }
 
 fn render_summary(r: &RunReport, threads: usize) -> String {
     let t = &r.manifest.totals;
     let secs = r.elapsed.as_secs_f64();
-    let state = if r.complete { "complete: _SUCCESS written" } else { "shard committed; waiting for other shards" };
-    let pct = if t.rows > 0 { 100.0 * t.anomalies as f64 / t.rows as f64 } else { 0.0 };
+    let state = if r.complete {
+        "complete: _SUCCESS written"
+    } else {
+        "shard committed; waiting for other shards"
+    };
+    let pct = if t.rows > 0 {
+        100.0 * t.anomalies as f64 / t.rows as f64
+    } else {
+        0.0
+    };
     let mut lines = vec![
-        format!("batchscore run {}  [{}]  ({state})", r.run_id, r.manifest.scope),
+        format!(
+            "batchscore run {}  [{}]  ({state})",
+            r.run_id, r.manifest.scope
+        ),
         format!("  output    {}/", r.output_url),
         format!(
             "  devices   {} scored, {} failed, {} without input",
@@ -167,7 +212,11 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
             thousands(t.devices_failed),
             thousands(t.devices_no_input)
         ),
-        format!("  rows      {} scored, {} anomalies ({pct:.2} %)", thousands(t.rows), thousands(t.anomalies)),
+        format!(
+            "  rows      {} scored, {} anomalies ({pct:.2} %)",
+            thousands(t.rows),
+            thousands(t.anomalies)
+        ),
         format!(
             "  units     {} of {} in the plan ({} already committed by an earlier attempt), {} part files",
             t.units, r.plan_units, r.units_skipped, t.parts
@@ -178,9 +227,19 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
             thousands((r.rows_scored_now as f64 / secs.max(1e-9)) as u64)
         ),
     ];
-    let failures: Vec<_> = r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
+    let failures: Vec<_> = r
+        .manifest
+        .devices
+        .iter()
+        .filter(|d| d.status == DeviceStatus::Failed)
+        .collect();
     if !failures.is_empty() {
-        lines.push(format!("  failures  (first {} of {}; all in {:?})", failures.len().min(10), failures.len(), r.manifest.failures_tables));
+        lines.push(format!(
+            "  failures  (first {} of {}; all in {:?})",
+            failures.len().min(10),
+            failures.len(),
+            r.manifest.failures_tables
+        ));
         for d in failures.iter().take(10) {
             lines.push(format!(
                 "    device {}: {}: {}",
@@ -196,7 +255,12 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
     lines.join("\n")
 }
 
-pub fn models(args: &ModelsArgs, config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
+pub fn models(
+    args: &ModelsArgs,
+    config: &ConfigFile,
+    storage: &Storage,
+    printer: Printer,
+) -> Result<u8> {
     let url = args
         .registry
         .clone()
@@ -205,7 +269,10 @@ pub fn models(args: &ModelsArgs, config: &ConfigFile, storage: &Storage, printer
     let registry = Registry::open(storage.open(&url).map_err(|e| UsageError(e.to_string()))?)?;
     match &args.command {
         ModelsCommand::List => {
-            printer.out(&format!("{:<12} {:<16} {:<18} {:>8} {:>10}  created", "key", "version", "detector", "features", "rows"));
+            printer.out(&format!(
+                "{:<12} {:<16} {:<18} {:>8} {:>10}  created",
+                "key", "version", "detector", "features", "rows"
+            ));
             for e in registry.entries() {
                 printer.out(&format!(
                     "{:<12} {:<16} {:<18} {:>8} {:>10}  {}",
@@ -258,9 +325,13 @@ pub fn models(args: &ModelsArgs, config: &ConfigFile, storage: &Storage, printer
                     })
                     .collect()
             });
-            let bad: Vec<_> = results.iter().filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e))).collect();
+            let bad: Vec<_> = results
+                .iter()
+                .filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e)))
+                .collect();
             // Files under models/ that the index does not name are left-overs, not errors.
-            let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+            let listed: std::collections::HashSet<&str> =
+                entries.iter().map(|e| e.path.as_str()).collect();
             let orphans: Vec<String> = storage
                 .open(&url)?
                 .list("models")?
@@ -274,7 +345,12 @@ pub fn models(args: &ModelsArgs, config: &ConfigFile, storage: &Storage, printer
             for path in orphans.iter().take(20) {
                 printer.out(&format!("NOTE {path} is not in the index"));
             }
-            printer.out(&format!("verified {} models: {} ok, {} bad", results.len(), results.len() - bad.len(), bad.len()));
+            printer.out(&format!(
+                "verified {} models: {} ok, {} bad",
+                results.len(),
+                results.len() - bad.len(),
+                bad.len()
+            ));
             Ok(if bad.is_empty() { 0 } else { EXIT_PARTIAL })
         }
     }

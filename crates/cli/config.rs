@@ -95,7 +95,9 @@ impl ConfigFile {
             return Some(value.clone());
         }
         match &self.base {
-            Some(base) if !base.as_os_str().is_empty() => Some(base.join(value).display().to_string()),
+            Some(base) if !base.as_os_str().is_empty() => {
+                Some(base.join(value).display().to_string())
+            }
             _ => Some(value.clone()),
         }
     }
@@ -109,7 +111,8 @@ mod tests {
     fn rejects_unknown_keys_and_resolves_relative_paths() {
         let err = toml::from_str::<ConfigFile>("[run]\nthreads = 2\nthread = 3\n").unwrap_err();
         assert!(err.to_string().contains("thread"), "{err}");
-        let mut c: ConfigFile = toml::from_str("[paths]\ninput = \"../data\"\noutput = \"memory://x\"\n").unwrap();
+        let mut c: ConfigFile =
+            toml::from_str("[paths]\ninput = \"../data\"\noutput = \"memory://x\"\n").unwrap();
         c.base = Some(PathBuf::from("configs"));
         assert_eq!(c.location(&c.paths.input).unwrap(), "configs/../data");
         assert_eq!(c.location(&c.paths.output).unwrap(), "memory://x");

@@ -92,7 +92,9 @@ fn dispatch(cli: &Cli, printer: Printer) -> anyhow::Result<u8> {
 fn io_code(e: &IoError) -> u8 {
     match e {
         e if e.is_retryable() => EXIT_RETRY,
-        IoError::Parquet { .. } | IoError::MissingColumn { .. } | IoError::ColumnType { .. } => EXIT_BAD_INPUT,
+        IoError::Parquet { .. } | IoError::MissingColumn { .. } | IoError::ColumnType { .. } => {
+            EXIT_BAD_INPUT
+        }
         IoError::Encode { .. } => EXIT_INTERNAL,
         // Missing objects, bad URLs, permission problems: fix the configuration.
         _ => EXIT_USAGE,
@@ -102,15 +104,19 @@ fn io_code(e: &IoError) -> u8 {
 /// Maps the first typed error in the chain to an exit code.
 fn exit_code(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
-        if cause.downcast_ref::<UsageError>().is_some() || cause.downcast_ref::<clap::Error>().is_some() {
+        if cause.downcast_ref::<UsageError>().is_some()
+            || cause.downcast_ref::<clap::Error>().is_some()
+        {
             return EXIT_USAGE;
         }
         if let Some(e) = cause.downcast_ref::<SchedulerError>() {
             return match e {
-                SchedulerError::InvalidSetting { .. } | SchedulerError::RunConflict { .. } => EXIT_USAGE,
-                SchedulerError::Input(_) | SchedulerError::NoInput { .. } | SchedulerError::CorruptRecord { .. } => {
-                    EXIT_BAD_INPUT
+                SchedulerError::InvalidSetting { .. } | SchedulerError::RunConflict { .. } => {
+                    EXIT_USAGE
                 }
+                SchedulerError::Input(_)
+                | SchedulerError::NoInput { .. }
+                | SchedulerError::CorruptRecord { .. } => EXIT_BAD_INPUT,
                 SchedulerError::Io(e) => io_code(e),
                 SchedulerError::Registry(e) => registry_code(e),
                 SchedulerError::ThreadPool { .. } | SchedulerError::Arrow { .. } => EXIT_INTERNAL,

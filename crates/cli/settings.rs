@@ -6,7 +6,9 @@
 
 use batchscore_detectors::{Contamination, IsolationForestParams, MaxFeatures, MaxSamples};
 use batchscore_io::Storage;
-use batchscore_scheduler::{DeviceSelection, InputColumns, MaxFailed, RunSpec, Shard, TimeWindow, TrainSpec};
+use batchscore_scheduler::{
+    DeviceSelection, InputColumns, MaxFailed, RunSpec, Shard, TimeWindow, TrainSpec,
+};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::json;
 
@@ -28,7 +30,9 @@ const DEFAULT_MAX_PART_ROWS: u64 = 1_000_000;
 
 fn required(value: Option<String>, flag: &str, env: &str, key: &str) -> Result<String, UsageError> {
     value.ok_or_else(|| {
-        UsageError(format!("missing {flag}: pass it, set {env}, or set `{key}` in the config file"))
+        UsageError(format!(
+            "missing {flag}: pass it, set {env}, or set `{key}` in the config file"
+        ))
     })
 }
 
@@ -54,7 +58,10 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, UsageError> {
             return Ok(dt.and_utc());
         }
     }
-    if let Some(dt) = NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)) {
+    if let Some(dt) = NaiveDate::parse_from_str(t, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+    {
         return Ok(dt.and_utc());
     }
     Err(UsageError(format!(
@@ -67,13 +74,19 @@ pub fn parse_period(text: &str) -> Result<i64, UsageError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: i64 = n.parse().map_err(|_| UsageError(format!("`{text}` is not a period like 1h")))?;
+    let n: i64 = n
+        .parse()
+        .map_err(|_| UsageError(format!("`{text}` is not a period like 1h")))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(UsageError(format!("`{text}`: the unit must be s, m, h or d"))),
+        _ => {
+            return Err(UsageError(format!(
+                "`{text}`: the unit must be s, m, h or d"
+            )));
+        }
     };
     if n <= 0 {
         return Err(UsageError(format!("`{text}` must be positive")));
@@ -89,7 +102,9 @@ fn window(
 ) -> Result<TimeWindow, UsageError> {
     if let Some(last) = last {
         if from.is_some() || to.is_some() {
-            return Err(UsageError("`last` cannot be combined with `from`/`to`".into()));
+            return Err(UsageError(
+                "`last` cannot be combined with `from`/`to`".into(),
+            ));
         }
         // The last whole period, aligned to the clock (e.g. 13:00-14:00 when run at 14:05), so
         // every retry within the next period selects the same rows and derives the same run id.
@@ -97,8 +112,14 @@ fn window(
         let end = now.timestamp_micros().div_euclid(period) * period;
         return TimeWindow::new(Some(end - period), Some(end)).map_err(usage);
     }
-    let from = from.map(|t| parse_time(&t)).transpose()?.map(|t| t.timestamp_micros());
-    let to = to.map(|t| parse_time(&t)).transpose()?.map(|t| t.timestamp_micros());
+    let from = from
+        .map(|t| parse_time(&t))
+        .transpose()?
+        .map(|t| t.timestamp_micros());
+    let to = to
+        .map(|t| parse_time(&t))
+        .transpose()?
+        .map(|t| t.timestamp_micros());
     TimeWindow::new(from, to).map_err(usage)
 }
 
@@ -123,23 +144,34 @@ struct Common {
 
 fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<Common, UsageError> {
     let input = required(
-        args.input.clone().or_else(|| config.location(&config.paths.input)),
+        args.input
+            .clone()
+            .or_else(|| config.location(&config.paths.input)),
         "--input",
         "BATCHSCORE_INPUT",
         "paths.input",
     )?;
     let registry = required(
-        args.registry.clone().or_else(|| config.location(&config.paths.registry)),
+        args.registry
+            .clone()
+            .or_else(|| config.location(&config.paths.registry)),
         "--registry",
         "BATCHSCORE_REGISTRY",
         "paths.registry",
     )?;
-    let devices = args.devices.clone().or_else(|| config.select.devices.clone());
+    let devices = args
+        .devices
+        .clone()
+        .or_else(|| config.select.devices.clone());
     let selection = selection(devices.clone())?;
     let (from, to, last) = if args.from.is_some() || args.to.is_some() || args.last.is_some() {
         (args.from.clone(), args.to.clone(), args.last.clone())
     } else {
-        (config.select.from.clone(), config.select.to.clone(), config.select.last.clone())
+        (
+            config.select.from.clone(),
+            config.select.to.clone(),
+            config.select.last.clone(),
+        )
     };
     let window = window(from.clone(), to.clone(), last.clone(), now)?;
     let columns = config.columns.clone().unwrap_or_default();
@@ -147,7 +179,14 @@ fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<C
         "input": input, "registry": registry, "devices": selection.canonical(),
         "from": from, "to": to, "last": last, "window_us": window, "columns": columns,
     });
-    Ok(Common { input, registry, selection, window, columns, raw })
+    Ok(Common {
+        input,
+        registry,
+        selection,
+        window,
+        columns,
+        raw,
+    })
 }
 
 /// Resolves `batchscore run`.
@@ -159,7 +198,9 @@ pub fn run_spec(
 ) -> Result<RunSpec, UsageError> {
     let c = common(&args.input, config, now)?;
     let output = required(
-        args.output.clone().or_else(|| config.location(&config.paths.output)),
+        args.output
+            .clone()
+            .or_else(|| config.location(&config.paths.output)),
         "--output",
         "BATCHSCORE_OUTPUT",
         "paths.output",
@@ -167,23 +208,41 @@ pub fn run_spec(
     let shard_count = args.shard_count.or(config.run.shard_count).unwrap_or(1);
     let shard_index = match args.shard_index {
         Some(i) => i,
-        None => match args.shard_index_env.clone().or_else(|| config.run.shard_index_env.clone()) {
+        None => match args
+            .shard_index_env
+            .clone()
+            .or_else(|| config.run.shard_index_env.clone())
+        {
             Some(var) => {
                 let value = std::env::var(&var)
                     .map_err(|_| UsageError(format!("shard index variable {var} is not set")))?;
                 value.trim().parse().map_err(|_| {
-                    UsageError(format!("shard index variable {var}=`{value}` is not a number"))
+                    UsageError(format!(
+                        "shard index variable {var}=`{value}` is not a number"
+                    ))
                 })?
             }
             None => 0,
         },
     };
     let shard = Shard::new(shard_index, shard_count).map_err(usage)?;
-    let max_failed = args.max_failed.clone().or_else(|| config.run.max_failed.clone()).unwrap_or_else(|| "0".into());
+    let max_failed = args
+        .max_failed
+        .clone()
+        .or_else(|| config.run.max_failed.clone())
+        .unwrap_or_else(|| "0".into());
     let max_failed = MaxFailed::parse(&max_failed).map_err(usage)?;
     let threads = threads(args.input.threads.or(config.run.threads))?;
-    let min_part_rows = args.min_part_rows.or(config.run.min_part_rows).unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
-    let max_part_rows = args.max_part_rows.or(config.run.max_part_rows).unwrap_or(DEFAULT_MAX_PART_ROWS).max(min_part_rows);
+    let min_part_rows = args
+        .min_part_rows
+        .or(config.run.min_part_rows)
+        .unwrap_or(DEFAULT_MIN_PART_ROWS)
+        .max(1);
+    let max_part_rows = args
+        .max_part_rows
+        .or(config.run.max_part_rows)
+        .unwrap_or(DEFAULT_MAX_PART_ROWS)
+        .max(min_part_rows);
     let mut settings = c.raw;
     settings["output"] = json!(output);
     settings["shard"] = json!(shard);
@@ -212,9 +271,13 @@ fn max_samples(text: &str) -> Result<MaxSamples, UsageError> {
     if text == "auto" {
         Ok(MaxSamples::Auto)
     } else if text.contains('.') {
-        text.parse().map(MaxSamples::Fraction).map_err(|_| UsageError(format!("max_samples `{text}`")))
+        text.parse()
+            .map(MaxSamples::Fraction)
+            .map_err(|_| UsageError(format!("max_samples `{text}`")))
     } else {
-        text.parse().map(MaxSamples::Count).map_err(|_| UsageError(format!("max_samples `{text}`")))
+        text.parse()
+            .map(MaxSamples::Count)
+            .map_err(|_| UsageError(format!("max_samples `{text}`")))
     }
 }
 
@@ -222,9 +285,13 @@ fn max_features(text: &str) -> Result<MaxFeatures, UsageError> {
     if text == "all" {
         Ok(MaxFeatures::All)
     } else if text.contains('.') {
-        text.parse().map(MaxFeatures::Fraction).map_err(|_| UsageError(format!("max_features `{text}`")))
+        text.parse()
+            .map(MaxFeatures::Fraction)
+            .map_err(|_| UsageError(format!("max_features `{text}`")))
     } else {
-        text.parse().map(MaxFeatures::Count).map_err(|_| UsageError(format!("max_features `{text}`")))
+        text.parse()
+            .map(MaxFeatures::Count)
+            .map_err(|_| UsageError(format!("max_features `{text}`")))
     }
 }
 
@@ -232,7 +299,9 @@ fn contamination(text: &str) -> Result<Contamination, UsageError> {
     if text == "auto" {
         Ok(Contamination::Auto)
     } else {
-        text.parse().map(Contamination::Fraction).map_err(|_| UsageError(format!("contamination `{text}`")))
+        text.parse()
+            .map(Contamination::Fraction)
+            .map_err(|_| UsageError(format!("contamination `{text}`")))
     }
 }
 
@@ -247,7 +316,10 @@ pub fn train_spec(
     let t = &config.train;
     let defaults = IsolationForestParams::default();
     let params = IsolationForestParams {
-        n_estimators: args.n_estimators.or(t.n_estimators).unwrap_or(defaults.n_estimators),
+        n_estimators: args
+            .n_estimators
+            .or(t.n_estimators)
+            .unwrap_or(defaults.n_estimators),
         max_samples: match args.max_samples.as_ref().or(t.max_samples.as_ref()) {
             Some(s) => max_samples(s)?,
             None => defaults.max_samples,
@@ -284,8 +356,14 @@ mod tests {
     #[test]
     fn times_and_periods() {
         assert_eq!(parse_time("2026-01-01").unwrap().timestamp(), 1_767_225_600);
-        assert_eq!(parse_time("2026-01-01T01:00:00+01:00").unwrap().timestamp(), 1_767_225_600);
-        assert_eq!(parse_time("2026-01-01 00:00:10").unwrap().timestamp(), 1_767_225_610);
+        assert_eq!(
+            parse_time("2026-01-01T01:00:00+01:00").unwrap().timestamp(),
+            1_767_225_600
+        );
+        assert_eq!(
+            parse_time("2026-01-01 00:00:10").unwrap().timestamp(),
+            1_767_225_610
+        );
         assert!(parse_time("yesterday").is_err());
         assert_eq!(parse_period("15m").unwrap(), 900);
         assert!(parse_period("0h").is_err() && parse_period("1w").is_err());
@@ -295,8 +373,22 @@ mod tests {
     fn last_period_is_aligned_to_the_clock() {
         let now = parse_time("2026-03-01T14:05:00Z").unwrap();
         let w = window(None, None, Some("1h".into()), now).unwrap();
-        assert_eq!(w.from_us, Some(parse_time("2026-03-01T13:00:00Z").unwrap().timestamp_micros()));
-        assert_eq!(w.to_us, Some(parse_time("2026-03-01T14:00:00Z").unwrap().timestamp_micros()));
+        assert_eq!(
+            w.from_us,
+            Some(
+                parse_time("2026-03-01T13:00:00Z")
+                    .unwrap()
+                    .timestamp_micros()
+            )
+        );
+        assert_eq!(
+            w.to_us,
+            Some(
+                parse_time("2026-03-01T14:00:00Z")
+                    .unwrap()
+                    .timestamp_micros()
+            )
+        );
     }
 
     #[test]

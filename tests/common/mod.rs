@@ -29,7 +29,11 @@ pub fn expect_code(args: &[&str], code: i32) -> String {
     let out = batchscore(args);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(out.status.code(), Some(code), "batchscore {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "batchscore {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     stdout + &stderr
 }
 
@@ -60,12 +64,34 @@ pub fn fixture() -> &'static Fixture {
         // Small row groups so that units, shards and pruning have something to split.
         expect_code(
             &[
-                "generate", "--devices", &DEVICES.to_string(), "--rows-per-device", &ROWS.to_string(),
-                "--seed", "7", "--row-group-rows", "1500", "--rows-per-file", "6000", "--out", &f.data(),
+                "generate",
+                "--devices",
+                &DEVICES.to_string(),
+                "--rows-per-device",
+                &ROWS.to_string(),
+                "--seed",
+                "7",
+                "--row-group-rows",
+                "1500",
+                "--rows-per-file",
+                "6000",
+                "--out",
+                &f.data(),
             ],
             0,
         );
-        expect_code(&["train", "--input", &f.readings(), "--registry", &f.registry(), "--seed", "3"], 0);
+        expect_code(
+            &[
+                "train",
+                "--input",
+                &f.readings(),
+                "--registry",
+                &f.registry(),
+                "--seed",
+                "3",
+            ],
+            0,
+        );
         f
     })
 }
@@ -92,12 +118,20 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// Reads every batch of a Parquet file.
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let file = std::fs::File::open(path).unwrap();
-    ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(|b| b.unwrap()).collect()
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
 }
 
 /// The single run directory under `output`.
 pub fn run_dir(output: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(output).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(output)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs.pop().unwrap()
 }
@@ -117,15 +151,34 @@ pub fn scored_rows(run: &Path) -> Scored {
     let mut rows = Scored::new();
     for part in m["parts"].as_array().unwrap() {
         for batch in read_parquet(&run.join(part["path"].as_str().unwrap())) {
-            let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
-            let ts = batch.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
-            let score = batch.column_by_name("score").unwrap().as_primitive::<Float64Type>();
-            let decision = batch.column_by_name("decision").unwrap().as_primitive::<Float64Type>();
+            let device = batch
+                .column_by_name("device_id")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            let ts = batch
+                .column_by_name("timestamp")
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>();
+            let score = batch
+                .column_by_name("score")
+                .unwrap()
+                .as_primitive::<Float64Type>();
+            let decision = batch
+                .column_by_name("decision")
+                .unwrap()
+                .as_primitive::<Float64Type>();
             let anomaly = batch.column_by_name("is_anomaly").unwrap().as_boolean();
             for i in 0..batch.num_rows() {
                 let key = (device.value(i), ts.value(i));
-                let value = (score.value(i).to_bits(), decision.value(i).to_bits(), anomaly.value(i));
-                assert!(rows.insert(key, value).is_none(), "row {key:?} written twice");
+                let value = (
+                    score.value(i).to_bits(),
+                    decision.value(i).to_bits(),
+                    anomaly.value(i),
+                );
+                assert!(
+                    rows.insert(key, value).is_none(),
+                    "row {key:?} written twice"
+                );
             }
         }
     }
@@ -136,8 +189,14 @@ pub fn scored_rows(run: &Path) -> Scored {
 pub fn labels(data: &Path) -> HashMap<(i64, i64), bool> {
     let mut out = HashMap::new();
     for batch in read_parquet(&data.join("labels.parquet")) {
-        let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
-        let ts = batch.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
+        let device = batch
+            .column_by_name("device_id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        let ts = batch
+            .column_by_name("timestamp")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
         let label = batch.column_by_name("is_anomaly").unwrap().as_boolean();
         for i in 0..batch.num_rows() {
             assert!(!device.is_null(i));

@@ -32,7 +32,10 @@ impl TryFrom<String> for ModelKey {
             Some("empty")
         } else if key.len() > 128 {
             Some("longer than 128 bytes")
-        } else if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b)) {
+        } else if !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
+        {
             Some("only ASCII letters, digits, '-', '_', '.' and '=' are allowed")
         } else if key.starts_with('.') {
             Some("must not start with '.'")
@@ -40,7 +43,10 @@ impl TryFrom<String> for ModelKey {
             None
         };
         match reason {
-            Some(reason) => Err(RegistryError::InvalidKey { key, reason: reason.into() }),
+            Some(reason) => Err(RegistryError::InvalidKey {
+                key,
+                reason: reason.into(),
+            }),
             None => Ok(Self(key)),
         }
     }
@@ -188,7 +194,14 @@ impl Model {
             key: key.to_string(),
             reason: e.to_string(),
         })?;
-        Self::new(key, params, features, training, DetectorModel::IsolationForest(forest), created_at)
+        Self::new(
+            key,
+            params,
+            features,
+            training,
+            DetectorModel::IsolationForest(forest),
+            created_at,
+        )
     }
 
     /// Assembles a model and computes its content hash; checks the feature list.
@@ -200,8 +213,13 @@ impl Model {
         detector: DetectorModel,
         created_at: String,
     ) -> Result<Self, RegistryError> {
-        let content_hash = content_hash(&key, &params, &features, &training, &detector)
-            .map_err(|reason| RegistryError::Encode { key: key.to_string(), reason })?;
+        let content_hash =
+            content_hash(&key, &params, &features, &training, &detector).map_err(|reason| {
+                RegistryError::Encode {
+                    key: key.to_string(),
+                    reason,
+                }
+            })?;
         let meta = ModelMeta {
             key,
             detector: detector.kind().to_string(),
@@ -276,7 +294,13 @@ fn content_hash(
     detector: &DetectorModel,
 ) -> Result<String, String> {
     use sha2::{Digest, Sha256};
-    let content = Content { key, params, features, training, detector };
+    let content = Content {
+        key,
+        params,
+        features,
+        training,
+        detector,
+    };
     let bytes = bincode::serde::encode_to_vec(&content, bincode::config::standard())
         .map_err(|e| e.to_string())?;
     Ok(hex::encode(Sha256::digest(&bytes)))

@@ -115,9 +115,12 @@ pub(crate) fn part_path(unit: usize) -> String {
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<bytes::Bytes, SchedulerError> {
-    serde_json::to_vec_pretty(value).map(bytes::Bytes::from).map_err(|e| {
-        SchedulerError::CorruptRecord { url: "<memory>".into(), reason: e.to_string() }
-    })
+    serde_json::to_vec_pretty(value)
+        .map(bytes::Bytes::from)
+        .map_err(|e| SchedulerError::CorruptRecord {
+            url: "<memory>".into(),
+            reason: e.to_string(),
+        })
 }
 
 pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(
@@ -176,9 +179,14 @@ impl Totals {
 }
 
 /// The failures table: one row per failed device.
-pub(crate) fn failures_table(run_id: &str, devices: &[DeviceOutcome]) -> Result<bytes::Bytes, SchedulerError> {
-    let failed: Vec<&DeviceOutcome> =
-        devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
+pub(crate) fn failures_table(
+    run_id: &str,
+    devices: &[DeviceOutcome],
+) -> Result<bytes::Bytes, SchedulerError> {
+    let failed: Vec<&DeviceOutcome> = devices
+        .iter()
+        .filter(|d| d.status == DeviceStatus::Failed)
+        .collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("device_id", DataType::Int64, false),
@@ -190,13 +198,24 @@ pub(crate) fn failures_table(run_id: &str, devices: &[DeviceOutcome]) -> Result<
         schema.clone(),
         vec![
             Arc::new(StringArray::from(vec![run_id; failed.len()])),
-            Arc::new(Int64Array::from_iter_values(failed.iter().map(|d| d.device))),
-            Arc::new(StringArray::from_iter_values(failed.iter().map(|d| d.device.to_string()))),
-            Arc::new(StringArray::from_iter(failed.iter().map(|d| d.stage.as_deref()))),
-            Arc::new(StringArray::from_iter(failed.iter().map(|d| d.reason.as_deref()))),
+            Arc::new(Int64Array::from_iter_values(
+                failed.iter().map(|d| d.device),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                failed.iter().map(|d| d.device.to_string()),
+            )),
+            Arc::new(StringArray::from_iter(
+                failed.iter().map(|d| d.stage.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter(
+                failed.iter().map(|d| d.reason.as_deref()),
+            )),
         ],
     )
-    .map_err(|source| SchedulerError::Arrow { what: "failures", source })?;
+    .map_err(|source| SchedulerError::Arrow {
+        what: "failures",
+        source,
+    })?;
     Ok(encode_parquet(&schema, &[batch], &WriteOptions::default())?)
 }
 
@@ -205,7 +224,15 @@ mod tests {
     use super::*;
 
     fn outcome(device: i64, status: DeviceStatus, rows: u64) -> DeviceOutcome {
-        DeviceOutcome { device, status, rows, anomalies: 1, model_version: None, stage: None, reason: None }
+        DeviceOutcome {
+            device,
+            status,
+            rows,
+            anomalies: 1,
+            model_version: None,
+            stage: None,
+            reason: None,
+        }
     }
 
     #[test]
@@ -217,8 +244,10 @@ mod tests {
             outcome(3, DeviceStatus::NoInput, 0),
             outcome(3, DeviceStatus::Failed, 4),
         ]);
-        let view: Vec<(i64, DeviceStatus, u64, u64)> =
-            merged.iter().map(|d| (d.device, d.status, d.rows, d.anomalies)).collect();
+        let view: Vec<(i64, DeviceStatus, u64, u64)> = merged
+            .iter()
+            .map(|d| (d.device, d.status, d.rows, d.anomalies))
+            .collect();
         assert_eq!(
             view,
             vec![

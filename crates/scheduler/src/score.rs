@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use batchscore_detectors::Detector;
 use batchscore_registry::{ModelKey, Registry, RegistryError};
@@ -19,9 +22,17 @@ const SCORE_BATCH_ROWS: usize = 64 * 1024;
 pub(crate) fn output_schema(columns: &InputColumns, sensors: &[String]) -> SchemaRef {
     let mut fields = vec![
         Field::new(&columns.device, DataType::Int64, false),
-        Field::new(&columns.timestamp, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            &columns.timestamp,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
     ];
-    fields.extend(sensors.iter().map(|s| Field::new(s, DataType::Float64, true)));
+    fields.extend(
+        sensors
+            .iter()
+            .map(|s| Field::new(s, DataType::Float64, true)),
+    );
     fields.extend([
         Field::new("score", DataType::Float64, false),
         Field::new("decision", DataType::Float64, false),
@@ -108,7 +119,10 @@ pub(crate) fn score_unit(
         let mut ok = true;
         for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
             let chunk = chunk_start..(chunk_start + SCORE_BATCH_ROWS).min(range.end);
-            let cols: Vec<&[f64]> = indices.iter().map(|&i| &table.sensors[i][chunk.clone()]).collect();
+            let cols: Vec<&[f64]> = indices
+                .iter()
+                .map(|&i| &table.sensors[i][chunk.clone()])
+                .collect();
             match model.detector.score(&cols) {
                 Ok(s) => {
                     score.extend(s.score);
@@ -146,16 +160,23 @@ pub(crate) fn score_unit(
     }
     let schema = output_schema(columns, sensors);
     let mut arrays: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|&r| table.device[r]))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|&r| table.device[r]),
+        )),
         Arc::new(
-            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|&r| table.timestamp_us[r]))
-                .with_timezone("UTC"),
+            TimestampMicrosecondArray::from_iter_values(
+                rows.iter().map(|&r| table.timestamp_us[r]),
+            )
+            .with_timezone("UTC"),
         ),
     ];
     for column in &table.sensors {
-        arrays.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|&r| column[r]))));
+        arrays.push(Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|&r| column[r]),
+        )));
     }
-    let mut version_column = arrow::array::StringBuilder::with_capacity(rows.len(), rows.len() * 16);
+    let mut version_column =
+        arrow::array::StringBuilder::with_capacity(rows.len(), rows.len() * 16);
     for (version, n) in &versions {
         for _ in 0..*n {
             version_column.append_value(version);
@@ -166,9 +187,14 @@ pub(crate) fn score_unit(
         Arc::new(Float64Array::from(decision)),
         Arc::new(BooleanArray::from(is_anomaly)),
         Arc::new(version_column.finish()),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run_id, rows.len()))),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            run_id,
+            rows.len(),
+        ))),
     ]);
-    let batch = RecordBatch::try_new(schema, arrays)
-        .map_err(|source| SchedulerError::Arrow { what: "scored", source })?;
+    let batch = RecordBatch::try_new(schema, arrays).map_err(|source| SchedulerError::Arrow {
+        what: "scored",
+        source,
+    })?;
     Ok((Some(batch), outcomes))
 }

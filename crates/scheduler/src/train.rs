@@ -62,9 +62,11 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
     let indices: Vec<usize> = features
         .iter()
         .map(|f| {
-            dataset.sensors.iter().position(|s| s == f).ok_or_else(|| SchedulerError::InvalidSetting {
-                setting: "features",
-                reason: format!("column `{f}` is not a sensor column of the input"),
+            dataset.sensors.iter().position(|s| s == f).ok_or_else(|| {
+                SchedulerError::InvalidSetting {
+                    setting: "features",
+                    reason: format!("column `{f}` is not a sensor column of the input"),
+                }
             })
         })
         .collect::<Result<_, _>>()?;
@@ -74,7 +76,10 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
         .num_threads(spec.threads)
         .thread_name(|i| format!("batchscore-trainer-{i}"))
         .build()
-        .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
+        .map_err(|e| SchedulerError::ThreadPool {
+            threads: spec.threads,
+            reason: e.to_string(),
+        })?;
     type DeviceResult = (i64, u64, Result<IndexEntry, String>);
     let results: Vec<Result<Vec<DeviceResult>, SchedulerError>> = pool.install(|| {
         plan.units
@@ -85,8 +90,10 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
                     .runs
                     .par_iter()
                     .map(|(device, range)| {
-                        let columns: Vec<&[f64]> =
-                            indices.iter().map(|&i| &table.sensors[i][range.clone()]).collect();
+                        let columns: Vec<&[f64]> = indices
+                            .iter()
+                            .map(|&i| &table.sensors[i][range.clone()])
+                            .collect();
                         let rows = range.len() as u64;
                         let from_us = table.timestamp_us.get(range.start).copied();
                         let to_us = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();

@@ -70,7 +70,8 @@ impl DeviceSeries {
         anomaly_rate: f64,
     ) -> Self {
         // One stream per device, so devices can be generated in any order on any thread.
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (device as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(seed ^ (device as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let normal = move |rng: &mut ChaCha8Rng| -> f64 { rng.sample(StandardNormal) };
 
         let mut means = Vec::with_capacity(sensors);
@@ -106,10 +107,15 @@ impl DeviceSeries {
             }
             let seconds = t as f64 * interval_s;
             let daily = (seconds / 86_400.0 * std::f64::consts::TAU + day_phase).sin();
-            let progress = if rows > 1 { t as f64 / (rows - 1) as f64 } else { 0.0 };
+            let progress = if rows > 1 {
+                t as f64 / (rows - 1) as f64
+            } else {
+                0.0
+            };
             for s in 0..sensors {
                 let l = loadings[s];
-                let signal = l[0] * (0.8 * z[0] + 0.6 * daily) + l[1] * z[1]
+                let signal = l[0] * (0.8 * z[0] + 0.6 * daily)
+                    + l[1] * z[1]
                     + noise[s] * normal(&mut rng)
                     + drift[s] * sigma[s] * progress;
                 values[s].push(means[s] + scales[s] * signal);

@@ -10,4 +10,6 @@ mod device;
 mod write;
 
 pub use device::{AnomalyKind, DeviceSeries, sensor_names};
-pub use write::{FileFormat, GenerateSpec, GenerateSummary, Layout, Partitioning, SynthError, generate};
+pub use write::{
+    FileFormat, GenerateSpec, GenerateSummary, Layout, Partitioning, SynthError, generate,
+};

@@ -110,10 +110,14 @@ fn timestamp_type() -> DataType {
 /// current rayon pool for parallelism.
 pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, SynthError> {
     if spec.devices == 0 || spec.sensors == 0 || spec.rows_per_device == 0 {
-        return Err(SynthError::Invalid("devices, sensors and rows must be positive".into()));
+        return Err(SynthError::Invalid(
+            "devices, sensors and rows must be positive".into(),
+        ));
     }
     if !(0.0..0.5).contains(&spec.anomaly_rate) {
-        return Err(SynthError::Invalid("anomaly rate must be in [0, 0.5)".into()));
+        return Err(SynthError::Invalid(
+            "anomaly rate must be in [0, 0.5)".into(),
+        ));
     }
     let devices_per_file = match spec.partitioning {
         Partitioning::Device => 1,
@@ -122,7 +126,12 @@ pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, 
     let files: Vec<(usize, std::ops::Range<i64>)> = (0..i64::from(spec.devices))
         .step_by(devices_per_file)
         .enumerate()
-        .map(|(i, start)| (i, start..(start + devices_per_file as i64).min(i64::from(spec.devices))))
+        .map(|(i, start)| {
+            (
+                i,
+                start..(start + devices_per_file as i64).min(i64::from(spec.devices)),
+            )
+        })
         .collect();
     let names = sensor_names(spec.sensors);
     let ext = match spec.format {
@@ -158,7 +167,10 @@ pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, 
                 FileFormat::Parquet => encode_parquet(
                     batch.schema_ref(),
                     std::slice::from_ref(&batch),
-                    &WriteOptions { row_group_rows: spec.row_group_rows, metadata: vec![] },
+                    &WriteOptions {
+                        row_group_rows: spec.row_group_rows,
+                        metadata: vec![],
+                    },
                 )?,
                 FileFormat::Csv => encode_csv(std::slice::from_ref(&batch))?,
             };
@@ -193,7 +205,10 @@ pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, 
         labels.extend(l);
     }
     let schema = label_schema();
-    out.put("labels.parquet", encode_parquet(&schema, &labels, &WriteOptions::default())?)?;
+    out.put(
+        "labels.parquet",
+        encode_parquet(&schema, &labels, &WriteOptions::default())?,
+    )?;
     Ok(summary)
 }
 
@@ -216,12 +231,16 @@ fn wide_batch(
     let mut columns: Vec<ArrayRef> = Vec::new();
     if with_device {
         fields.push(Field::new("device_id", DataType::Int64, false));
-        let ids = series.iter().flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
+        let ids = series
+            .iter()
+            .flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
         columns.push(Arc::new(Int64Array::from_iter_values(ids)));
     }
     fields.push(Field::new("timestamp", timestamp_type(), false));
     let ts = series.iter().flat_map(|_| timestamps(spec));
-    columns.push(Arc::new(TimestampMicrosecondArray::from_iter_values(ts).with_timezone("UTC")));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from_iter_values(ts).with_timezone("UTC"),
+    ));
     for (s, name) in names.iter().enumerate() {
         fields.push(Field::new(name, DataType::Float64, true));
         let values = series.iter().flat_map(|(_, d)| d.values[s].iter().copied());
@@ -273,11 +292,20 @@ fn label_schema() -> SchemaRef {
     ]))
 }
 
-fn label_batch(spec: &GenerateSpec, series: &[(i64, DeviceSeries)]) -> Result<RecordBatch, SynthError> {
-    let ids = series.iter().flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
+fn label_batch(
+    spec: &GenerateSpec,
+    series: &[(i64, DeviceSeries)],
+) -> Result<RecordBatch, SynthError> {
+    let ids = series
+        .iter()
+        .flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
     let ts = series.iter().flat_map(|_| timestamps(spec));
-    let flags = series.iter().flat_map(|(_, s)| s.labels.iter().map(Option::is_some));
-    let kinds = series.iter().flat_map(|(_, s)| s.labels.iter().map(|l| l.map(|k| k.as_str())));
+    let flags = series
+        .iter()
+        .flat_map(|(_, s)| s.labels.iter().map(Option::is_some));
+    let kinds = series
+        .iter()
+        .flat_map(|(_, s)| s.labels.iter().map(|l| l.map(|k| k.as_str())));
     RecordBatch::try_new(
         label_schema(),
         vec![
@@ -298,14 +326,34 @@ mod tests {
     #[test]
     fn writes_partitioned_and_packed_layouts_identically() {
         let storage = Storage::new().unwrap();
-        let spec = GenerateSpec { devices: 5, rows_per_device: 50, rows_per_file: 120, ..Default::default() };
+        let spec = GenerateSpec {
+            devices: 5,
+            rows_per_device: 50,
+            rows_per_file: 120,
+            ..Default::default()
+        };
         let packed = storage.open("memory://g/packed").unwrap();
         let s = generate(&spec, &packed).unwrap();
         assert_eq!((s.files, s.rows), (3, 250));
-        let files: Vec<String> = packed.list("readings").unwrap().into_iter().map(|e| e.path).collect();
-        assert_eq!(files, ["readings/part-00000.parquet", "readings/part-00001.parquet", "readings/part-00002.parquet"]);
+        let files: Vec<String> = packed
+            .list("readings")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "readings/part-00000.parquet",
+                "readings/part-00001.parquet",
+                "readings/part-00002.parquet"
+            ]
+        );
         let hive = storage.open("memory://g/hive").unwrap();
-        let spec_hive = GenerateSpec { partitioning: Partitioning::Device, ..spec.clone() };
+        let spec_hive = GenerateSpec {
+            partitioning: Partitioning::Device,
+            ..spec.clone()
+        };
         assert_eq!(generate(&spec_hive, &hive).unwrap().files, 5);
         let sources = ParquetSource::open_all(&hive, &hive.list("readings").unwrap()).unwrap();
         assert_eq!(sources[0].path(), "readings/device_id=0/part-00000.parquet");
@@ -313,8 +361,14 @@ mod tests {
         // Same seed, same bytes.
         let again = storage.open("memory://g/again").unwrap();
         generate(&spec, &again).unwrap();
-        assert_eq!(packed.get("readings/part-00001.parquet").unwrap(), again.get("readings/part-00001.parquet").unwrap());
-        assert_eq!(packed.get("labels.parquet").unwrap(), again.get("labels.parquet").unwrap());
+        assert_eq!(
+            packed.get("readings/part-00001.parquet").unwrap(),
+            again.get("readings/part-00001.parquet").unwrap()
+        );
+        assert_eq!(
+            packed.get("labels.parquet").unwrap(),
+            again.get("labels.parquet").unwrap()
+        );
     }
 
     #[test]
@@ -334,6 +388,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "timestamp,device,sensor,value");
         assert_eq!(lines.len(), 1 + 2 * 3 * 4);
-        assert!(lines[1].starts_with("2026-01-01T00:00:00Z,0,temperature,"), "{}", lines[1]);
+        assert!(
+            lines[1].starts_with("2026-01-01T00:00:00Z,0,temperature,"),
+            "{}",
+            lines[1]
+        );
     }
 }

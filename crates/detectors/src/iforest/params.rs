@@ -112,10 +112,10 @@ impl IsolationForestParams {
             }
             _ => {}
         }
-        if let Contamination::Fraction(c) = self.contamination {
-            if !(c > 0.0 && c <= 0.5) {
-                return invalid("contamination", format!("{c} is outside (0, 0.5]"));
-            }
+        if let Contamination::Fraction(c) = self.contamination
+            && !(c > 0.0 && c <= 0.5)
+        {
+            return invalid("contamination", format!("{c} is outside (0, 0.5]"));
         }
         Ok(ValidIsolationForestParams(self))
     }
@@ -160,10 +160,22 @@ mod tests {
     #[test]
     fn rejects_out_of_domain_values() {
         let bad = [
-            IsolationForestParams { n_estimators: 0, ..Default::default() },
-            IsolationForestParams { max_samples: MaxSamples::Fraction(1.5), ..Default::default() },
-            IsolationForestParams { max_samples: MaxSamples::Count(0), ..Default::default() },
-            IsolationForestParams { max_features: MaxFeatures::Fraction(0.0), ..Default::default() },
+            IsolationForestParams {
+                n_estimators: 0,
+                ..Default::default()
+            },
+            IsolationForestParams {
+                max_samples: MaxSamples::Fraction(1.5),
+                ..Default::default()
+            },
+            IsolationForestParams {
+                max_samples: MaxSamples::Count(0),
+                ..Default::default()
+            },
+            IsolationForestParams {
+                max_features: MaxFeatures::Fraction(0.0),
+                ..Default::default()
+            },
             IsolationForestParams {
                 contamination: Contamination::Fraction(0.7),
                 ..Default::default()
@@ -174,7 +186,10 @@ mod tests {
             },
         ];
         for params in bad {
-            assert!(params.clone().check().is_err(), "{params:?} should be rejected");
+            assert!(
+                params.clone().check().is_err(),
+                "{params:?} should be rejected"
+            );
         }
         assert!(IsolationForestParams::default().check().is_ok());
     }
