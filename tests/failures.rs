@@ -267,3 +267,79 @@ fn usage_errors_exit_with_code_2() {
         2,
     );
 }
+
+#[test]
+fn a_wrong_column_type_is_a_clear_error_naming_file_and_column() {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    let dir = tempdir();
+    let readings = dir.path().join("readings");
+    std::fs::create_dir_all(&readings).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("temperature", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 1])),
+            Arc::new(TimestampMicrosecondArray::from(vec![0, 60_000_000]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec!["20.5", "hot"])),
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(readings.join("bad-types.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let output = dir.path().join("out").display().to_string();
+    let stderr = expect_code(
+        &[
+            "run",
+            "--input",
+            &readings.display().to_string(),
+            "--registry",
+            &fixture().registry(),
+            "--output",
+            &output,
+        ],
+        4,
+    );
+    assert!(
+        stderr.contains("bad-types.parquet") && stderr.contains("`temperature`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn devices_can_be_listed_in_a_file() {
+    let f = fixture();
+    let dir = tempdir();
+    let list = dir.path().join("devices.txt");
+    std::fs::write(&list, "# not a comment: ids and ranges only\n").unwrap();
+    let output = dir.path().join("out").display().to_string();
+    let from_file = format!("@{}", list.display());
+    let args = [
+        "run",
+        "--input",
+        &f.readings(),
+        "--registry",
+        &f.registry(),
+        "--output",
+        &output,
+        "--devices",
+        &from_file,
+    ];
+    expect_code(&args, 2);
+    std::fs::write(&list, "2\n4..6\n11\n").unwrap();
+    let stdout = expect_code(&args, 0);
+    assert!(stdout.contains("4 scored, 0 failed"), "{stdout}");
+}

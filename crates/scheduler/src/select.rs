@@ -143,7 +143,10 @@ impl TimeWindow {
         if let (Some(f), Some(t)) = (from_us, to_us)
             && f >= t
         {
-            return Err(invalid("from/to", "the window's start must be before its end"));
+            return Err(invalid(
+                "from/to",
+                "the window's start must be before its end",
+            ));
         }
         Ok(Self { from_us, to_us })
     }
@@ -241,7 +244,10 @@ mod tests {
     #[test]
     fn parses_selections() {
         assert_eq!(DeviceSelection::parse("all").unwrap(), DeviceSelection::All);
-        assert_eq!(DeviceSelection::parse("0..1000").unwrap().count(), Some(1000));
+        assert_eq!(
+            DeviceSelection::parse("0..1000").unwrap().count(),
+            Some(1000)
+        );
         let s = DeviceSelection::parse("3,7,9").unwrap();
         assert_eq!(s.devices().unwrap().collect::<Vec<_>>(), vec![3, 7, 9]);
         let s = DeviceSelection::parse("5..8\n1 2..=3\n7").unwrap();
