@@ -10,3 +10,4 @@ mod common;
 mod exactly_once;
 mod failures;
 mod pipeline;
+mod settings;

@@ -388,3 +388,74 @@ impl Dataset {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use batchscore_io::Storage;
+    use batchscore_synth::{GenerateSpec, Partitioning, generate};
+
+    fn scan(root: &Location, selection: &str, window: TimeWindow) -> Dataset {
+        let input = root.join("readings").unwrap();
+        let selection = DeviceSelection::parse(selection).unwrap();
+        Dataset::scan(&input, &InputColumns::default(), &selection, &window).unwrap()
+    }
+
+    #[test]
+    fn statistics_and_partitions_prune_before_reading() {
+        let storage = Storage::new().unwrap();
+        let packed = storage.open("memory://scan/packed").unwrap();
+        // 10 devices x 100 rows, sorted by device, 50-row groups: 20 groups, 2 per device.
+        let spec = GenerateSpec {
+            devices: 10,
+            rows_per_device: 100,
+            row_group_rows: 50,
+            ..Default::default()
+        };
+        generate(&spec, &packed).unwrap();
+        assert_eq!(scan(&packed, "all", TimeWindow::default()).slices.len(), 20);
+        assert_eq!(scan(&packed, "3,7", TimeWindow::default()).slices.len(), 4);
+        // The first 50 minutes of each device are in its first row group.
+        let start = spec.start_us;
+        let window = TimeWindow::new(Some(start), Some(start + 50 * 60_000_000)).unwrap();
+        let pruned = scan(&packed, "all", window);
+        assert_eq!(pruned.slices.len(), 10);
+        assert!(pruned.slices.iter().all(|s| s.row_group % 2 == 0));
+
+        // Hive partitions outside the selection are not even opened.
+        let hive = storage.open("memory://scan/hive").unwrap();
+        generate(
+            &GenerateSpec {
+                partitioning: Partitioning::Device,
+                ..spec.clone()
+            },
+            &hive,
+        )
+        .unwrap();
+        let d = scan(&hive, "2..4", TimeWindow::default());
+        assert_eq!(d.files.len(), 2);
+        assert_eq!(d.identity.len(), 2);
+    }
+
+    #[test]
+    fn reads_sorted_rows_with_per_device_runs() {
+        let storage = Storage::new().unwrap();
+        let root = storage.open("memory://scan/read").unwrap();
+        let spec = GenerateSpec {
+            devices: 4,
+            rows_per_device: 30,
+            row_group_rows: 16,
+            ..Default::default()
+        };
+        generate(&spec, &root).unwrap();
+        let selection = DeviceSelection::parse("1,3").unwrap();
+        let d = scan(&root, "1,3", TimeWindow::default());
+        let all: Vec<usize> = (0..d.slices.len()).collect();
+        let table = d
+            .read_unit(&all, &selection, &TimeWindow::default())
+            .unwrap();
+        assert_eq!(table.runs, vec![(1, 0..30), (3, 30..60)]);
+        assert!(table.timestamp_us[..30].windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(table.sensors.len(), 8);
+    }
+}

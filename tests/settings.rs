@@ -1,0 +1,88 @@
+//! Settings: config files (with the first-use sample), and flag > environment > file precedence.
+
+use std::process::Command;
+
+use crate::common::*;
+
+fn scored_devices(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("devices"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn config_sample_and_precedence_of_flags_environment_and_file() {
+    let dir = tempdir();
+    let config = dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        r#"
+[paths]
+input = "data/readings"
+registry = "registry"
+output = "out"
+
+[select]
+devices = "0..5"
+
+[run]
+max_failed = "0"
+
+[train]
+n_estimators = 10
+
+[sample]
+generate_if_missing = true
+dir = "data"
+devices = 6
+sensors = 3
+rows_per_device = 100
+seed = 1
+"#,
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let run = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchscore"));
+        // Run from elsewhere: relative paths resolve against the config file.
+        cmd.current_dir(std::env::temp_dir())
+            .args(["--config", &config, "run"])
+            .env_remove("BATCHSCORE_DEVICES");
+        if let Some(devices) = flag {
+            cmd.args(["--devices", devices]);
+        }
+        if let Some(devices) = env {
+            cmd.env("BATCHSCORE_DEVICES", devices);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    // First use generates the sample and trains it; the file selects 5 devices.
+    let first = run(None, None);
+    assert!(scored_devices(&first).contains("5 scored"), "{first}");
+    assert!(dir.path().join("data/labels.parquet").exists());
+    assert!(dir.path().join("registry/index.json").exists());
+    // The environment beats the file, a flag beats both.
+    assert!(scored_devices(&run(Some("0..3"), None)).contains("3 scored"));
+    assert!(scored_devices(&run(Some("0..3"), Some("0..2"))).contains("2 scored"));
+    let models = expect_code(&["--config", &config, "models", "show", "1"], 0);
+    assert!(models.contains("\"n_estimators\\\":10"), "{models}");
+}
+
+#[test]
+fn unknown_config_keys_are_rejected() {
+    let dir = tempdir();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[run]\nthreds = 2\n").unwrap();
+    let stderr = expect_code(&["--config", &config.display().to_string(), "run"], 2);
+    assert!(stderr.contains("threds"), "{stderr}");
+}
