@@ -75,7 +75,9 @@ seed = 1
     assert!(scored_devices(&run(Some("0..3"), None)).contains("3 scored"));
     assert!(scored_devices(&run(Some("0..3"), Some("0..2"))).contains("2 scored"));
     let models = expect_code(&["--config", &config, "models", "show", "1"], 0);
-    assert!(models.contains("\"n_estimators\\\":10"), "{models}");
+    let view: serde_json::Value =
+        serde_json::from_str(&models[models.find('{').unwrap()..]).unwrap();
+    assert_eq!(view["meta"]["params"]["n_estimators"], 10, "{models}");
 }
 
 #[test]

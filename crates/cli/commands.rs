@@ -292,9 +292,14 @@ pub fn models(
             let model = registry.load(&key)?;
             let entry = registry.entry(&key).cloned();
             let batchscore_registry::DetectorModel::IsolationForest(forest) = &model.detector;
+            // Parameters are stored as JSON text; show them as JSON.
+            let params: serde_json::Value = serde_json::from_str(&model.meta.params)
+                .unwrap_or_else(|_| model.meta.params.clone().into());
+            let mut meta = serde_json::to_value(&model.meta)?;
+            meta["params"] = params;
             let view = serde_json::json!({
                 "index": entry,
-                "meta": model.meta,
+                "meta": meta,
                 "detector": {
                     "kind": model.detector.kind(),
                     "trees": forest.n_trees(),

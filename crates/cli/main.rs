@@ -147,3 +147,56 @@ fn registry_code(e: &RegistryError) -> u8 {
         _ => EXIT_BAD_INPUT,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: impl std::error::Error + Send + Sync + 'static) -> u8 {
+        exit_code(&anyhow::Error::new(e).context("while running the job"))
+    }
+
+    #[test]
+    fn errors_map_to_documented_exit_codes() {
+        let unavailable = || object_store::Error::Generic {
+            store: "test",
+            source: "connection reset by peer".into(),
+        };
+        let storage = |source| IoError::Storage {
+            url: "u".into(),
+            source,
+        };
+        assert_eq!(code(storage(unavailable())), EXIT_RETRY);
+        assert_eq!(code(SchedulerError::Io(storage(unavailable()))), EXIT_RETRY);
+        assert_eq!(code(RegistryError::Io(storage(unavailable()))), EXIT_RETRY);
+        let denied = object_store::Error::Generic {
+            store: "test",
+            source: "Permission denied".into(),
+        };
+        assert_eq!(code(storage(denied)), EXIT_USAGE);
+        assert_eq!(code(IoError::NotFound { url: "u".into() }), EXIT_USAGE);
+        assert_eq!(
+            code(SchedulerError::Input(IoError::MissingColumn {
+                url: "u".into(),
+                column: "c".into()
+            })),
+            EXIT_BAD_INPUT
+        );
+        assert_eq!(
+            code(SchedulerError::NoInput {
+                url: "u".into(),
+                other_files: 0
+            }),
+            EXIT_BAD_INPUT
+        );
+        assert_eq!(
+            code(RegistryError::CorruptIndex {
+                url: "u".into(),
+                reason: "r".into()
+            }),
+            EXIT_BAD_INPUT
+        );
+        assert_eq!(code(UsageError("bad".into())), EXIT_USAGE);
+        assert_eq!(code(std::io::Error::other("unexpected")), EXIT_INTERNAL);
+    }
+}

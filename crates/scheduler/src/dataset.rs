@@ -102,8 +102,12 @@ impl Dataset {
         let mut entries = Vec::new();
         let mut hive_device = Vec::new();
         let mut saw_parquet = false;
+        let mut other_files = 0;
         for entry in listed {
             let name = entry.path.rsplit('/').next().unwrap_or("");
+            if !name.ends_with(".parquet") && !name.starts_with(['_', '.']) {
+                other_files += 1;
+            }
             if !name.ends_with(".parquet") || name.starts_with('_') || name.starts_with('.') {
                 continue;
             }
@@ -128,6 +132,7 @@ impl Dataset {
         if !saw_parquet {
             return Err(SchedulerError::NoInput {
                 url: location.url().to_string(),
+                other_files,
             });
         }
         let files = ParquetSource::open_all(location, &entries).map_err(SchedulerError::reading)?;

@@ -15,9 +15,12 @@ pub enum SchedulerError {
     /// The input cannot be used (malformed file, missing column, wrong type, no files).
     #[error("bad input: {0}")]
     Input(#[source] IoError),
-    /// The input location holds no readable file.
-    #[error("no input files under {url}")]
-    NoInput { url: String },
+    /// The input location holds no Parquet file.
+    #[error(
+        "no Parquet files under {url} ({other_files} other files; this version reads Parquet \
+         readings only)"
+    )]
+    NoInput { url: String, other_files: usize },
     /// The run id was used before for a different plan.
     #[error(
         "run `{run_id}` at {url} was planned from other inputs or settings; use a new --run-id"
