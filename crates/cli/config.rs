@@ -61,6 +61,7 @@ pub struct TrainSection {
     pub contamination: Option<String>,
     pub seed: Option<u64>,
     pub features: Option<Vec<String>>,
+    pub unit_rows: Option<u64>,
 }
 
 /// The embedded demo: generate the sample and train its models on first use.

@@ -27,6 +27,8 @@ fn usage(e: impl std::fmt::Display) -> UsageError {
 /// Default bounds on rows per work unit and part file.
 const DEFAULT_MIN_PART_ROWS: u64 = 100_000;
 const DEFAULT_MAX_PART_ROWS: u64 = 1_000_000;
+/// Default rows read per training unit.
+const DEFAULT_TRAIN_UNIT_ROWS: u64 = 500_000;
 
 fn required(value: Option<String>, flag: &str, env: &str, key: &str) -> Result<String, UsageError> {
     value.ok_or_else(|| {
@@ -345,6 +347,7 @@ pub fn train_spec(
         features: args.features.clone().or_else(|| t.features.clone()),
         params,
         threads: threads(args.input.threads.or(t.threads))?,
+        unit_rows: t.unit_rows.unwrap_or(DEFAULT_TRAIN_UNIT_ROWS),
         created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     })
 }

@@ -26,15 +26,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Groups row groups into units of about `target_rows` rows, in device order.
+    /// Packs row groups, in device order, into units of about `target_rows` rows.
     ///
-    /// Every row group belongs to exactly one unit, so every input byte is read once. With
-    /// `whole_devices`, row groups whose device intervals overlap are kept in one unit, so each
-    /// device's rows are all in one unit (training needs that; a chain of row groups that each
-    /// share a device with the next then becomes one unit). Without it, units are cut at
-    /// row-group boundaries only, and a device whose rows straddle a cut is scored by both units,
-    /// each row once.
-    pub(crate) fn build(slices: &[Slice], target_rows: u64, whole_devices: bool) -> Self {
+    /// Every row group belongs to exactly one unit, so every input byte is read once. Units are
+    /// cut at row-group boundaries, not at devices: a file sorted by device whose row groups each
+    /// share a device with the next would otherwise be one unit. A device whose rows straddle a
+    /// cut is in both units' device intervals; scoring scores each of its rows once, in whichever
+    /// unit holds the row, and training sets such devices aside (see `train`).
+    pub(crate) fn build(slices: &[Slice], target_rows: u64) -> Self {
         let mut order: Vec<usize> = (0..slices.len()).collect();
         order.sort_by_key(|&i| {
             (
@@ -44,34 +43,23 @@ impl Plan {
                 slices[i].row_group,
             )
         });
-        let mut groups: Vec<Unit> = Vec::new();
+        let mut units: Vec<Unit> = Vec::new();
         for i in order {
             let s = &slices[i];
-            match groups.last_mut() {
-                Some(c) if whole_devices && s.lo <= c.hi => {
-                    c.hi = c.hi.max(s.hi);
-                    c.rows += s.rows;
-                    c.slices.push(i);
+            match units.last_mut() {
+                Some(u) if u.rows + s.rows <= target_rows => {
+                    u.lo = u.lo.min(s.lo);
+                    u.hi = u.hi.max(s.hi);
+                    u.rows += s.rows;
+                    u.slices.push(i);
                 }
-                _ => groups.push(Unit {
+                _ => units.push(Unit {
                     index: 0,
                     lo: s.lo,
                     hi: s.hi,
                     rows: s.rows,
                     slices: vec![i],
                 }),
-            }
-        }
-        let mut units: Vec<Unit> = Vec::new();
-        for c in groups {
-            match units.last_mut() {
-                Some(u) if u.rows + c.rows <= target_rows => {
-                    u.lo = u.lo.min(c.lo);
-                    u.hi = u.hi.max(c.hi);
-                    u.rows += c.rows;
-                    u.slices.extend(c.slices);
-                }
-                _ => units.push(c),
             }
         }
         for (index, unit) in units.iter_mut().enumerate() {
@@ -128,22 +116,25 @@ mod tests {
     }
 
     #[test]
-    fn overlapping_row_groups_share_a_unit() {
+    fn units_cut_at_row_groups_in_device_order() {
         let slices = vec![
+            slice(1, 0, 10, 19, 100),
             slice(0, 0, 0, 4, 100),
             slice(0, 1, 4, 9, 100), // device 4 spans two row groups
-            slice(1, 0, 10, 19, 100),
             slice(2, 0, 20, 20, 50),
         ];
-        let plan = Plan::build(&slices, 160, true);
-        let bounds: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
-        assert_eq!(bounds, vec![(0, 9), (10, 20)]);
-        assert_eq!(plan.units[0].slices, vec![0, 1]);
-        assert_eq!(plan.rows(), 350);
-        // Cutting at row groups: device 4 is split, each row group still read once.
-        let plan = Plan::build(&slices, 160, false);
+        let plan = Plan::build(&slices, 160);
         let bounds: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
         assert_eq!(bounds, vec![(0, 4), (4, 9), (10, 20)]);
+        assert_eq!(plan.units[2].slices, vec![0, 3]);
+        assert_eq!(plan.rows(), 350);
+        let plan = Plan::build(&slices, 1000);
+        assert_eq!(plan.units.len(), 1);
+        assert_eq!(
+            plan.units[0].slices,
+            vec![1, 2, 0, 3],
+            "file order within a unit"
+        );
     }
 
     proptest! {
@@ -154,18 +145,15 @@ mod tests {
             raw in proptest::collection::vec((0i64..200, 0i64..20, 1u64..500), 1..60),
             target in 1u64..3000,
             count in 1u32..6,
-            whole in any::<bool>(),
         ) {
             let slices: Vec<Slice> = raw.iter().enumerate()
                 .map(|(i, (lo, w, rows))| slice(i % 3, i, *lo, lo + w, *rows)).collect();
-            let plan = Plan::build(&slices, target, whole);
+            let plan = Plan::build(&slices, target);
             let mut seen: Vec<usize> = plan.units.iter().flat_map(|u| u.slices.clone()).collect();
             seen.sort_unstable();
             prop_assert_eq!(seen, (0..slices.len()).collect::<Vec<_>>());
-            if whole {
-                for pair in plan.units.windows(2) {
-                    prop_assert!(pair[0].hi < pair[1].lo);
-                }
+            for pair in plan.units.windows(2) {
+                prop_assert!(pair[0].lo <= pair[1].lo, "units in device order");
             }
             for u in &plan.units {
                 for &s in &u.slices {

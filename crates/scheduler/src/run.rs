@@ -111,7 +111,7 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         spec.min_part_rows,
         spec.max_part_rows.max(spec.min_part_rows),
     );
-    let plan = Plan::build(&dataset.slices, target, false);
+    let plan = Plan::build(&dataset.slices, target);
     let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target);
     let run_id = match &spec.run_id {
         Some(id) => id.clone(),

@@ -1,5 +1,6 @@
 //! The training job: one model per device, in parallel, deterministic for a seed.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use batchscore_detectors::ValidIsolationForestParams;
@@ -10,9 +11,6 @@ use rayon::prelude::*;
 use crate::dataset::Dataset;
 use crate::score::error_chain;
 use crate::{DeviceSelection, InputColumns, Plan, Progress, SchedulerError, TimeWindow};
-
-/// Rows read per training unit.
-const TRAIN_UNIT_ROWS: u64 = 500_000;
 
 /// Everything a training run needs, already validated.
 #[derive(Debug, Clone)]
@@ -26,6 +24,9 @@ pub struct TrainSpec {
     pub features: Option<Vec<String>>,
     pub params: ValidIsolationForestParams,
     pub threads: usize,
+    /// Rows read per unit (bounds memory: workers x unit rows, plus rows of devices that
+    /// straddle units). Models do not depend on it.
+    pub unit_rows: u64,
     /// Stamped into each model's metadata (not part of its version).
     pub created_at: String,
 }
@@ -70,7 +71,19 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
             })
         })
         .collect::<Result<_, _>>()?;
-    let plan = Plan::build(&dataset.slices, TRAIN_UNIT_ROWS, true);
+    // Units are cut at row groups so memory stays bounded by workers x unit size. A device whose
+    // rows may lie in several units (its id is inside more than one unit's device interval: in
+    // a file sorted by device, the one device at each cut) is trained after the units, from the
+    // rows the units set aside; every other device is trained inside its unit.
+    let plan = Plan::build(&dataset.slices, spec.unit_rows.max(1));
+    let intervals: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
+    let shared = |device: i64| {
+        intervals
+            .iter()
+            .filter(|(lo, hi)| (*lo..=*hi).contains(&device))
+            .count()
+            > 1
+    };
     progress.start(plan.units.len(), plan.rows());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(spec.threads)
@@ -80,50 +93,81 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
             threads: spec.threads,
             reason: e.to_string(),
         })?;
-    type DeviceResult = (i64, u64, Result<IndexEntry, String>);
-    let results: Vec<Result<Vec<DeviceResult>, SchedulerError>> = pool.install(|| {
+    let trainer = Trainer {
+        spec,
+        features: &features,
+        registry: &registry,
+    };
+    let results: Vec<Result<UnitResult, SchedulerError>> = pool.install(|| {
         plan.units
             .par_iter()
             .map(|unit| {
                 let table = dataset.read_unit(&unit.slices, &spec.selection, &spec.window)?;
-                let out: Vec<Result<DeviceResult, SchedulerError>> = table
-                    .runs
+                let (mine, set_aside): (Vec<_>, Vec<_>) =
+                    table.runs.iter().partition(|(device, _)| !shared(*device));
+                let trained = mine
                     .par_iter()
                     .map(|(device, range)| {
                         let columns: Vec<&[f64]> = indices
                             .iter()
                             .map(|&i| &table.sensors[i][range.clone()])
                             .collect();
-                        let rows = range.len() as u64;
-                        let from_us = table.timestamp_us.get(range.start).copied();
-                        let to_us = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();
-                        match fit_one(spec, *device, &features, &columns, from_us, to_us) {
-                            Ok(model) => match registry.write_model(&model) {
-                                Ok(entry) => Ok((*device, rows, Ok(entry))),
-                                Err(e) if e.is_retryable() => Err(SchedulerError::Registry(e)),
-                                Err(e) => Ok((*device, rows, Err(error_chain(&e)))),
-                            },
-                            Err(reason) => Ok((*device, rows, Err(reason))),
-                        }
+                        let first = table.timestamp_us.get(range.start).copied();
+                        let last = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();
+                        trainer.train(*device, &columns, first, last)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let set_aside = set_aside
+                    .into_iter()
+                    .map(|(device, range)| SharedRows {
+                        device: *device,
+                        timestamp_us: table.timestamp_us[range.clone()].to_vec(),
+                        columns: indices
+                            .iter()
+                            .map(|&i| table.sensors[i][range.clone()].to_vec())
+                            .collect(),
                     })
                     .collect();
-                let rows = table.device.len() as u64;
-                progress.unit_done(rows, table.runs.len(), false);
-                out.into_iter().collect()
+                progress.unit_done(table.device.len() as u64, table.runs.len(), false);
+                Ok((trained, set_aside))
             })
             .collect()
     });
+    let mut device_results = Vec::new();
+    let mut shared_rows: BTreeMap<i64, Vec<SharedRows>> = BTreeMap::new();
+    for unit in results {
+        let (trained, set_aside) = unit?;
+        device_results.extend(trained);
+        for rows in set_aside {
+            shared_rows.entry(rows.device).or_default().push(rows);
+        }
+    }
+    let shared_results: Vec<DeviceResult> = pool.install(|| {
+        shared_rows
+            .into_par_iter()
+            .map(|(device, pieces)| {
+                let (timestamps, columns) = SharedRows::concat(pieces);
+                let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+                trainer.train(
+                    device,
+                    &refs,
+                    timestamps.first().copied(),
+                    timestamps.last().copied(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    device_results.extend(shared_results);
+    device_results.sort_by_key(|(device, _, _)| *device);
     progress.finish();
     let mut entries = Vec::new();
     let mut failed = Vec::new();
     let mut rows = 0;
-    for unit in results {
-        for (device, n, result) in unit? {
-            rows += n;
-            match result {
-                Ok(entry) => entries.push(entry),
-                Err(reason) => failed.push((device, reason)),
-            }
+    for (device, n, result) in device_results {
+        rows += n;
+        match result {
+            Ok(entry) => entries.push(entry),
+            Err(reason) => failed.push((device, reason)),
         }
     }
     let trained = entries.len() as u64;
@@ -137,6 +181,72 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
         failed,
         elapsed: started.elapsed(),
     })
+}
+
+/// A device's training outcome: its rows, and its index entry or why it has none.
+type DeviceResult = (i64, u64, Result<IndexEntry, String>);
+
+/// What a unit produced: models of its own devices, rows of devices it shares with others.
+type UnitResult = (Vec<DeviceResult>, Vec<SharedRows>);
+
+/// Rows of a device that spans units, set aside by one unit.
+struct SharedRows {
+    device: i64,
+    timestamp_us: Vec<i64>,
+    /// One column per feature.
+    columns: Vec<Vec<f64>>,
+}
+
+impl SharedRows {
+    /// Joins the pieces of one device (in unit order) and sorts them by time; the sort is stable,
+    /// so equal timestamps keep unit order and the result is deterministic.
+    fn concat(pieces: Vec<SharedRows>) -> (Vec<i64>, Vec<Vec<f64>>) {
+        let n_features = pieces.first().map_or(0, |p| p.columns.len());
+        let mut timestamps = Vec::new();
+        let mut columns = vec![Vec::new(); n_features];
+        for piece in pieces {
+            timestamps.extend(piece.timestamp_us);
+            for (column, values) in columns.iter_mut().zip(piece.columns) {
+                column.extend(values);
+            }
+        }
+        let mut order: Vec<usize> = (0..timestamps.len()).collect();
+        order.sort_by_key(|&i| timestamps[i]);
+        let columns = columns
+            .iter()
+            .map(|c| order.iter().map(|&i| c[i]).collect())
+            .collect();
+        (order.iter().map(|&i| timestamps[i]).collect(), columns)
+    }
+}
+
+/// Fits and stores one device's model.
+struct Trainer<'a> {
+    spec: &'a TrainSpec,
+    features: &'a [String],
+    registry: &'a Registry,
+}
+
+impl Trainer<'_> {
+    /// Trains and writes a device's model; a device-level problem is an `Err` inside the result,
+    /// only a retry-worthy storage fault stops the job.
+    fn train(
+        &self,
+        device: i64,
+        columns: &[&[f64]],
+        first_us: Option<i64>,
+        last_us: Option<i64>,
+    ) -> Result<DeviceResult, SchedulerError> {
+        let rows = columns.first().map_or(0, |c| c.len() as u64);
+        match fit_one(self.spec, device, self.features, columns, first_us, last_us) {
+            Ok(model) => match self.registry.write_model(&model) {
+                Ok(entry) => Ok((device, rows, Ok(entry))),
+                Err(e) if e.is_retryable() => Err(SchedulerError::Registry(e)),
+                Err(e) => Ok((device, rows, Err(error_chain(&e)))),
+            },
+            Err(reason) => Ok((device, rows, Err(reason))),
+        }
+    }
 }
 
 fn fit_one(

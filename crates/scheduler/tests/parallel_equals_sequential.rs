@@ -179,6 +179,7 @@ proptest! {
             features: None,
             params,
             threads: 1,
+            unit_rows: 500_000,
             created_at: "2026-01-01T00:00:00Z".into(),
         }, &NoProgress).unwrap();
 
