@@ -16,7 +16,7 @@ use crate::cli::{
     RunArgs, SummaryFormat, TrainArgs,
 };
 use crate::config::ConfigFile;
-use crate::printer::{Printer, thousands};
+use crate::printer::{Printer, error_chain, thousands};
 use crate::progress::Reporter;
 use crate::settings::{self, UsageError};
 
@@ -28,9 +28,7 @@ fn interactive(printer: Printer) -> bool {
 }
 
 fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
-    let threads = threads
-        .filter(|t| *t > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = settings::threads(threads)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -317,15 +315,10 @@ pub fn models(
                 entries
                     .par_iter()
                     .map(|e| {
-                        let r = registry.load(&e.key).map(|_| ()).map_err(|err| {
-                            let mut text = err.to_string();
-                            let mut source = std::error::Error::source(&err);
-                            while let Some(s) = source {
-                                text.push_str(&format!(": {s}"));
-                                source = s.source();
-                            }
-                            text
-                        });
+                        let r = registry
+                            .load(&e.key)
+                            .map(|_| ())
+                            .map_err(|err| error_chain(&err));
                         (e.key.to_string(), r)
                     })
                     .collect()

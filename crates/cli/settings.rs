@@ -125,7 +125,8 @@ fn window(
     TimeWindow::new(from, to).map_err(usage)
 }
 
-fn threads(value: Option<usize>) -> Result<usize, UsageError> {
+/// Worker threads: 0 or unset means all cores.
+pub fn threads(value: Option<usize>) -> Result<usize, UsageError> {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     match value {
         None | Some(0) => Ok(available),
