@@ -74,20 +74,7 @@ fn a_corrupt_model_fails_its_device_and_verify_reports_it() {
     std::fs::write(&model, &bytes).unwrap();
 
     let output = dir.path().join("out").display().to_string();
-    let stdout = expect_code(
-        &[
-            "run",
-            "--input",
-            &f.readings(),
-            "--registry",
-            &registry,
-            "--output",
-            &output,
-            "--max-failed",
-            "1",
-        ],
-        0,
-    );
+    let stdout = run_job(&f.readings(), &registry, &output, &["--max-failed", "1"], 0);
     assert!(
         stdout.contains(&format!("{} scored, 1 failed", DEVICES - 1)),
         "{stdout}"
@@ -122,18 +109,11 @@ fn a_model_trained_on_other_columns_fails_with_feature_mismatch() {
     );
     let output = dir.path().join("out").display().to_string();
     // The fixture's models expect 8 sensors, including flow_rate.
-    let stdout = expect_code(
-        &[
-            "run",
-            "--input",
-            &readings,
-            "--registry",
-            &fixture().registry(),
-            "--output",
-            &output,
-            "--max-failed",
-            "100%",
-        ],
+    let stdout = run_job(
+        &readings,
+        &fixture().registry(),
+        &output,
+        &["--max-failed", "100%"],
         0,
     );
     assert!(stdout.contains("0 scored, 3 failed"), "{stdout}");
@@ -152,16 +132,11 @@ fn a_truncated_input_file_is_a_clear_error() {
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
     let output = dir.path().join("out").display().to_string();
-    let stderr = expect_code(
-        &[
-            "run",
-            "--input",
-            &readings.display().to_string(),
-            "--registry",
-            &fixture().registry(),
-            "--output",
-            &output,
-        ],
+    let stderr = run_job(
+        &readings.display().to_string(),
+        &fixture().registry(),
+        &output,
+        &[],
         4,
     );
     assert!(stderr.contains("part-00001.parquet"), "{stderr}");
@@ -207,16 +182,11 @@ fn a_missing_column_is_a_clear_error_naming_file_and_column() {
         &a.join("readings/device_id=4"),
     );
     let output = dir.path().join("out").display().to_string();
-    let stderr = expect_code(
-        &[
-            "run",
-            "--input",
-            &format!("{a_s}/readings"),
-            "--registry",
-            &fixture().registry(),
-            "--output",
-            &output,
-        ],
+    let stderr = run_job(
+        &format!("{a_s}/readings"),
+        &fixture().registry(),
+        &output,
+        &[],
         4,
     );
     assert!(
@@ -254,18 +224,7 @@ fn usage_errors_exit_with_code_2() {
         &["run", "--registry", &f.registry(), "--output", &output],
         2,
     );
-    expect_code(
-        &[
-            "run",
-            "--input",
-            "ftp://nowhere/x",
-            "--registry",
-            &f.registry(),
-            "--output",
-            &output,
-        ],
-        2,
-    );
+    run_job("ftp://nowhere/x", &f.registry(), &output, &[], 2);
 }
 
 #[test]
@@ -301,16 +260,11 @@ fn a_wrong_column_type_is_a_clear_error_naming_file_and_column() {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     let output = dir.path().join("out").display().to_string();
-    let stderr = expect_code(
-        &[
-            "run",
-            "--input",
-            &readings.display().to_string(),
-            "--registry",
-            &fixture().registry(),
-            "--output",
-            &output,
-        ],
+    let stderr = run_job(
+        &readings.display().to_string(),
+        &fixture().registry(),
+        &output,
+        &[],
         4,
     );
     assert!(

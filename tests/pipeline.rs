@@ -11,15 +11,11 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
     let f = fixture();
     let out = tempdir();
     let output = out.path().display().to_string();
-    let stdout = expect_code(
+    let stdout = run_job(
+        &f.readings(),
+        &f.registry(),
+        &output,
         &[
-            "run",
-            "--input",
-            &f.readings(),
-            "--registry",
-            &f.registry(),
-            "--output",
-            &output,
             "--devices",
             "0..30",
             "--min-part-rows",
@@ -102,15 +98,11 @@ fn thread_count_does_not_change_a_single_byte() {
     let (a, b) = (tempdir(), tempdir());
     for (dir, threads) in [(&a, "1"), (&b, "2")] {
         let output = dir.path().display().to_string();
-        expect_code(
+        run_job(
+            &f.readings(),
+            &f.registry(),
+            &output,
             &[
-                "run",
-                "--input",
-                &f.readings(),
-                "--registry",
-                &f.registry(),
-                "--output",
-                &output,
                 "--threads",
                 threads,
                 "--min-part-rows",
@@ -172,37 +164,17 @@ fn hive_partitions_and_packed_files_give_the_same_scores() {
     );
     // Partition pruning: only devices 5..12 are read.
     let out = output.display().to_string();
-    expect_code(
-        &[
-            "run",
-            "--input",
-            &readings,
-            "--registry",
-            &registry,
-            "--output",
-            &out,
-            "--devices",
-            "5..12",
-        ],
-        0,
-    );
+    run_job(&readings, &registry, &out, &["--devices", "5..12"], 0);
     let hive_rows = scored_rows(&run_dir(&output));
     assert_eq!(hive_rows.len(), 7 * ROWS);
 
     let packed_out = dir.path().join("packed");
     let out = packed_out.display().to_string();
-    expect_code(
-        &[
-            "run",
-            "--input",
-            &f.readings(),
-            "--registry",
-            &f.registry(),
-            "--output",
-            &out,
-            "--devices",
-            "5..12",
-        ],
+    run_job(
+        &f.readings(),
+        &f.registry(),
+        &out,
+        &["--devices", "5..12"],
         0,
     );
     assert_eq!(scored_rows(&run_dir(&packed_out)), hive_rows);
@@ -214,15 +186,11 @@ fn time_window_selects_rows() {
     let dir = tempdir();
     let output = dir.path().display().to_string();
     // Readings start 2026-01-01 00:00 UTC, one per minute: 01:00-03:00 is 120 rows per device.
-    expect_code(
+    run_job(
+        &f.readings(),
+        &f.registry(),
+        &output,
         &[
-            "run",
-            "--input",
-            &f.readings(),
-            "--registry",
-            &f.registry(),
-            "--output",
-            &output,
             "--devices",
             "0,3,7",
             "--from",

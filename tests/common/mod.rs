@@ -37,6 +37,22 @@ pub fn expect_code(args: &[&str], code: i32) -> String {
     stdout + &stderr
 }
 
+/// `batchscore run --input I --registry R --output O EXTRA...`, requiring exit code `code`;
+/// returns stdout and stderr.
+pub fn run_job(input: &str, registry: &str, output: &str, extra: &[&str], code: i32) -> String {
+    let mut args = vec![
+        "run",
+        "--input",
+        input,
+        "--registry",
+        registry,
+        "--output",
+        output,
+    ];
+    args.extend_from_slice(extra);
+    expect_code(&args, code)
+}
+
 /// A generated dataset with trained models, shared by the tests of this process.
 pub struct Fixture {
     _dir: tempfile::TempDir,
