@@ -12,9 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 fn data(rows: usize, features: usize, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..features)
-        .map(|_| (0..rows).map(|_| rng.random::<f64>() * 10.0).collect())
-        .collect()
+    (0..features).map(|_| (0..rows).map(|_| rng.random::<f64>() * 10.0).collect()).collect()
 }
 
 fn refs(columns: &[Vec<f64>]) -> Vec<&[f64]> {
@@ -23,12 +21,7 @@ fn refs(columns: &[Vec<f64>]) -> Vec<&[f64]> {
 
 fn bench(c: &mut Criterion) {
     let train = data(2000, 8, 1);
-    let params = IsolationForestParams {
-        seed: 7,
-        ..Default::default()
-    }
-    .check()
-    .unwrap();
+    let params = IsolationForestParams { seed: 7, ..Default::default() }.check().unwrap();
     let forest = params.fit(&refs(&train)).unwrap();
 
     let mut group = c.benchmark_group("iforest_score");
@@ -43,21 +36,14 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    c.bench_function("iforest_fit_2000x8", |b| {
-        b.iter(|| params.fit(&refs(&train)).unwrap())
-    });
+    c.bench_function("iforest_fit_2000x8", |b| b.iter(|| params.fit(&refs(&train)).unwrap()));
 
     let summaries = train.iter().map(|c| FeatureSummary::of(c)).collect();
     let model = Model::isolation_forest(
         ModelKey::device(1),
         params.params(),
         (0..8).map(|i| format!("f{i}")).collect(),
-        TrainingInfo {
-            rows: 2000,
-            from_us: None,
-            to_us: None,
-            summaries,
-        },
+        TrainingInfo { rows: 2000, from_us: None, to_us: None, summaries },
         forest,
         "2026-01-01T00:00:00Z".into(),
     )

@@ -35,28 +35,17 @@ fn three_shards_write_exactly_the_rows_of_one_run() {
         let stdout = expect_code(&args, 0);
         let run = run_dir(sharded.path());
         // Only the last shard completes the run.
-        assert_eq!(
-            run.join("_SUCCESS").exists(),
-            i == 2,
-            "after shard {i}: {stdout}"
-        );
+        assert_eq!(run.join("_SUCCESS").exists(), i == 2, "after shard {i}: {stdout}");
     }
     let run = run_dir(sharded.path());
-    assert_eq!(
-        run.file_name(),
-        run_dir(single.path()).file_name(),
-        "shards share the run id"
-    );
+    assert_eq!(run.file_name(), run_dir(single.path()).file_name(), "shards share the run id");
     // scored_rows fails on any row written twice.
     assert_eq!(scored_rows(&run), expected);
     let m = manifest(&run);
     assert_eq!(m["shard_count"], 3);
     assert_eq!(m["totals"]["devices_scored"], DEVICES);
     for shard in 0..3 {
-        assert!(
-            run.join(format!("_manifests/shard-{shard:05}-of-00003.json"))
-                .exists()
-        );
+        assert!(run.join(format!("_manifests/shard-{shard:05}-of-00003.json")).exists());
     }
 }
 
@@ -66,12 +55,7 @@ fn shard_index_can_come_from_a_scheduler_variable() {
     let dir = tempdir();
     let out = dir.path().display().to_string();
     let mut args = run_args(&f, &out);
-    args.extend([
-        "--shard-count",
-        "2",
-        "--shard-index-env",
-        "JOB_COMPLETION_INDEX",
-    ]);
+    args.extend(["--shard-count", "2", "--shard-index-env", "JOB_COMPLETION_INDEX"]);
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
         .args(&args)
         .env("JOB_COMPLETION_INDEX", "1")
@@ -95,11 +79,8 @@ fn rerun_restores_exactly_a_deleted_part_and_touches_nothing_else() {
     expect_code(&run_args(&f, &out), 0);
     let run = run_dir(dir.path());
     let before = files(&run);
-    let parts: Vec<String> = before
-        .iter()
-        .map(|(p, _)| p.clone())
-        .filter(|p| p.starts_with("part-"))
-        .collect();
+    let parts: Vec<String> =
+        before.iter().map(|(p, _)| p.clone()).filter(|p| p.starts_with("part-")).collect();
     assert!(parts.len() >= 3);
     let victim = &parts[1];
     let others: Vec<(String, SystemTime)> = parts
@@ -110,20 +91,14 @@ fn rerun_restores_exactly_a_deleted_part_and_touches_nothing_else() {
     std::fs::remove_file(run.join(victim)).unwrap();
 
     let stdout = expect_code(&run_args(&f, &out), 0);
-    assert!(
-        stdout.contains(&format!("({} already committed", parts.len() - 1)),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("({} already committed", parts.len() - 1)), "{stdout}");
     assert_eq!(files(&run), before, "the same bytes as before, every file");
     for (p, t) in others {
         assert_eq!(modified(&run.join(&p)), t, "{p} was rewritten");
     }
     // A third run finds everything committed.
     let stdout = expect_code(&run_args(&f, &out), 0);
-    assert!(
-        stdout.contains(&format!("({} already committed", parts.len())),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("({} already committed", parts.len())), "{stdout}");
 }
 
 #[test]
@@ -148,9 +123,6 @@ struct Paths {
 
 impl Paths {
     fn new(f: &Fixture) -> Self {
-        Self {
-            readings: f.readings(),
-            registry_url: f.registry(),
-        }
+        Self { readings: f.readings(), registry_url: f.registry() }
     }
 }

@@ -16,15 +16,7 @@ fn a_device_without_a_model_fails_alone() {
     let dir = tempdir();
     let registry = dir.path().join("partial").display().to_string();
     expect_code(
-        &[
-            "train",
-            "--input",
-            &f.readings(),
-            "--registry",
-            &registry,
-            "--devices",
-            "0..8",
-        ],
+        &["train", "--input", &f.readings(), "--registry", &registry, "--devices", "0..8"],
         0,
     );
     let output = dir.path().join("out").display().to_string();
@@ -75,17 +67,11 @@ fn a_corrupt_model_fails_its_device_and_verify_reports_it() {
 
     let output = dir.path().join("out").display().to_string();
     let stdout = run_job(&f.readings(), &registry, &output, &["--max-failed", "1"], 0);
-    assert!(
-        stdout.contains(&format!("{} scored, 1 failed", DEVICES - 1)),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&format!("{} scored, 1 failed", DEVICES - 1)), "{stdout}");
     assert!(stdout.contains("device 3: model_invalid"), "{stdout}");
     assert!(stdout.contains("models/3.bsm"), "{stdout}");
     let verify = expect_code(&["models", "--registry", &registry, "verify"], 3);
-    assert!(
-        verify.contains("BAD  3:") && verify.contains("1 bad"),
-        "{verify}"
-    );
+    assert!(verify.contains("BAD  3:") && verify.contains("1 bad"), "{verify}");
 }
 
 #[test]
@@ -109,18 +95,9 @@ fn a_model_trained_on_other_columns_fails_with_feature_mismatch() {
     );
     let output = dir.path().join("out").display().to_string();
     // The fixture's models expect 8 sensors, including flow_rate.
-    let stdout = run_job(
-        &readings,
-        &fixture().registry(),
-        &output,
-        &["--max-failed", "100%"],
-        0,
-    );
+    let stdout = run_job(&readings, &fixture().registry(), &output, &["--max-failed", "100%"], 0);
     assert!(stdout.contains("0 scored, 3 failed"), "{stdout}");
-    assert!(
-        stdout.contains("feature_mismatch") && stdout.contains("flow_rate"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("feature_mismatch") && stdout.contains("flow_rate"), "{stdout}");
 }
 
 #[test]
@@ -132,13 +109,7 @@ fn a_truncated_input_file_is_a_clear_error() {
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() / 3]).unwrap();
     let output = dir.path().join("out").display().to_string();
-    let stderr = run_job(
-        &readings.display().to_string(),
-        &fixture().registry(),
-        &output,
-        &[],
-        4,
-    );
+    let stderr = run_job(&readings.display().to_string(), &fixture().registry(), &output, &[], 4);
     assert!(stderr.contains("part-00001.parquet"), "{stderr}");
 }
 
@@ -177,18 +148,9 @@ fn a_missing_column_is_a_clear_error_naming_file_and_column() {
         ],
         0,
     );
-    copy_dir(
-        &b.join("readings/device_id=4"),
-        &a.join("readings/device_id=4"),
-    );
+    copy_dir(&b.join("readings/device_id=4"), &a.join("readings/device_id=4"));
     let output = dir.path().join("out").display().to_string();
-    let stderr = run_job(
-        &format!("{a_s}/readings"),
-        &fixture().registry(),
-        &output,
-        &[],
-        4,
-    );
+    let stderr = run_job(&format!("{a_s}/readings"), &fixture().registry(), &output, &[], 4);
     assert!(
         stderr.contains("device_id=4/part-00000.parquet") && stderr.contains("`flow_rate`"),
         "{stderr}"
@@ -200,15 +162,7 @@ fn usage_errors_exit_with_code_2() {
     let f = fixture();
     let out = tempdir();
     let output = out.path().display().to_string();
-    let base = [
-        "run",
-        "--input",
-        &f.readings(),
-        "--registry",
-        &f.registry(),
-        "--output",
-        &output,
-    ];
+    let base = ["run", "--input", &f.readings(), "--registry", &f.registry(), "--output", &output];
     for extra in [
         vec!["--shard-index", "3", "--shard-count", "3"],
         vec!["--devices", "5..2"],
@@ -220,10 +174,7 @@ fn usage_errors_exit_with_code_2() {
         args.extend(extra.iter());
         expect_code(&args, 2);
     }
-    expect_code(
-        &["run", "--registry", &f.registry(), "--output", &output],
-        2,
-    );
+    expect_code(&["run", "--registry", &f.registry(), "--output", &output], 2);
     run_job("ftp://nowhere/x", &f.registry(), &output, &[], 2);
 }
 
@@ -260,17 +211,8 @@ fn a_wrong_column_type_is_a_clear_error_naming_file_and_column() {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     let output = dir.path().join("out").display().to_string();
-    let stderr = run_job(
-        &readings.display().to_string(),
-        &fixture().registry(),
-        &output,
-        &[],
-        4,
-    );
-    assert!(
-        stderr.contains("bad-types.parquet") && stderr.contains("`temperature`"),
-        "{stderr}"
-    );
+    let stderr = run_job(&readings.display().to_string(), &fixture().registry(), &output, &[], 4);
+    assert!(stderr.contains("bad-types.parquet") && stderr.contains("`temperature`"), "{stderr}");
 }
 
 #[test]

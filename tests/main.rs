@@ -1,10 +1,5 @@
 //! Integration tests: drive the real `batchscore` binary end to end on generated data.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
 mod common;
 mod exactly_once;

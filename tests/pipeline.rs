@@ -15,14 +15,7 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
         &f.readings(),
         &f.registry(),
         &output,
-        &[
-            "--devices",
-            "0..30",
-            "--min-part-rows",
-            "1000",
-            "--max-part-rows",
-            "3000",
-        ],
+        &["--devices", "0..30", "--min-part-rows", "1000", "--max-part-rows", "3000"],
         0,
     );
     assert!(stdout.contains("30 scored, 0 failed"), "{stdout}");
@@ -31,10 +24,7 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
     assert_eq!(m["totals"]["rows"], (DEVICES as usize * ROWS) as u64);
     assert_eq!(m["totals"]["devices_scored"], DEVICES);
     assert_eq!(m["devices"].as_array().unwrap().len(), DEVICES as usize);
-    assert!(
-        m["parts"].as_array().unwrap().len() >= 2,
-        "several parts: {m}"
-    );
+    assert!(m["parts"].as_array().unwrap().len() >= 2, "several parts: {m}");
 
     let first = &m["parts"][0]["path"];
     let batch = &read_parquet(&run.join(first.as_str().unwrap()))[0];
@@ -68,10 +58,8 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
     let rows = scored_rows(&run);
     let labels = labels(Path::new(&f.data()));
     assert_eq!(rows.len(), labels.len());
-    let mut scored: Vec<(f64, bool)> = rows
-        .iter()
-        .map(|(k, (s, _, _))| (-f64::from_bits(*s), labels[k]))
-        .collect();
+    let mut scored: Vec<(f64, bool)> =
+        rows.iter().map(|(k, (s, _, _))| (-f64::from_bits(*s), labels[k])).collect();
     scored.sort_by(|a, b| a.0.total_cmp(&b.0));
     let positives = scored.iter().filter(|(_, l)| *l).count() as f64;
     let negatives = scored.len() as f64 - positives;
@@ -102,14 +90,7 @@ fn thread_count_does_not_change_a_single_byte() {
             &f.readings(),
             &f.registry(),
             &output,
-            &[
-                "--threads",
-                threads,
-                "--min-part-rows",
-                "1000",
-                "--max-part-rows",
-                "3000",
-            ],
+            &["--threads", threads, "--min-part-rows", "1000", "--max-part-rows", "3000"],
             0,
         );
     }
@@ -150,18 +131,7 @@ fn hive_partitions_and_packed_files_give_the_same_scores() {
         0,
     );
     let readings = format!("{hive}/readings");
-    expect_code(
-        &[
-            "train",
-            "--input",
-            &readings,
-            "--registry",
-            &registry,
-            "--seed",
-            "3",
-        ],
-        0,
-    );
+    expect_code(&["train", "--input", &readings, "--registry", &registry, "--seed", "3"], 0);
     // Partition pruning: only devices 5..12 are read.
     let out = output.display().to_string();
     run_job(&readings, &registry, &out, &["--devices", "5..12"], 0);
@@ -170,13 +140,7 @@ fn hive_partitions_and_packed_files_give_the_same_scores() {
 
     let packed_out = dir.path().join("packed");
     let out = packed_out.display().to_string();
-    run_job(
-        &f.readings(),
-        &f.registry(),
-        &out,
-        &["--devices", "5..12"],
-        0,
-    );
+    run_job(&f.readings(), &f.registry(), &out, &["--devices", "5..12"], 0);
     assert_eq!(scored_rows(&run_dir(&packed_out)), hive_rows);
 }
 
@@ -190,23 +154,13 @@ fn time_window_selects_rows() {
         &f.readings(),
         &f.registry(),
         &output,
-        &[
-            "--devices",
-            "0,3,7",
-            "--from",
-            "2026-01-01T01:00:00Z",
-            "--to",
-            "2026-01-01 03:00:00",
-        ],
+        &["--devices", "0,3,7", "--from", "2026-01-01T01:00:00Z", "--to", "2026-01-01 03:00:00"],
         0,
     );
     let rows = scored_rows(&run_dir(dir.path()));
     assert_eq!(rows.len(), 3 * 120);
     let (lo, hi) = (1_767_229_200_000_000i64, 1_767_236_400_000_000i64);
-    assert!(
-        rows.keys()
-            .all(|(d, t)| [0, 3, 7].contains(d) && *t >= lo && *t < hi)
-    );
+    assert!(rows.keys().all(|(d, t)| [0, 3, 7].contains(d) && *t >= lo && *t < hi));
 }
 
 #[test]
@@ -214,21 +168,13 @@ fn models_list_show_and_verify() {
     let f = fixture();
     let listing = expect_code(&["models", "--registry", &f.registry(), "list"], 0);
     assert_eq!(
-        listing
-            .lines()
-            .filter(|l| l.contains("isolation_forest"))
-            .count(),
+        listing.lines().filter(|l| l.contains("isolation_forest")).count(),
         DEVICES as usize
     );
     let show = expect_code(&["models", "--registry", &f.registry(), "show", "4"], 0);
-    let view: serde_json::Value = serde_json::from_str(
-        show.split("\n{")
-            .last()
-            .map(|s| format!("{{{s}"))
-            .unwrap()
-            .as_str(),
-    )
-    .unwrap_or_else(|_| serde_json::from_str(&show).unwrap());
+    let view: serde_json::Value =
+        serde_json::from_str(show.split("\n{").last().map(|s| format!("{{{s}")).unwrap().as_str())
+            .unwrap_or_else(|_| serde_json::from_str(&show).unwrap());
     assert_eq!(view["meta"]["key"], "4");
     assert_eq!(view["detector"]["trees"], 100);
     assert_eq!(view["meta"]["features"].as_array().unwrap().len(), 8);

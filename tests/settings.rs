@@ -5,11 +5,7 @@ use std::process::Command;
 use crate::common::*;
 
 fn scored_devices(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find(|l| l.trim_start().starts_with("devices"))
-        .unwrap_or_default()
-        .to_string()
+    stdout.lines().find(|l| l.trim_start().starts_with("devices")).unwrap_or_default().to_string()
 }
 
 #[test]
@@ -58,12 +54,7 @@ seed = 1
         }
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
         stdout
     };
     // First use generates the sample and trains it; the file selects 5 devices.

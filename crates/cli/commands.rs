@@ -60,9 +60,7 @@ pub fn generate(args: &GenerateArgs, storage: &Storage, printer: Printer) -> Res
         rows_per_file: args.rows_per_file,
         row_group_rows: args.row_group_rows,
     };
-    let out = storage
-        .open(&args.out)
-        .map_err(|e| UsageError(e.to_string()))?;
+    let out = storage.open(&args.out).map_err(|e| UsageError(e.to_string()))?;
     let started = std::time::Instant::now();
     let summary = pool(args.threads)?.install(|| batchscore_synth::generate(&spec, &out))?;
     printer.out(&format!(
@@ -114,9 +112,7 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
     let Some(sample) = config.sample.as_ref().filter(|s| s.generate_if_missing) else {
         return Ok(());
     };
-    let dir = config
-        .location(&Some(sample.dir.clone()))
-        .unwrap_or_default();
+    let dir = config.location(&Some(sample.dir.clone())).unwrap_or_default();
     let location = storage.open(&dir)?;
     if location.list("readings")?.is_empty() {
         printer.note(&format!(
@@ -132,13 +128,10 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
         };
         pool(None)?.install(|| batchscore_synth::generate(&spec, &location))?;
     }
-    let registry = config
-        .location(&config.paths.registry)
-        .context("the sample needs paths.registry")?;
+    let registry =
+        config.location(&config.paths.registry).context("the sample needs paths.registry")?;
     if Registry::open(storage.open(&registry)?)?.is_empty() {
-        printer.note(&format!(
-            "first use: training the sample's models into {registry}"
-        ));
+        printer.note(&format!("first use: training the sample's models into {registry}"));
         let args = TrainArgs {
             input: InputArgs {
                 input: None,
@@ -178,11 +171,7 @@ pub fn run(args: &RunArgs, config: &ConfigFile, storage: &Storage, printer: Prin
         SummaryFormat::Json => printer.out(&serde_json::to_string_pretty(&report.manifest)?),
         SummaryFormat::Text => printer.out(&render_summary(&report, spec.threads)),
     }
-    Ok(if report.failed_over_threshold {
-        EXIT_PARTIAL
-    } else {
-        0
-    })
+    Ok(if report.failed_over_threshold { EXIT_PARTIAL } else { 0 })
 }
 
 fn render_summary(r: &RunReport, threads: usize) -> String {
@@ -193,16 +182,9 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
     } else {
         "shard committed; waiting for other shards"
     };
-    let pct = if t.rows > 0 {
-        100.0 * t.anomalies as f64 / t.rows as f64
-    } else {
-        0.0
-    };
+    let pct = if t.rows > 0 { 100.0 * t.anomalies as f64 / t.rows as f64 } else { 0.0 };
     let mut lines = vec![
-        format!(
-            "batchscore run {}  [{}]  ({state})",
-            r.run_id, r.manifest.scope
-        ),
+        format!("batchscore run {}  [{}]  ({state})", r.run_id, r.manifest.scope),
         format!("  output    {}/", r.output_url),
         format!(
             "  devices   {} scored, {} failed, {} without input",
@@ -225,12 +207,8 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
             thousands((r.rows_scored_now as f64 / secs.max(1e-9)) as u64)
         ),
     ];
-    let failures: Vec<_> = r
-        .manifest
-        .devices
-        .iter()
-        .filter(|d| d.status == DeviceStatus::Failed)
-        .collect();
+    let failures: Vec<_> =
+        r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
     if !failures.is_empty() {
         lines.push(format!(
             "  failures  (first {} of {}; all in {:?})",
@@ -315,18 +293,13 @@ pub fn models(
                 entries
                     .par_iter()
                     .map(|e| {
-                        let r = registry
-                            .load(&e.key)
-                            .map(|_| ())
-                            .map_err(|err| error_chain(&err));
+                        let r = registry.load(&e.key).map(|_| ()).map_err(|err| error_chain(&err));
                         (e.key.to_string(), r)
                     })
                     .collect()
             });
-            let bad: Vec<_> = results
-                .iter()
-                .filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e)))
-                .collect();
+            let bad: Vec<_> =
+                results.iter().filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e))).collect();
             // Files under models/ that the index does not name are left-overs, not errors.
             let listed: std::collections::HashSet<&str> =
                 entries.iter().map(|e| e.path.as_str()).collect();

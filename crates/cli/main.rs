@@ -162,17 +162,12 @@ mod tests {
             store: "test",
             source: "connection reset by peer".into(),
         };
-        let storage = |source| IoError::Storage {
-            url: "u".into(),
-            source,
-        };
+        let storage = |source| IoError::Storage { url: "u".into(), source };
         assert_eq!(code(storage(unavailable())), EXIT_RETRY);
         assert_eq!(code(SchedulerError::Io(storage(unavailable()))), EXIT_RETRY);
         assert_eq!(code(RegistryError::Io(storage(unavailable()))), EXIT_RETRY);
-        let denied = object_store::Error::Generic {
-            store: "test",
-            source: "Permission denied".into(),
-        };
+        let denied =
+            object_store::Error::Generic { store: "test", source: "Permission denied".into() };
         assert_eq!(code(storage(denied)), EXIT_USAGE);
         assert_eq!(code(IoError::NotFound { url: "u".into() }), EXIT_USAGE);
         assert_eq!(
@@ -183,17 +178,11 @@ mod tests {
             EXIT_BAD_INPUT
         );
         assert_eq!(
-            code(SchedulerError::NoInput {
-                url: "u".into(),
-                other_files: 0
-            }),
+            code(SchedulerError::NoInput { url: "u".into(), other_files: 0 }),
             EXIT_BAD_INPUT
         );
         assert_eq!(
-            code(RegistryError::CorruptIndex {
-                url: "u".into(),
-                reason: "r".into()
-            }),
+            code(RegistryError::CorruptIndex { url: "u".into(), reason: "r".into() }),
             EXIT_BAD_INPUT
         );
         assert_eq!(code(UsageError("bad".into())), EXIT_USAGE);

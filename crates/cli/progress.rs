@@ -45,17 +45,8 @@ impl Reporter {
     }
 
     fn rate(&self, rows: u64) -> f64 {
-        let elapsed = self
-            .started
-            .lock()
-            .map(|s| s.elapsed())
-            .unwrap_or_default()
-            .as_secs_f64();
-        if elapsed > 0.0 {
-            rows as f64 / elapsed
-        } else {
-            0.0
-        }
+        let elapsed = self.started.lock().map(|s| s.elapsed()).unwrap_or_default().as_secs_f64();
+        if elapsed > 0.0 { rows as f64 / elapsed } else { 0.0 }
     }
 }
 

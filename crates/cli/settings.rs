@@ -32,9 +32,7 @@ const DEFAULT_TRAIN_UNIT_ROWS: u64 = 500_000;
 
 fn required(value: Option<String>, flag: &str, env: &str, key: &str) -> Result<String, UsageError> {
     value.ok_or_else(|| {
-        UsageError(format!(
-            "missing {flag}: pass it, set {env}, or set `{key}` in the config file"
-        ))
+        UsageError(format!("missing {flag}: pass it, set {env}, or set `{key}` in the config file"))
     })
 }
 
@@ -60,9 +58,8 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, UsageError> {
             return Ok(dt.and_utc());
         }
     }
-    if let Some(dt) = NaiveDate::parse_from_str(t, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
+    if let Some(dt) =
+        NaiveDate::parse_from_str(t, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0))
     {
         return Ok(dt.and_utc());
     }
@@ -76,18 +73,14 @@ pub fn parse_period(text: &str) -> Result<i64, UsageError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: i64 = n
-        .parse()
-        .map_err(|_| UsageError(format!("`{text}` is not a period like 1h")))?;
+    let n: i64 = n.parse().map_err(|_| UsageError(format!("`{text}` is not a period like 1h")))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => {
-            return Err(UsageError(format!(
-                "`{text}`: the unit must be s, m, h or d"
-            )));
+            return Err(UsageError(format!("`{text}`: the unit must be s, m, h or d")));
         }
     };
     if n <= 0 {
@@ -104,9 +97,7 @@ fn window(
 ) -> Result<TimeWindow, UsageError> {
     if let Some(last) = last {
         if from.is_some() || to.is_some() {
-            return Err(UsageError(
-                "`last` cannot be combined with `from`/`to`".into(),
-            ));
+            return Err(UsageError("`last` cannot be combined with `from`/`to`".into()));
         }
         // The last whole period, aligned to the clock (e.g. 13:00-14:00 when run at 14:05), so
         // every retry within the next period selects the same rows and derives the same run id.
@@ -114,14 +105,8 @@ fn window(
         let end = now.timestamp_micros().div_euclid(period) * period;
         return TimeWindow::new(Some(end - period), Some(end)).map_err(usage);
     }
-    let from = from
-        .map(|t| parse_time(&t))
-        .transpose()?
-        .map(|t| t.timestamp_micros());
-    let to = to
-        .map(|t| parse_time(&t))
-        .transpose()?
-        .map(|t| t.timestamp_micros());
+    let from = from.map(|t| parse_time(&t)).transpose()?.map(|t| t.timestamp_micros());
+    let to = to.map(|t| parse_time(&t)).transpose()?.map(|t| t.timestamp_micros());
     TimeWindow::new(from, to).map_err(usage)
 }
 
@@ -147,34 +132,23 @@ struct Common {
 
 fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<Common, UsageError> {
     let input = required(
-        args.input
-            .clone()
-            .or_else(|| config.location(&config.paths.input)),
+        args.input.clone().or_else(|| config.location(&config.paths.input)),
         "--input",
         "BATCHSCORE_INPUT",
         "paths.input",
     )?;
     let registry = required(
-        args.registry
-            .clone()
-            .or_else(|| config.location(&config.paths.registry)),
+        args.registry.clone().or_else(|| config.location(&config.paths.registry)),
         "--registry",
         "BATCHSCORE_REGISTRY",
         "paths.registry",
     )?;
-    let devices = args
-        .devices
-        .clone()
-        .or_else(|| config.select.devices.clone());
+    let devices = args.devices.clone().or_else(|| config.select.devices.clone());
     let selection = selection(devices.clone())?;
     let (from, to, last) = if args.from.is_some() || args.to.is_some() || args.last.is_some() {
         (args.from.clone(), args.to.clone(), args.last.clone())
     } else {
-        (
-            config.select.from.clone(),
-            config.select.to.clone(),
-            config.select.last.clone(),
-        )
+        (config.select.from.clone(), config.select.to.clone(), config.select.last.clone())
     };
     let window = window(from.clone(), to.clone(), last.clone(), now)?;
     let columns = config.columns.clone().unwrap_or_default();
@@ -182,14 +156,7 @@ fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<C
         "input": input, "registry": registry, "devices": selection.canonical(),
         "from": from, "to": to, "last": last, "window_us": window, "columns": columns,
     });
-    Ok(Common {
-        input,
-        registry,
-        selection,
-        window,
-        columns,
-        raw,
-    })
+    Ok(Common { input, registry, selection, window, columns, raw })
 }
 
 /// Resolves `batchscore run`.
@@ -201,9 +168,7 @@ pub fn run_spec(
 ) -> Result<RunSpec, UsageError> {
     let c = common(&args.input, config, now)?;
     let output = required(
-        args.output
-            .clone()
-            .or_else(|| config.location(&config.paths.output)),
+        args.output.clone().or_else(|| config.location(&config.paths.output)),
         "--output",
         "BATCHSCORE_OUTPUT",
         "paths.output",
@@ -211,18 +176,12 @@ pub fn run_spec(
     let shard_count = args.shard_count.or(config.run.shard_count).unwrap_or(1);
     let shard_index = match args.shard_index {
         Some(i) => i,
-        None => match args
-            .shard_index_env
-            .clone()
-            .or_else(|| config.run.shard_index_env.clone())
-        {
+        None => match args.shard_index_env.clone().or_else(|| config.run.shard_index_env.clone()) {
             Some(var) => {
                 let value = std::env::var(&var)
                     .map_err(|_| UsageError(format!("shard index variable {var} is not set")))?;
                 value.trim().parse().map_err(|_| {
-                    UsageError(format!(
-                        "shard index variable {var}=`{value}` is not a number"
-                    ))
+                    UsageError(format!("shard index variable {var}=`{value}` is not a number"))
                 })?
             }
             None => 0,
@@ -236,11 +195,8 @@ pub fn run_spec(
         .unwrap_or_else(|| "0".into());
     let max_failed = MaxFailed::parse(&max_failed).map_err(usage)?;
     let threads = threads(args.input.threads.or(config.run.threads))?;
-    let min_part_rows = args
-        .min_part_rows
-        .or(config.run.min_part_rows)
-        .unwrap_or(DEFAULT_MIN_PART_ROWS)
-        .max(1);
+    let min_part_rows =
+        args.min_part_rows.or(config.run.min_part_rows).unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
     let max_part_rows = args
         .max_part_rows
         .or(config.run.max_part_rows)
@@ -278,9 +234,7 @@ fn max_samples(text: &str) -> Result<MaxSamples, UsageError> {
             .map(MaxSamples::Fraction)
             .map_err(|_| UsageError(format!("max_samples `{text}`")))
     } else {
-        text.parse()
-            .map(MaxSamples::Count)
-            .map_err(|_| UsageError(format!("max_samples `{text}`")))
+        text.parse().map(MaxSamples::Count).map_err(|_| UsageError(format!("max_samples `{text}`")))
     }
 }
 
@@ -319,10 +273,7 @@ pub fn train_spec(
     let t = &config.train;
     let defaults = IsolationForestParams::default();
     let params = IsolationForestParams {
-        n_estimators: args
-            .n_estimators
-            .or(t.n_estimators)
-            .unwrap_or(defaults.n_estimators),
+        n_estimators: args.n_estimators.or(t.n_estimators).unwrap_or(defaults.n_estimators),
         max_samples: match args.max_samples.as_ref().or(t.max_samples.as_ref()) {
             Some(s) => max_samples(s)?,
             None => defaults.max_samples,
@@ -360,14 +311,8 @@ mod tests {
     #[test]
     fn times_and_periods() {
         assert_eq!(parse_time("2026-01-01").unwrap().timestamp(), 1_767_225_600);
-        assert_eq!(
-            parse_time("2026-01-01T01:00:00+01:00").unwrap().timestamp(),
-            1_767_225_600
-        );
-        assert_eq!(
-            parse_time("2026-01-01 00:00:10").unwrap().timestamp(),
-            1_767_225_610
-        );
+        assert_eq!(parse_time("2026-01-01T01:00:00+01:00").unwrap().timestamp(), 1_767_225_600);
+        assert_eq!(parse_time("2026-01-01 00:00:10").unwrap().timestamp(), 1_767_225_610);
         assert!(parse_time("yesterday").is_err());
         assert_eq!(parse_period("15m").unwrap(), 900);
         assert!(parse_period("0h").is_err() && parse_period("1w").is_err());
@@ -377,22 +322,8 @@ mod tests {
     fn last_period_is_aligned_to_the_clock() {
         let now = parse_time("2026-03-01T14:05:00Z").unwrap();
         let w = window(None, None, Some("1h".into()), now).unwrap();
-        assert_eq!(
-            w.from_us,
-            Some(
-                parse_time("2026-03-01T13:00:00Z")
-                    .unwrap()
-                    .timestamp_micros()
-            )
-        );
-        assert_eq!(
-            w.to_us,
-            Some(
-                parse_time("2026-03-01T14:00:00Z")
-                    .unwrap()
-                    .timestamp_micros()
-            )
-        );
+        assert_eq!(w.from_us, Some(parse_time("2026-03-01T13:00:00Z").unwrap().timestamp_micros()));
+        assert_eq!(w.to_us, Some(parse_time("2026-03-01T14:00:00Z").unwrap().timestamp_micros()));
     }
 
     #[test]

@@ -40,15 +40,7 @@ pub fn expect_code(args: &[&str], code: i32) -> String {
 /// `batchscore run --input I --registry R --output O EXTRA...`, requiring exit code `code`;
 /// returns stdout and stderr.
 pub fn run_job(input: &str, registry: &str, output: &str, extra: &[&str], code: i32) -> String {
-    let mut args = vec![
-        "run",
-        "--input",
-        input,
-        "--registry",
-        registry,
-        "--output",
-        output,
-    ];
+    let mut args = vec!["run", "--input", input, "--registry", registry, "--output", output];
     args.extend_from_slice(extra);
     expect_code(&args, code)
 }
@@ -97,15 +89,7 @@ pub fn fixture() -> &'static Fixture {
             0,
         );
         expect_code(
-            &[
-                "train",
-                "--input",
-                &f.readings(),
-                "--registry",
-                &f.registry(),
-                "--seed",
-                "3",
-            ],
+            &["train", "--input", &f.readings(), "--registry", &f.registry(), "--seed", "3"],
             0,
         );
         f
@@ -144,10 +128,8 @@ pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
 
 /// The single run directory under `output`.
 pub fn run_dir(output: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(output)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(output).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs.pop().unwrap()
 }
@@ -167,34 +149,19 @@ pub fn scored_rows(run: &Path) -> Scored {
     let mut rows = Scored::new();
     for part in m["parts"].as_array().unwrap() {
         for batch in read_parquet(&run.join(part["path"].as_str().unwrap())) {
-            let device = batch
-                .column_by_name("device_id")
-                .unwrap()
-                .as_primitive::<Int64Type>();
+            let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
             let ts = batch
                 .column_by_name("timestamp")
                 .unwrap()
                 .as_primitive::<TimestampMicrosecondType>();
-            let score = batch
-                .column_by_name("score")
-                .unwrap()
-                .as_primitive::<Float64Type>();
-            let decision = batch
-                .column_by_name("decision")
-                .unwrap()
-                .as_primitive::<Float64Type>();
+            let score = batch.column_by_name("score").unwrap().as_primitive::<Float64Type>();
+            let decision = batch.column_by_name("decision").unwrap().as_primitive::<Float64Type>();
             let anomaly = batch.column_by_name("is_anomaly").unwrap().as_boolean();
             for i in 0..batch.num_rows() {
                 let key = (device.value(i), ts.value(i));
-                let value = (
-                    score.value(i).to_bits(),
-                    decision.value(i).to_bits(),
-                    anomaly.value(i),
-                );
-                assert!(
-                    rows.insert(key, value).is_none(),
-                    "row {key:?} written twice"
-                );
+                let value =
+                    (score.value(i).to_bits(), decision.value(i).to_bits(), anomaly.value(i));
+                assert!(rows.insert(key, value).is_none(), "row {key:?} written twice");
             }
         }
     }
@@ -205,14 +172,9 @@ pub fn scored_rows(run: &Path) -> Scored {
 pub fn labels(data: &Path) -> HashMap<(i64, i64), bool> {
     let mut out = HashMap::new();
     for batch in read_parquet(&data.join("labels.parquet")) {
-        let device = batch
-            .column_by_name("device_id")
-            .unwrap()
-            .as_primitive::<Int64Type>();
-        let ts = batch
-            .column_by_name("timestamp")
-            .unwrap()
-            .as_primitive::<TimestampMicrosecondType>();
+        let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
+        let ts =
+            batch.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
         let label = batch.column_by_name("is_anomaly").unwrap().as_boolean();
         for i in 0..batch.num_rows() {
             assert!(!device.is_null(i));

@@ -39,30 +39,19 @@ pub trait Detector: Send + Sync {
         let offset = self.offset();
         let decision: Vec<f64> = score.iter().map(|s| s - offset).collect();
         let is_anomaly = decision.iter().map(|d| *d < 0.0).collect();
-        Ok(Scored {
-            score,
-            decision,
-            is_anomaly,
-        })
+        Ok(Scored { score, decision, is_anomaly })
     }
 }
 
 /// Checks a batch's shape against the expected feature count and returns its row count.
 pub(crate) fn batch_rows(columns: &[&[f64]], n_features: usize) -> Result<usize, DetectorError> {
     if columns.len() != n_features {
-        return Err(DetectorError::FeatureCount {
-            expected: n_features,
-            got: columns.len(),
-        });
+        return Err(DetectorError::FeatureCount { expected: n_features, got: columns.len() });
     }
     let rows = columns.first().map_or(0, |c| c.len());
     for (column, values) in columns.iter().enumerate() {
         if values.len() != rows {
-            return Err(DetectorError::RaggedColumns {
-                column,
-                expected: rows,
-                got: values.len(),
-            });
+            return Err(DetectorError::RaggedColumns { column, expected: rows, got: values.len() });
         }
     }
     Ok(rows)

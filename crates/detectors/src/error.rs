@@ -11,11 +11,7 @@ pub enum DetectorError {
     FeatureCount { expected: usize, got: usize },
     /// Feature columns of one batch have different lengths.
     #[error("feature column {column} has {got} rows, expected {expected}")]
-    RaggedColumns {
-        column: usize,
-        expected: usize,
-        got: usize,
-    },
+    RaggedColumns { column: usize, expected: usize, got: usize },
     /// The output buffer does not match the batch.
     #[error("output buffer holds {got} rows, the batch has {expected}")]
     OutputLength { expected: usize, got: usize },

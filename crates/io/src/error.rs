@@ -28,12 +28,7 @@ pub enum IoError {
     MissingColumn { url: String, column: String },
     /// A column has a type the job cannot use.
     #[error("{url}: column `{column}` has type {found}, expected {expected}")]
-    ColumnType {
-        url: String,
-        column: String,
-        found: String,
-        expected: String,
-    },
+    ColumnType { url: String, column: String, found: String, expected: String },
     /// Encoding a file failed.
     #[error("cannot encode {what}")]
     Encode {
@@ -72,10 +67,7 @@ fn is_retryable_store_error(error: &object_store::Error) -> bool {
         E::Generic { source, .. } => {
             // The local store reports disk and permission problems as generic errors; those are
             // permanent. Remote backends report exhausted retries and unavailability here.
-            !source
-                .to_string()
-                .to_ascii_lowercase()
-                .contains("permission denied")
+            !source.to_string().to_ascii_lowercase().contains("permission denied")
         }
         E::JoinError { .. } => true,
         _ => false,

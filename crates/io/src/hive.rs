@@ -14,10 +14,7 @@ mod tests {
 
     #[test]
     fn finds_partition_values() {
-        assert_eq!(
-            hive_value("device_id=17/part-0.parquet", "device_id"),
-            Some("17")
-        );
+        assert_eq!(hive_value("device_id=17/part-0.parquet", "device_id"), Some("17"));
         assert_eq!(hive_value("a=1/device_id=x/f", "device_id"), Some("x"));
         assert_eq!(hive_value("part-0.parquet", "device_id"), None);
         assert_eq!(hive_value("device_ids=1/f", "device_id"), None);

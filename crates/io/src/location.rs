@@ -53,26 +53,16 @@ impl Storage {
             .enable_all()
             .build()
             .map_err(IoError::Runtime)?;
-        Ok(Self {
-            runtime: Arc::new(runtime),
-            stores: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { runtime: Arc::new(runtime), stores: Mutex::new(HashMap::new()) })
     }
 
     /// Opens a location: a plain path, `file:///abs/path` or `memory://name/path`.
     pub fn open(&self, url: &str) -> Result<Location, IoError> {
-        let invalid = |reason: &str| IoError::InvalidUrl {
-            url: url.into(),
-            reason: reason.into(),
-        };
+        let invalid = |reason: &str| IoError::InvalidUrl { url: url.into(), reason: reason.into() };
         let (key, root, display) = if let Some(rest) = url.strip_prefix("memory://") {
             let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
             let root = Path::parse(path).map_err(|e| invalid(&e.to_string()))?;
-            (
-                format!("memory://{name}"),
-                root,
-                url.trim_end_matches('/').to_string(),
-            )
+            (format!("memory://{name}"), root, url.trim_end_matches('/').to_string())
         } else if let Some(scheme) = url.split_once("://").map(|(s, _)| s) {
             if scheme != "file" {
                 return Err(invalid(&format!(
@@ -106,20 +96,13 @@ impl Storage {
                 })
                 .clone()
         };
-        Ok(Location {
-            runtime: self.runtime.clone(),
-            store,
-            root,
-            url: display,
-        })
+        Ok(Location { runtime: self.runtime.clone(), store, root, url: display })
     }
 }
 
 fn local_root(url: &str, abs: &std::path::Path) -> Result<(String, Path, String), IoError> {
-    let root = Path::from_absolute_path(abs).map_err(|e| IoError::InvalidUrl {
-        url: url.into(),
-        reason: e.to_string(),
-    })?;
+    let root = Path::from_absolute_path(abs)
+        .map_err(|e| IoError::InvalidUrl { url: url.into(), reason: e.to_string() })?;
     Ok(("file".into(), root, abs.display().to_string()))
 }
 
@@ -152,11 +135,7 @@ impl Location {
 
     /// The URL of an object below this location.
     pub fn url_of(&self, rel: &str) -> String {
-        if rel.is_empty() {
-            self.url.clone()
-        } else {
-            format!("{}/{}", self.url, rel)
-        }
+        if rel.is_empty() { self.url.clone() } else { format!("{}/{}", self.url, rel) }
     }
 
     /// A location below this one.
@@ -203,16 +182,9 @@ impl Location {
         let mut entries: Vec<Entry> = metas
             .into_iter()
             .filter_map(|m| {
-                let parts: Vec<String> = m
-                    .location
-                    .prefix_match(&self.root)?
-                    .map(|p| p.as_ref().to_string())
-                    .collect();
-                Some(Entry {
-                    path: parts.join("/"),
-                    size: m.size,
-                    e_tag: m.e_tag,
-                })
+                let parts: Vec<String> =
+                    m.location.prefix_match(&self.root)?.map(|p| p.as_ref().to_string()).collect();
+                Some(Entry { path: parts.join("/"), size: m.size, e_tag: m.e_tag })
             })
             .collect();
         entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -251,10 +223,7 @@ impl Location {
     pub fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<bool, IoError> {
         let path = self.path(rel)?;
         let store = self.store.clone();
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
         match self
             .block_on(async move { store.put_opts(&path, PutPayload::from(bytes), opts).await })
         {
@@ -287,22 +256,12 @@ mod tests {
         loc.put("a/b/y.bin", Bytes::from_static(b"two!")).unwrap();
         loc.put("c.bin", Bytes::from_static(b"3")).unwrap();
         assert_eq!(loc.get("a/x.bin").unwrap(), Bytes::from_static(b"one"));
-        let listed: Vec<(String, u64)> = loc
-            .list("a")
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.path, e.size))
-            .collect();
+        let listed: Vec<(String, u64)> =
+            loc.list("a").unwrap().into_iter().map(|e| (e.path, e.size)).collect();
         assert_eq!(listed, vec![("a/b/y.bin".into(), 4), ("a/x.bin".into(), 3)]);
-        assert!(
-            !loc.put_if_absent("a/x.bin", Bytes::from_static(b"new"))
-                .unwrap()
-        );
+        assert!(!loc.put_if_absent("a/x.bin", Bytes::from_static(b"new")).unwrap());
         assert_eq!(loc.get("a/x.bin").unwrap(), Bytes::from_static(b"one"));
-        assert!(
-            loc.put_if_absent("d.bin", Bytes::from_static(b"d"))
-                .unwrap()
-        );
+        assert!(loc.put_if_absent("d.bin", Bytes::from_static(b"d")).unwrap());
         let sub = loc.join("a").unwrap();
         assert_eq!(sub.get("b/y.bin").unwrap(), Bytes::from_static(b"two!"));
         loc.delete("c.bin").unwrap();
@@ -315,11 +274,7 @@ mod tests {
     fn local_backend_contract() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::new().unwrap();
-        contract(
-            &storage
-                .open(dir.path().join("store").to_str().unwrap())
-                .unwrap(),
-        );
+        contract(&storage.open(dir.path().join("store").to_str().unwrap()).unwrap());
         let url = format!("file://{}", dir.path().join("other").display());
         contract(&storage.open(&url).unwrap());
     }
@@ -330,23 +285,14 @@ mod tests {
         contract(&storage.open("memory://t/store").unwrap());
         let a = storage.open("memory://shared").unwrap();
         a.put("k", Bytes::from_static(b"v")).unwrap();
-        assert_eq!(
-            storage.open("memory://shared").unwrap().get("k").unwrap(),
-            "v"
-        );
+        assert_eq!(storage.open("memory://shared").unwrap().get("k").unwrap(), "v");
     }
 
     #[test]
     fn rejects_unknown_schemes_and_relative_file_urls() {
         let storage = Storage::new().unwrap();
-        assert!(matches!(
-            storage.open("ftp://x/y"),
-            Err(IoError::InvalidUrl { .. })
-        ));
-        assert!(matches!(
-            storage.open("file://relative"),
-            Err(IoError::InvalidUrl { .. })
-        ));
+        assert!(matches!(storage.open("ftp://x/y"), Err(IoError::InvalidUrl { .. })));
+        assert!(matches!(storage.open("file://relative"), Err(IoError::InvalidUrl { .. })));
         assert!(matches!(storage.open(""), Err(IoError::InvalidUrl { .. })));
     }
 }

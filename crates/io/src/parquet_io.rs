@@ -51,13 +51,7 @@ fn external(e: object_store::Error) -> ParquetError {
 
 impl AsyncFileReader for ObjectReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(external)
-        }
-        .boxed()
+        async move { self.store.get_range(&self.path, range).await.map_err(external) }.boxed()
     }
 
     fn get_byte_ranges(
@@ -65,13 +59,7 @@ impl AsyncFileReader for ObjectReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         // The store coalesces nearby ranges into fewer requests.
-        async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(external)
-        }
-        .boxed()
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
     }
 
     fn get_metadata<'a>(
@@ -103,43 +91,25 @@ impl ParquetSource {
             let entry = entry.clone();
             async move {
                 let (store, path) = location.resolve(&entry.path)?;
-                let mut reader = ObjectReader {
-                    store,
-                    path,
-                    size: entry.size,
-                    metadata: None,
-                };
+                let mut reader = ObjectReader { store, path, size: entry.size, metadata: None };
                 let url = location.url_of(&entry.path);
-                let metadata = reader
-                    .get_metadata(None)
-                    .await
-                    .map_err(|source| match source {
-                        ParquetError::External(e) => match e.downcast::<object_store::Error>() {
-                            Ok(store_error) => IoError::storage(url.clone(), *store_error),
-                            Err(other) => IoError::Parquet {
-                                url: url.clone(),
-                                source: ParquetError::External(other),
-                            },
-                        },
-                        source => IoError::Parquet {
+                let metadata = reader.get_metadata(None).await.map_err(|source| match source {
+                    ParquetError::External(e) => match e.downcast::<object_store::Error>() {
+                        Ok(store_error) => IoError::storage(url.clone(), *store_error),
+                        Err(other) => IoError::Parquet {
                             url: url.clone(),
-                            source,
+                            source: ParquetError::External(other),
                         },
-                    })?;
+                    },
+                    source => IoError::Parquet { url: url.clone(), source },
+                })?;
                 let meta = ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
                     .map_err(|source| IoError::Parquet { url, source })?;
-                Ok(ParquetSource {
-                    location,
-                    path: entry.path,
-                    size: entry.size,
-                    meta,
-                })
+                Ok(ParquetSource { location, path: entry.path, size: entry.size, meta })
             }
         });
         location.block_on(
-            futures::stream::iter(futures)
-                .buffered(FOOTER_CONCURRENCY)
-                .try_collect::<Vec<_>>(),
+            futures::stream::iter(futures).buffered(FOOTER_CONCURRENCY).try_collect::<Vec<_>>(),
         )
     }
 
@@ -203,12 +173,10 @@ impl ParquetSource {
         let schema = self.schema();
         let mut indices = Vec::with_capacity(columns.len());
         for column in columns {
-            let index = schema
-                .index_of(column)
-                .map_err(|_| IoError::MissingColumn {
-                    url: url.clone(),
-                    column: (*column).to_string(),
-                })?;
+            let index = schema.index_of(column).map_err(|_| IoError::MissingColumn {
+                url: url.clone(),
+                column: (*column).to_string(),
+            })?;
             indices.push(index);
         }
         let (store, path) = self.location.resolve(&self.path)?;
@@ -224,10 +192,7 @@ impl ParquetSource {
             .with_row_groups(row_groups.to_vec())
             .with_projection(mask)
             .with_batch_size(READ_BATCH_ROWS);
-        let parquet_error = |source| IoError::Parquet {
-            url: url.clone(),
-            source,
-        };
+        let parquet_error = |source| IoError::Parquet { url: url.clone(), source };
         self.location.block_on(async {
             let stream = builder.build().map_err(parquet_error)?;
             stream.try_collect::<Vec<_>>().await.map_err(parquet_error)
@@ -246,10 +211,7 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self {
-            row_group_rows: 128 * 1024,
-            metadata: Vec::new(),
-        }
+        Self { row_group_rows: 128 * 1024, metadata: Vec::new() }
     }
 }
 
@@ -261,15 +223,10 @@ pub fn encode_parquet(
     batches: &[RecordBatch],
     options: &WriteOptions,
 ) -> Result<Bytes, IoError> {
-    let encode = |source: ParquetError| IoError::Encode {
-        what: "Parquet".into(),
-        source: Box::new(source),
-    };
-    let kv: Vec<KeyValue> = options
-        .metadata
-        .iter()
-        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-        .collect();
+    let encode =
+        |source: ParquetError| IoError::Encode { what: "Parquet".into(), source: Box::new(source) };
+    let kv: Vec<KeyValue> =
+        options.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(encode)?))
         .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
@@ -287,10 +244,7 @@ pub fn encode_parquet(
 
 /// Decodes a whole Parquet file held in memory.
 pub fn decode_parquet(url: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, IoError> {
-    let parquet_error = |source| IoError::Parquet {
-        url: url.into(),
-        source,
-    };
+    let parquet_error = |source| IoError::Parquet { url: url.into(), source };
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(parquet_error)?
         .build()
@@ -302,19 +256,13 @@ pub fn decode_parquet(url: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, IoErr
 
 /// Encodes batches as CSV with a header row; UTC timestamps are written as RFC 3339.
 pub fn encode_csv(batches: &[RecordBatch]) -> Result<Bytes, IoError> {
-    let encode = |e: arrow::error::ArrowError| IoError::Encode {
-        what: "CSV".into(),
-        source: Box::new(e),
-    };
+    let encode =
+        |e: arrow::error::ArrowError| IoError::Encode { what: "CSV".into(), source: Box::new(e) };
     let mut buffer = Vec::new();
     {
-        let mut writer = arrow::csv::WriterBuilder::new()
-            .with_header(true)
-            .build(&mut buffer);
+        let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buffer);
         for batch in batches {
-            writer
-                .write(&utc_as_offset(batch).map_err(encode)?)
-                .map_err(encode)?;
+            writer.write(&utc_as_offset(batch).map_err(encode)?).map_err(encode)?;
         }
     }
     Ok(Bytes::from(buffer))
@@ -361,10 +309,7 @@ mod tests {
         let values: Vec<f64> = devices.iter().map(|d| *d as f64 * 0.5).collect();
         RecordBatch::try_new(
             schema,
-            vec![
-                Arc::new(Int64Array::from(devices)),
-                Arc::new(Float64Array::from(values)),
-            ],
+            vec![Arc::new(Int64Array::from(devices)), Arc::new(Float64Array::from(values))],
         )
         .unwrap()
     }
@@ -374,10 +319,8 @@ mod tests {
         let storage = Storage::new().unwrap();
         let loc = storage.open("memory://pq").unwrap();
         let b = batch((0..1000).collect());
-        let options = WriteOptions {
-            row_group_rows: 100,
-            metadata: vec![("k".into(), "v".into())],
-        };
+        let options =
+            WriteOptions { row_group_rows: 100, metadata: vec![("k".into(), "v".into())] };
         let schema = b.schema();
         let bytes = encode_parquet(&schema, std::slice::from_ref(&b), &options).unwrap();
         assert_eq!(bytes, encode_parquet(&schema, &[b], &options).unwrap());
@@ -391,10 +334,7 @@ mod tests {
         let rows: usize = read.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 200);
         assert_eq!(read[0].num_columns(), 1);
-        assert!(matches!(
-            source.read(&[0], &["nope"]),
-            Err(IoError::MissingColumn { .. })
-        ));
+        assert!(matches!(source.read(&[0], &["nope"]), Err(IoError::MissingColumn { .. })));
     }
 
     #[test]
@@ -403,17 +343,11 @@ mod tests {
         let loc = storage.open("memory://bad").unwrap();
         let b = batch((0..10).collect());
         let bytes = encode_parquet(&b.schema(), &[b], &WriteOptions::default()).unwrap();
-        loc.put("t.parquet", bytes.slice(0..bytes.len() / 2))
-            .unwrap();
-        loc.put("x.parquet", Bytes::from_static(b"not parquet at all"))
-            .unwrap();
+        loc.put("t.parquet", bytes.slice(0..bytes.len() / 2)).unwrap();
+        loc.put("x.parquet", Bytes::from_static(b"not parquet at all")).unwrap();
         for name in ["t.parquet", "x.parquet"] {
-            let entries: Vec<Entry> = loc
-                .list("")
-                .unwrap()
-                .into_iter()
-                .filter(|e| e.path == name)
-                .collect();
+            let entries: Vec<Entry> =
+                loc.list("").unwrap().into_iter().filter(|e| e.path == name).collect();
             let err = ParquetSource::open_all(&loc, &entries).unwrap_err();
             assert!(matches!(err, IoError::Parquet { .. }), "{err:?}");
             assert!(err.to_string().contains(name), "{err}");

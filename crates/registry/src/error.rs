@@ -13,11 +13,7 @@ pub enum RegistryError {
     Corrupt { url: String, reason: String },
     /// The file holds another key's model than the index says.
     #[error("model file {url} holds key `{found}`, expected `{expected}`")]
-    KeyMismatch {
-        url: String,
-        expected: String,
-        found: String,
-    },
+    KeyMismatch { url: String, expected: String, found: String },
     /// The registry index cannot be parsed.
     #[error("corrupt registry index {url}: {reason}")]
     CorruptIndex { url: String, reason: String },

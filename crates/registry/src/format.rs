@@ -29,10 +29,7 @@ impl Model {
     pub fn encode(&self) -> Result<Bytes, RegistryError> {
         let payload =
             bincode::serde::encode_to_vec(self, bincode::config::standard()).map_err(|e| {
-                RegistryError::Encode {
-                    key: self.meta.key.to_string(),
-                    reason: e.to_string(),
-                }
+                RegistryError::Encode { key: self.meta.key.to_string(), reason: e.to_string() }
             })?;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
         out.extend_from_slice(MAGIC);
@@ -45,21 +42,13 @@ impl Model {
 
     /// Decodes and validates a model file; `url` names it in errors.
     pub fn decode(url: &str, bytes: &[u8]) -> Result<Self, RegistryError> {
-        let corrupt = |reason: String| RegistryError::Corrupt {
-            url: url.into(),
-            reason,
-        };
+        let corrupt = |reason: String| RegistryError::Corrupt { url: url.into(), reason };
         if bytes.len() < HEADER_LEN {
-            return Err(corrupt(format!(
-                "{} bytes is shorter than the header",
-                bytes.len()
-            )));
+            return Err(corrupt(format!("{} bytes is shorter than the header", bytes.len())));
         }
         let (header, payload) = bytes.split_at(HEADER_LEN);
         if &header[..8] != MAGIC {
-            return Err(corrupt(
-                "not a batchscore model file (bad magic bytes)".into(),
-            ));
+            return Err(corrupt("not a batchscore model file (bad magic bytes)".into()));
         }
         let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         if version != FORMAT_VERSION {
@@ -85,10 +74,7 @@ impl Model {
         let (model, read): (Model, usize) = bincode::serde::decode_from_slice(payload, config)
             .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
         if read != payload.len() {
-            return Err(corrupt(format!(
-                "{} trailing payload bytes",
-                payload.len() - read
-            )));
+            return Err(corrupt(format!("{} trailing payload bytes", payload.len() - read)));
         }
         model.check().map_err(corrupt)?;
         Ok(model)
@@ -103,11 +89,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     pub(crate) fn small_model(key: i64) -> Model {
-        let params = IsolationForestParams {
-            n_estimators: 5,
-            seed: 7,
-            ..Default::default()
-        };
+        let params = IsolationForestParams { n_estimators: 5, seed: 7, ..Default::default() };
         let x: Vec<f64> = (0..50).map(|i| (i as f64 * 0.37).sin()).collect();
         let y: Vec<f64> = (0..50).map(|i| (i as f64 * 0.11).cos()).collect();
         let forest = params.clone().check().unwrap().fit(&[&x, &y]).unwrap();
@@ -116,12 +98,7 @@ pub(crate) mod tests {
             ModelKey::device(key),
             &params,
             vec!["x".into(), "y".into()],
-            TrainingInfo {
-                rows: 50,
-                from_us: Some(0),
-                to_us: Some(49),
-                summaries,
-            },
+            TrainingInfo { rows: 50, from_us: Some(0), to_us: Some(49), summaries },
             forest,
             "2026-01-01T00:00:00Z".into(),
         )
@@ -141,10 +118,7 @@ pub(crate) mod tests {
         let a = small_model(3);
         let mut b = small_model(3);
         b.meta.created_at = "2030-01-01T00:00:00Z".into();
-        assert_eq!(
-            Model::decode("m", &b.encode().unwrap()).unwrap().version(),
-            a.version()
-        );
+        assert_eq!(Model::decode("m", &b.encode().unwrap()).unwrap().version(), a.version());
         assert_ne!(small_model(4).version(), a.version());
     }
 
@@ -156,29 +130,14 @@ pub(crate) mod tests {
         }
         let mut b = bytes.clone();
         b[0] = b'X';
-        assert!(
-            Model::decode("m", &b)
-                .unwrap_err()
-                .to_string()
-                .contains("magic")
-        );
+        assert!(Model::decode("m", &b).unwrap_err().to_string().contains("magic"));
         let mut b = bytes.clone();
         b[8] = 9;
-        assert!(
-            Model::decode("m", &b)
-                .unwrap_err()
-                .to_string()
-                .contains("version")
-        );
+        assert!(Model::decode("m", &b).unwrap_err().to_string().contains("version"));
         let mut b = bytes.clone();
         let last = b.len() - 1;
         b[last] ^= 0xff;
-        assert!(
-            Model::decode("m", &b)
-                .unwrap_err()
-                .to_string()
-                .contains("checksum")
-        );
+        assert!(Model::decode("m", &b).unwrap_err().to_string().contains("checksum"));
     }
 
     /// A hostile file with a valid checksum but a payload that breaks the forest's invariants.
@@ -199,10 +158,7 @@ pub(crate) mod tests {
             detector: Shadow,
         }
         let payload = bincode::serde::encode_to_vec(
-            ShadowModel {
-                meta: &model.meta,
-                detector: Shadow::IsolationForest(raw),
-            },
+            ShadowModel { meta: &model.meta, detector: Shadow::IsolationForest(raw) },
             bincode::config::standard(),
         )
         .unwrap();

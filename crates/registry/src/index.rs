@@ -53,11 +53,9 @@ impl Registry {
         let (entries, fingerprint) = match location.get_opt(INDEX)? {
             None => (BTreeMap::new(), hex::encode(Sha256::digest(b""))),
             Some(bytes) => {
-                let file: IndexFile =
-                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::CorruptIndex {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
+                let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    RegistryError::CorruptIndex { url: url.clone(), reason: e.to_string() }
+                })?;
                 if file.format != INDEX_FORMAT {
                     return Err(RegistryError::CorruptIndex {
                         url,
@@ -77,11 +75,7 @@ impl Registry {
                 (entries, hex::encode(Sha256::digest(&bytes)))
             }
         };
-        Ok(Self {
-            location,
-            entries,
-            fingerprint,
-        })
+        Ok(Self { location, entries, fingerprint })
     }
 
     /// The registry's URL.
@@ -116,25 +110,15 @@ impl Registry {
 
     /// Reads, checks against the index, and decodes the model for `key`.
     pub fn load(&self, key: &ModelKey) -> Result<Model, RegistryError> {
-        let entry = self
-            .entries
-            .get(key)
-            .ok_or_else(|| RegistryError::NoModel {
-                key: key.to_string(),
-                registry: self.location.url().to_string(),
-            })?;
+        let entry = self.entries.get(key).ok_or_else(|| RegistryError::NoModel {
+            key: key.to_string(),
+            registry: self.location.url().to_string(),
+        })?;
         let url = self.location.url_of(&entry.path);
         let bytes = self.location.get(&entry.path)?;
-        let corrupt = |reason: String| RegistryError::Corrupt {
-            url: url.clone(),
-            reason,
-        };
+        let corrupt = |reason: String| RegistryError::Corrupt { url: url.clone(), reason };
         if bytes.len() as u64 != entry.size {
-            return Err(corrupt(format!(
-                "{} bytes, the index says {}",
-                bytes.len(),
-                entry.size
-            )));
+            return Err(corrupt(format!("{} bytes, the index says {}", bytes.len(), entry.size)));
         }
         if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
             return Err(corrupt("file checksum differs from the index".into()));
@@ -174,14 +158,10 @@ impl Registry {
         for entry in entries {
             self.entries.insert(entry.key.clone(), entry);
         }
-        let file = IndexFile {
-            format: INDEX_FORMAT,
-            models: self.entries.values().cloned().collect(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| RegistryError::Encode {
-            key: INDEX.into(),
-            reason: e.to_string(),
-        })?;
+        let file =
+            IndexFile { format: INDEX_FORMAT, models: self.entries.values().cloned().collect() };
+        let bytes = serde_json::to_vec_pretty(&file)
+            .map_err(|e| RegistryError::Encode { key: INDEX.into(), reason: e.to_string() })?;
         self.fingerprint = hex::encode(Sha256::digest(&bytes));
         self.location.put(INDEX, bytes.into())?;
         Ok(())
@@ -202,22 +182,16 @@ mod tests {
         let mut reg = Registry::open(loc.clone()).unwrap();
         assert!(reg.is_empty());
         let empty = reg.fingerprint().to_string();
-        let entries = (0..3)
-            .map(|k| reg.write_model(&small_model(k)).unwrap())
-            .collect();
+        let entries = (0..3).map(|k| reg.write_model(&small_model(k)).unwrap()).collect();
         reg.commit(entries).unwrap();
         assert_ne!(reg.fingerprint(), empty);
         let reg = Registry::open(loc.clone()).unwrap();
         assert_eq!(reg.len(), 3);
         assert_eq!(reg.load(&ModelKey::device(1)).unwrap(), small_model(1));
-        assert!(matches!(
-            reg.load(&ModelKey::device(9)),
-            Err(RegistryError::NoModel { .. })
-        ));
+        assert!(matches!(reg.load(&ModelKey::device(9)), Err(RegistryError::NoModel { .. })));
 
         // A damaged file is caught by the index checksum, and says which file.
-        loc.put("models/2.bsm", Bytes::from_static(b"garbage"))
-            .unwrap();
+        loc.put("models/2.bsm", Bytes::from_static(b"garbage")).unwrap();
         let err = reg.load(&ModelKey::device(2)).unwrap_err();
         assert!(matches!(err, RegistryError::Corrupt { .. }));
         assert!(err.to_string().contains("models/2.bsm"), "{err}");
@@ -229,10 +203,7 @@ mod tests {
         entry.size = other.len() as u64;
         entry.sha256 = hex::encode(Sha256::digest(&other));
         reg.commit(vec![entry]).unwrap();
-        assert!(matches!(
-            reg.load(&ModelKey::device(1)),
-            Err(RegistryError::KeyMismatch { .. })
-        ));
+        assert!(matches!(reg.load(&ModelKey::device(1)), Err(RegistryError::KeyMismatch { .. })));
     }
 
     #[test]
@@ -240,9 +211,6 @@ mod tests {
         let storage = Storage::new().unwrap();
         let loc = storage.open("memory://badidx").unwrap();
         loc.put(INDEX, Bytes::from_static(b"{not json")).unwrap();
-        assert!(matches!(
-            Registry::open(loc),
-            Err(RegistryError::CorruptIndex { .. })
-        ));
+        assert!(matches!(Registry::open(loc), Err(RegistryError::CorruptIndex { .. })));
     }
 }

@@ -32,10 +32,7 @@ impl TryFrom<String> for ModelKey {
             Some("empty")
         } else if key.len() > 128 {
             Some("longer than 128 bytes")
-        } else if !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
-        {
+        } else if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b)) {
             Some("only ASCII letters, digits, '-', '_', '.' and '=' are allowed")
         } else if key.starts_with('.') {
             Some("must not start with '.'")
@@ -43,10 +40,7 @@ impl TryFrom<String> for ModelKey {
             None
         };
         match reason {
-            Some(reason) => Err(RegistryError::InvalidKey {
-                key,
-                reason: reason.into(),
-            }),
+            Some(reason) => Err(RegistryError::InvalidKey { key, reason: reason.into() }),
             None => Ok(Self(key)),
         }
     }
@@ -190,10 +184,8 @@ impl Model {
         forest: IsolationForest,
         created_at: String,
     ) -> Result<Self, RegistryError> {
-        let params = serde_json::to_string(params).map_err(|e| RegistryError::Encode {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })?;
+        let params = serde_json::to_string(params)
+            .map_err(|e| RegistryError::Encode { key: key.to_string(), reason: e.to_string() })?;
         Self::new(
             key,
             params,
@@ -213,13 +205,8 @@ impl Model {
         detector: DetectorModel,
         created_at: String,
     ) -> Result<Self, RegistryError> {
-        let content_hash =
-            content_hash(&key, &params, &features, &training, &detector).map_err(|reason| {
-                RegistryError::Encode {
-                    key: key.to_string(),
-                    reason,
-                }
-            })?;
+        let content_hash = content_hash(&key, &params, &features, &training, &detector)
+            .map_err(|reason| RegistryError::Encode { key: key.to_string(), reason })?;
         let meta = ModelMeta {
             key,
             detector: detector.kind().to_string(),
@@ -231,10 +218,9 @@ impl Model {
             content_hash,
         };
         let model = Self { meta, detector };
-        model.check().map_err(|reason| RegistryError::Encode {
-            key: model.meta.key.to_string(),
-            reason,
-        })?;
+        model
+            .check()
+            .map_err(|reason| RegistryError::Encode { key: model.meta.key.to_string(), reason })?;
         Ok(model)
     }
 
@@ -294,13 +280,7 @@ fn content_hash(
     detector: &DetectorModel,
 ) -> Result<String, String> {
     use sha2::{Digest, Sha256};
-    let content = Content {
-        key,
-        params,
-        features,
-        training,
-        detector,
-    };
+    let content = Content { key, params, features, training, detector };
     let bytes = bincode::serde::encode_to_vec(&content, bincode::config::standard())
         .map_err(|e| e.to_string())?;
     Ok(hex::encode(Sha256::digest(&bytes)))

@@ -115,12 +115,9 @@ pub(crate) fn part_path(unit: usize) -> String {
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<bytes::Bytes, SchedulerError> {
-    serde_json::to_vec_pretty(value)
-        .map(bytes::Bytes::from)
-        .map_err(|e| SchedulerError::CorruptRecord {
-            url: "<memory>".into(),
-            reason: e.to_string(),
-        })
+    serde_json::to_vec_pretty(value).map(bytes::Bytes::from).map_err(|e| {
+        SchedulerError::CorruptRecord { url: "<memory>".into(), reason: e.to_string() }
+    })
 }
 
 pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(
@@ -183,10 +180,8 @@ pub(crate) fn failures_table(
     run_id: &str,
     devices: &[DeviceOutcome],
 ) -> Result<bytes::Bytes, SchedulerError> {
-    let failed: Vec<&DeviceOutcome> = devices
-        .iter()
-        .filter(|d| d.status == DeviceStatus::Failed)
-        .collect();
+    let failed: Vec<&DeviceOutcome> =
+        devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("device_id", DataType::Int64, false),
@@ -198,24 +193,13 @@ pub(crate) fn failures_table(
         schema.clone(),
         vec![
             Arc::new(StringArray::from(vec![run_id; failed.len()])),
-            Arc::new(Int64Array::from_iter_values(
-                failed.iter().map(|d| d.device),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                failed.iter().map(|d| d.device.to_string()),
-            )),
-            Arc::new(StringArray::from_iter(
-                failed.iter().map(|d| d.stage.as_deref()),
-            )),
-            Arc::new(StringArray::from_iter(
-                failed.iter().map(|d| d.reason.as_deref()),
-            )),
+            Arc::new(Int64Array::from_iter_values(failed.iter().map(|d| d.device))),
+            Arc::new(StringArray::from_iter_values(failed.iter().map(|d| d.device.to_string()))),
+            Arc::new(StringArray::from_iter(failed.iter().map(|d| d.stage.as_deref()))),
+            Arc::new(StringArray::from_iter(failed.iter().map(|d| d.reason.as_deref()))),
         ],
     )
-    .map_err(|source| SchedulerError::Arrow {
-        what: "failures",
-        source,
-    })?;
+    .map_err(|source| SchedulerError::Arrow { what: "failures", source })?;
     Ok(encode_parquet(&schema, &[batch], &WriteOptions::default())?)
 }
 
@@ -244,10 +228,8 @@ mod tests {
             outcome(3, DeviceStatus::NoInput, 0),
             outcome(3, DeviceStatus::Failed, 4),
         ]);
-        let view: Vec<(i64, DeviceStatus, u64, u64)> = merged
-            .iter()
-            .map(|d| (d.device, d.status, d.rows, d.anomalies))
-            .collect();
+        let view: Vec<(i64, DeviceStatus, u64, u64)> =
+            merged.iter().map(|d| (d.device, d.status, d.rows, d.anomalies)).collect();
         assert_eq!(
             view,
             vec![

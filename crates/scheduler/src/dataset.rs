@@ -19,10 +19,7 @@ pub struct InputColumns {
 
 impl Default for InputColumns {
     fn default() -> Self {
-        Self {
-            device: "device_id".into(),
-            timestamp: "timestamp".into(),
-        }
+        Self { device: "device_id".into(), timestamp: "timestamp".into() }
     }
 }
 
@@ -130,10 +127,7 @@ impl Dataset {
             entries.push(entry);
         }
         if !saw_parquet {
-            return Err(SchedulerError::NoInput {
-                url: location.url().to_string(),
-                other_files,
-            });
+            return Err(SchedulerError::NoInput { url: location.url().to_string(), other_files });
         }
         let files = ParquetSource::open_all(location, &entries).map_err(SchedulerError::reading)?;
         let identity = entries
@@ -164,25 +158,13 @@ impl Dataset {
                     column: column.into(),
                 })
             };
-            let ts = schema
-                .field_with_name(&c.timestamp)
-                .map_err(|_| missing(&c.timestamp))?;
+            let ts = schema.field_with_name(&c.timestamp).map_err(|_| missing(&c.timestamp))?;
             if !matches!(ts.data_type(), DataType::Timestamp(..)) {
-                return Err(column_type_error(
-                    url,
-                    &c.timestamp,
-                    ts.data_type(),
-                    "a timestamp",
-                ));
+                return Err(column_type_error(url, &c.timestamp, ts.data_type(), "a timestamp"));
             }
             match schema.field_with_name(&c.device) {
                 Ok(f) if !f.data_type().is_integer() => {
-                    return Err(column_type_error(
-                        url,
-                        &c.device,
-                        f.data_type(),
-                        "an integer",
-                    ));
+                    return Err(column_type_error(url, &c.device, f.data_type(), "an integer"));
                 }
                 Ok(_) => {}
                 Err(_) if self.hive_device[i].is_some() => {}
@@ -201,16 +183,9 @@ impl Dataset {
                 }
             }
             for sensor in &self.sensors {
-                let field = schema
-                    .field_with_name(sensor)
-                    .map_err(|_| missing(sensor))?;
+                let field = schema.field_with_name(sensor).map_err(|_| missing(sensor))?;
                 if !is_sensor_type(field.data_type()) {
-                    return Err(column_type_error(
-                        url,
-                        sensor,
-                        field.data_type(),
-                        "a number",
-                    ));
+                    return Err(column_type_error(url, sensor, field.data_type(), "a number"));
                 }
             }
         }
@@ -238,9 +213,9 @@ impl Dataset {
                 let (lo, hi) = match self.hive_device[f] {
                     Some(d) => (d, d),
                     // Without statistics the row group may hold any device.
-                    None => file
-                        .int_range(rg, &self.columns.device)
-                        .unwrap_or((i64::MIN, i64::MAX)),
+                    None => {
+                        file.int_range(rg, &self.columns.device).unwrap_or((i64::MIN, i64::MAX))
+                    }
                 };
                 if !selection.overlaps(lo, hi) {
                     continue;
@@ -250,13 +225,7 @@ impl Dataset {
                 {
                     continue;
                 }
-                self.slices.push(Slice {
-                    file: f,
-                    row_group: rg,
-                    lo,
-                    hi,
-                    rows,
-                });
+                self.slices.push(Slice { file: f, row_group: rg, lo, hi, rows });
             }
         }
         Ok(())
@@ -290,9 +259,7 @@ impl Dataset {
             }
             wanted.push(&self.columns.timestamp);
             wanted.extend(self.sensors.iter().map(String::as_str));
-            let batches = file
-                .read(&row_groups, &wanted)
-                .map_err(SchedulerError::reading)?;
+            let batches = file.read(&row_groups, &wanted).map_err(SchedulerError::reading)?;
             for batch in batches {
                 self.append_batch(
                     &file.url(),
@@ -309,10 +276,7 @@ impl Dataset {
         order.sort_by_key(|&i| (device[i], timestamp_us[i]));
         let device: Vec<i64> = order.iter().map(|&i| device[i]).collect();
         let timestamp_us = order.iter().map(|&i| timestamp_us[i]).collect();
-        let sensors = sensors
-            .iter()
-            .map(|c| order.iter().map(|&i| c[i]).collect())
-            .collect();
+        let sensors = sensors.iter().map(|c| order.iter().map(|&i| c[i]).collect()).collect();
         let mut runs: Vec<(i64, Range<usize>)> = Vec::new();
         for (i, d) in device.iter().enumerate() {
             match runs.last_mut() {
@@ -320,12 +284,7 @@ impl Dataset {
                 _ => runs.push((*d, i..i + 1)),
             }
         }
-        Ok(UnitTable {
-            device,
-            timestamp_us,
-            sensors,
-            runs,
-        })
+        Ok(UnitTable { device, timestamp_us, sensors, runs })
     }
 
     fn append_batch(
@@ -356,15 +315,10 @@ impl Dataset {
         let ts_type = DataType::Timestamp(TimeUnit::Microsecond, None);
         let ts = cast(&self.columns.timestamp, &ts_type)?;
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        let values: Vec<arrow::array::ArrayRef> = self
-            .sensors
-            .iter()
-            .map(|s| cast(s, &DataType::Float64))
-            .collect::<Result<_, _>>()?;
-        let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> = values
-            .iter()
-            .map(|a| a.as_primitive::<Float64Type>())
-            .collect();
+        let values: Vec<arrow::array::ArrayRef> =
+            self.sensors.iter().map(|s| cast(s, &DataType::Float64)).collect::<Result<_, _>>()?;
+        let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> =
+            values.iter().map(|a| a.as_primitive::<Float64Type>()).collect();
         for row in 0..batch.num_rows() {
             // Rows without a device or timestamp cannot be keyed; they are skipped.
             let d = match (hive, devices) {
@@ -383,11 +337,7 @@ impl Dataset {
             timestamp_us.push(t);
             for (column, v) in sensors.iter_mut().zip(&values) {
                 // A missing reading is NaN, which the detectors treat as missing.
-                column.push(if v.is_valid(row) {
-                    v.value(row)
-                } else {
-                    f64::NAN
-                });
+                column.push(if v.is_valid(row) { v.value(row) } else { f64::NAN });
             }
         }
         Ok(())
@@ -429,14 +379,8 @@ mod tests {
 
         // Hive partitions outside the selection are not even opened.
         let hive = storage.open("memory://scan/hive").unwrap();
-        generate(
-            &GenerateSpec {
-                partitioning: Partitioning::Device,
-                ..spec.clone()
-            },
-            &hive,
-        )
-        .unwrap();
+        generate(&GenerateSpec { partitioning: Partitioning::Device, ..spec.clone() }, &hive)
+            .unwrap();
         let d = scan(&hive, "2..4", TimeWindow::default());
         assert_eq!(d.files.len(), 2);
         assert_eq!(d.identity.len(), 2);
@@ -456,9 +400,7 @@ mod tests {
         let selection = DeviceSelection::parse("1,3").unwrap();
         let d = scan(&root, "1,3", TimeWindow::default());
         let all: Vec<usize> = (0..d.slices.len()).collect();
-        let table = d
-            .read_unit(&all, &selection, &TimeWindow::default())
-            .unwrap();
+        let table = d.read_unit(&all, &selection, &TimeWindow::default()).unwrap();
         assert_eq!(table.runs, vec![(1, 0..30), (3, 30..60)]);
         assert!(table.timestamp_us[..30].windows(2).all(|w| w[0] < w[1]));
         assert_eq!(table.sensors.len(), 8);

@@ -8,10 +8,7 @@ use batchscore_registry::RegistryError;
 pub enum SchedulerError {
     /// A setting is invalid (selection, shard, window, thresholds).
     #[error("invalid setting `{setting}`: {reason}")]
-    InvalidSetting {
-        setting: &'static str,
-        reason: String,
-    },
+    InvalidSetting { setting: &'static str, reason: String },
     /// The input cannot be used (malformed file, missing column, wrong type, no files).
     #[error("bad input: {0}")]
     Input(#[source] IoError),

@@ -35,14 +35,7 @@ impl Plan {
     /// unit holds the row, and training sets such devices aside (see `train`).
     pub(crate) fn build(slices: &[Slice], target_rows: u64) -> Self {
         let mut order: Vec<usize> = (0..slices.len()).collect();
-        order.sort_by_key(|&i| {
-            (
-                slices[i].lo,
-                slices[i].hi,
-                slices[i].file,
-                slices[i].row_group,
-            )
-        });
+        order.sort_by_key(|&i| (slices[i].lo, slices[i].hi, slices[i].file, slices[i].row_group));
         let mut units: Vec<Unit> = Vec::new();
         for i in order {
             let s = &slices[i];
@@ -53,20 +46,15 @@ impl Plan {
                     u.rows += s.rows;
                     u.slices.push(i);
                 }
-                _ => units.push(Unit {
-                    index: 0,
-                    lo: s.lo,
-                    hi: s.hi,
-                    rows: s.rows,
-                    slices: vec![i],
-                }),
+                _ => {
+                    units.push(Unit { index: 0, lo: s.lo, hi: s.hi, rows: s.rows, slices: vec![i] })
+                }
             }
         }
         for (index, unit) in units.iter_mut().enumerate() {
             unit.index = index;
             // Read each file's row groups in file order.
-            unit.slices
-                .sort_by_key(|&i| (slices[i].file, slices[i].row_group));
+            unit.slices.sort_by_key(|&i| (slices[i].file, slices[i].row_group));
         }
         Self { units }
     }
@@ -85,11 +73,8 @@ impl Plan {
         let mut load = vec![0u64; n];
         let mut mine = Vec::new();
         for unit in by_size {
-            let (target, _) = load
-                .iter()
-                .enumerate()
-                .min_by_key(|(i, l)| (**l, *i))
-                .unwrap_or((0, &0));
+            let (target, _) =
+                load.iter().enumerate().min_by_key(|(i, l)| (**l, *i)).unwrap_or((0, &0));
             load[target] += unit.rows;
             if target == shard.index() as usize {
                 mine.push(unit.index);
@@ -106,13 +91,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn slice(file: usize, row_group: usize, lo: i64, hi: i64, rows: u64) -> Slice {
-        Slice {
-            file,
-            row_group,
-            lo,
-            hi,
-            rows,
-        }
+        Slice { file, row_group, lo, hi, rows }
     }
 
     #[test]
@@ -130,11 +109,7 @@ mod tests {
         assert_eq!(plan.rows(), 350);
         let plan = Plan::build(&slices, 1000);
         assert_eq!(plan.units.len(), 1);
-        assert_eq!(
-            plan.units[0].slices,
-            vec![1, 2, 0, 3],
-            "file order within a unit"
-        );
+        assert_eq!(plan.units[0].slices, vec![1, 2, 0, 3], "file order within a unit");
     }
 
     proptest! {

@@ -83,9 +83,7 @@ fn check_run_id(id: &str) -> Result<(), SchedulerError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with(['.', '_'])
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b));
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -107,10 +105,9 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
     let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
     // Aim for ~16 units so a job spreads over cores and nodes, within the part-size bounds that
     // keep files analytics-sized. Depends only on the input, never on threads or shards.
-    let target = total_rows.div_ceil(16).clamp(
-        spec.min_part_rows,
-        spec.max_part_rows.max(spec.min_part_rows),
-    );
+    let target = total_rows
+        .div_ceil(16)
+        .clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows));
     let plan = Plan::build(&dataset.slices, target);
     let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target);
     let run_id = match &spec.run_id {
@@ -128,20 +125,14 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
     if !out.put_if_absent(PLAN, plan_record)? {
         let existing: serde_json::Value = from_json(&out, PLAN, &out.get(PLAN)?)?;
         if existing.get("fingerprint").and_then(|f| f.as_str()) != Some(fingerprint.as_str()) {
-            return Err(SchedulerError::RunConflict {
-                run_id,
-                url: out.url().to_string(),
-            });
+            return Err(SchedulerError::RunConflict { run_id, url: out.url().to_string() });
         }
     }
     timings.insert("plan".to_string(), ms(started.elapsed()));
     tracing::info!(run_id = %run_id, units = plan.units.len(), rows = total_rows, files = dataset.files.len(), "planned");
 
-    let existing: HashMap<String, u64> = out
-        .list("")?
-        .into_iter()
-        .map(|e| (e.path, e.size))
-        .collect();
+    let existing: HashMap<String, u64> =
+        out.list("")?.into_iter().map(|e| (e.path, e.size)).collect();
     let mine = plan.shard_units(spec.shard);
     let my_rows: u64 = mine.iter().map(|&u| plan.units[u].rows).sum();
     progress.start(mine.len(), my_rows);
@@ -150,10 +141,7 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         .num_threads(spec.threads)
         .thread_name(|i| format!("batchscore-worker-{i}"))
         .build()
-        .map_err(|e| SchedulerError::ThreadPool {
-            threads: spec.threads,
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
     let execute_started = Instant::now();
     let context = UnitContext {
         spec,
@@ -217,17 +205,13 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         timings_ms: timings,
         settings: spec.settings.clone(),
     };
-    out.put_if_absent(
-        &format!("_manifests/{shard_name}.json"),
-        to_json(&manifest)?,
-    )?;
+    out.put_if_absent(&format!("_manifests/{shard_name}.json"), to_json(&manifest)?)?;
     let complete = publish_success(&out, spec, &run_id, plan.units.len())?;
     let scope_devices = manifest.totals.devices_scored
         + manifest.totals.devices_failed
         + manifest.totals.devices_no_input;
-    let failed_over_threshold = spec
-        .max_failed
-        .exceeded(manifest.totals.devices_failed, scope_devices);
+    let failed_over_threshold =
+        spec.max_failed.exceeded(manifest.totals.devices_failed, scope_devices);
     tracing::info!(run_id = %run_id, complete, units_skipped, "committed");
     Ok(RunReport {
         run_id,
@@ -370,18 +354,15 @@ impl UnitContext<'_> {
         if self.existing.contains_key(&receipt_path) {
             let receipt: Receipt =
                 from_json(self.out, &receipt_path, &self.out.get(&receipt_path)?)?;
-            let part_intact = receipt
-                .part
-                .as_ref()
-                .is_none_or(|p| self.existing.get(&p.path) == Some(&p.bytes));
+            let part_intact =
+                receipt.part.as_ref().is_none_or(|p| self.existing.get(&p.path) == Some(&p.bytes));
             if part_intact && receipt.unit == unit.index && receipt.run_id == self.run_id {
                 return Ok((receipt, true));
             }
             tracing::warn!(unit = unit.index, "part missing or damaged; rewriting it");
         }
         let table =
-            self.dataset
-                .read_unit(&unit.slices, &self.spec.selection, &self.spec.window)?;
+            self.dataset.read_unit(&unit.slices, &self.spec.selection, &self.spec.window)?;
         let (batch, devices) = score_unit(
             &table,
             &self.dataset.columns,
@@ -427,11 +408,7 @@ impl UnitContext<'_> {
             // of this same unit and plan, so the part we just wrote restores it; keep the record.
             tracing::debug!(unit = unit.index, "receipt already present");
         }
-        tracing::debug!(
-            unit = unit.index,
-            devices = receipt.devices.len(),
-            "unit committed"
-        );
+        tracing::debug!(unit = unit.index, devices = receipt.devices.len(), "unit committed");
         Ok((receipt, false))
     }
 }

@@ -28,11 +28,7 @@ pub(crate) fn output_schema(columns: &InputColumns, sensors: &[String]) -> Schem
             false,
         ),
     ];
-    fields.extend(
-        sensors
-            .iter()
-            .map(|s| Field::new(s, DataType::Float64, true)),
-    );
+    fields.extend(sensors.iter().map(|s| Field::new(s, DataType::Float64, true)));
     fields.extend([
         Field::new("score", DataType::Float64, false),
         Field::new("decision", DataType::Float64, false),
@@ -119,10 +115,8 @@ pub(crate) fn score_unit(
         let mut ok = true;
         for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
             let chunk = chunk_start..(chunk_start + SCORE_BATCH_ROWS).min(range.end);
-            let cols: Vec<&[f64]> = indices
-                .iter()
-                .map(|&i| &table.sensors[i][chunk.clone()])
-                .collect();
+            let cols: Vec<&[f64]> =
+                indices.iter().map(|&i| &table.sensors[i][chunk.clone()]).collect();
             match model.detector.score(&cols) {
                 Ok(s) => {
                     score.extend(s.score);
@@ -160,9 +154,7 @@ pub(crate) fn score_unit(
     }
     let schema = output_schema(columns, sensors);
     let mut arrays: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(
-            rows.iter().map(|&r| table.device[r]),
-        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|&r| table.device[r]))),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(
                 rows.iter().map(|&r| table.timestamp_us[r]),
@@ -171,9 +163,7 @@ pub(crate) fn score_unit(
         ),
     ];
     for column in &table.sensors {
-        arrays.push(Arc::new(Float64Array::from_iter_values(
-            rows.iter().map(|&r| column[r]),
-        )));
+        arrays.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|&r| column[r]))));
     }
     let mut version_column =
         arrow::array::StringBuilder::with_capacity(rows.len(), rows.len() * 16);
@@ -187,14 +177,9 @@ pub(crate) fn score_unit(
         Arc::new(Float64Array::from(decision)),
         Arc::new(BooleanArray::from(is_anomaly)),
         Arc::new(version_column.finish()),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-            run_id,
-            rows.len(),
-        ))),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run_id, rows.len()))),
     ]);
-    let batch = RecordBatch::try_new(schema, arrays).map_err(|source| SchedulerError::Arrow {
-        what: "scored",
-        source,
-    })?;
+    let batch = RecordBatch::try_new(schema, arrays)
+        .map_err(|source| SchedulerError::Arrow { what: "scored", source })?;
     Ok((Some(batch), outcomes))
 }

@@ -7,10 +7,7 @@ use serde::Serialize;
 use crate::SchedulerError;
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> SchedulerError {
-    SchedulerError::InvalidSetting {
-        setting,
-        reason: reason.into(),
-    }
+    SchedulerError::InvalidSetting { setting, reason: reason.into() }
 }
 
 /// Which devices a job covers.
@@ -27,41 +24,31 @@ impl DeviceSelection {
     /// white space (so the contents of an `@file` parse too).
     pub fn parse(text: &str) -> Result<Self, SchedulerError> {
         let mut ranges = Vec::new();
-        let tokens: Vec<&str> = text
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|t| !t.is_empty())
-            .collect();
+        let tokens: Vec<&str> =
+            text.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
         if tokens.is_empty() {
             return Err(invalid("devices", "empty selection"));
         }
         for token in &tokens {
             if token.eq_ignore_ascii_case("all") {
                 if tokens.len() > 1 {
-                    return Err(invalid(
-                        "devices",
-                        "`all` cannot be combined with other devices",
-                    ));
+                    return Err(invalid("devices", "`all` cannot be combined with other devices"));
                 }
                 return Ok(DeviceSelection::All);
             }
             let number = |s: &str| {
                 s.trim().parse::<i64>().map_err(|_| {
-                    invalid(
-                        "devices",
-                        format!("`{token}` is not a device id, a range or `all`"),
-                    )
+                    invalid("devices", format!("`{token}` is not a device id, a range or `all`"))
                 })
             };
             let range = if let Some((a, b)) = token.split_once("..=") {
                 let (a, b) = (number(a)?, number(b)?);
-                a..b.checked_add(1)
-                    .ok_or_else(|| invalid("devices", "range end overflows"))?
+                a..b.checked_add(1).ok_or_else(|| invalid("devices", "range end overflows"))?
             } else if let Some((a, b)) = token.split_once("..") {
                 number(a)?..number(b)?
             } else {
                 let d = number(token)?;
-                d..d.checked_add(1)
-                    .ok_or_else(|| invalid("devices", "device id overflows"))?
+                d..d.checked_add(1).ok_or_else(|| invalid("devices", "device id overflows"))?
             };
             if range.is_empty() {
                 return Err(invalid("devices", format!("`{token}` is an empty range")));
@@ -143,10 +130,7 @@ impl TimeWindow {
         if let (Some(f), Some(t)) = (from_us, to_us)
             && f >= t
         {
-            return Err(invalid(
-                "from/to",
-                "the window's start must be before its end",
-            ));
+            return Err(invalid("from/to", "the window's start must be before its end"));
         }
         Ok(Self { from_us, to_us })
     }
@@ -210,20 +194,15 @@ impl MaxFailed {
     pub fn parse(text: &str) -> Result<Self, SchedulerError> {
         let text = text.trim();
         if let Some(p) = text.strip_suffix('%') {
-            let p: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| invalid("max-failed", format!("`{text}`")))?;
+            let p: f64 =
+                p.trim().parse().map_err(|_| invalid("max-failed", format!("`{text}`")))?;
             if !(0.0..=100.0).contains(&p) {
                 return Err(invalid("max-failed", "a percentage must be within 0..=100"));
             }
             return Ok(MaxFailed::Percent(p));
         }
         text.parse().map(MaxFailed::Count).map_err(|_| {
-            invalid(
-                "max-failed",
-                format!("`{text}` is neither a count nor a percentage"),
-            )
+            invalid("max-failed", format!("`{text}` is neither a count nor a percentage"))
         })
     }
 
@@ -244,10 +223,7 @@ mod tests {
     #[test]
     fn parses_selections() {
         assert_eq!(DeviceSelection::parse("all").unwrap(), DeviceSelection::All);
-        assert_eq!(
-            DeviceSelection::parse("0..1000").unwrap().count(),
-            Some(1000)
-        );
+        assert_eq!(DeviceSelection::parse("0..1000").unwrap().count(), Some(1000));
         let s = DeviceSelection::parse("3,7,9").unwrap();
         assert_eq!(s.devices().unwrap().collect::<Vec<_>>(), vec![3, 7, 9]);
         let s = DeviceSelection::parse("5..8\n1 2..=3\n7").unwrap();

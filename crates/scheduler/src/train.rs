@@ -77,27 +77,15 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
     // rows the units set aside; every other device is trained inside its unit.
     let plan = Plan::build(&dataset.slices, spec.unit_rows.max(1));
     let intervals: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
-    let shared = |device: i64| {
-        intervals
-            .iter()
-            .filter(|(lo, hi)| (*lo..=*hi).contains(&device))
-            .count()
-            > 1
-    };
+    let shared =
+        |device: i64| intervals.iter().filter(|(lo, hi)| (*lo..=*hi).contains(&device)).count() > 1;
     progress.start(plan.units.len(), plan.rows());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(spec.threads)
         .thread_name(|i| format!("batchscore-trainer-{i}"))
         .build()
-        .map_err(|e| SchedulerError::ThreadPool {
-            threads: spec.threads,
-            reason: e.to_string(),
-        })?;
-    let trainer = Trainer {
-        spec,
-        features: &features,
-        registry: &registry,
-    };
+        .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
+    let trainer = Trainer { spec, features: &features, registry: &registry };
     let results: Vec<Result<UnitResult, SchedulerError>> = pool.install(|| {
         plan.units
             .par_iter()
@@ -108,10 +96,8 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
                 let trained = mine
                     .par_iter()
                     .map(|(device, range)| {
-                        let columns: Vec<&[f64]> = indices
-                            .iter()
-                            .map(|&i| &table.sensors[i][range.clone()])
-                            .collect();
+                        let columns: Vec<&[f64]> =
+                            indices.iter().map(|&i| &table.sensors[i][range.clone()]).collect();
                         let first = table.timestamp_us.get(range.start).copied();
                         let last = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();
                         trainer.train(*device, &columns, first, last)
@@ -212,10 +198,7 @@ impl SharedRows {
         }
         let mut order: Vec<usize> = (0..timestamps.len()).collect();
         order.sort_by_key(|&i| timestamps[i]);
-        let columns = columns
-            .iter()
-            .map(|c| order.iter().map(|&i| c[i]).collect())
-            .collect();
+        let columns = columns.iter().map(|c| order.iter().map(|&i| c[i]).collect()).collect();
         (order.iter().map(|&i| timestamps[i]).collect(), columns)
     }
 }

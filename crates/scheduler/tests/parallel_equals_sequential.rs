@@ -51,17 +51,10 @@ fn reference(input: &Location, registry: &Registry, selection: &DeviceSelection)
                 let values = sensors
                     .iter()
                     .map(|s| {
-                        batch
-                            .column_by_name(s)
-                            .unwrap()
-                            .as_primitive::<Float64Type>()
-                            .value(row)
+                        batch.column_by_name(s).unwrap().as_primitive::<Float64Type>().value(row)
                     })
                     .collect();
-                per_device
-                    .entry(device)
-                    .or_default()
-                    .push((ts.value(row), values));
+                per_device.entry(device).or_default().push((ts.value(row), values));
             }
         }
     }
@@ -83,11 +76,7 @@ fn reference(input: &Location, registry: &Registry, selection: &DeviceSelection)
         for (i, (t, _)) in rows.iter().enumerate() {
             out.insert(
                 (device, *t),
-                (
-                    scored.score[i].to_bits(),
-                    scored.decision[i].to_bits(),
-                    scored.is_anomaly[i],
-                ),
+                (scored.score[i].to_bits(), scored.decision[i].to_bits(), scored.is_anomaly[i]),
             );
         }
     }
@@ -103,32 +92,19 @@ fn output_rows(out: &Location, run_id: &str) -> Rows {
     for part in manifest["parts"].as_array().unwrap() {
         let path = part["path"].as_str().unwrap();
         for batch in decode_parquet(path, run.get(path).unwrap()).unwrap() {
-            let device = batch
-                .column_by_name("device_id")
-                .unwrap()
-                .as_primitive::<Int64Type>();
+            let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
             let ts = batch
                 .column_by_name("timestamp")
                 .unwrap()
                 .as_primitive::<TimestampMicrosecondType>();
-            let score = batch
-                .column_by_name("score")
-                .unwrap()
-                .as_primitive::<Float64Type>();
-            let decision = batch
-                .column_by_name("decision")
-                .unwrap()
-                .as_primitive::<Float64Type>();
+            let score = batch.column_by_name("score").unwrap().as_primitive::<Float64Type>();
+            let decision = batch.column_by_name("decision").unwrap().as_primitive::<Float64Type>();
             let anomaly = batch.column_by_name("is_anomaly").unwrap().as_boolean();
             for i in 0..batch.num_rows() {
                 assert!(!device.is_null(i));
                 let previous = rows.insert(
                     (device.value(i), ts.value(i)),
-                    (
-                        score.value(i).to_bits(),
-                        decision.value(i).to_bits(),
-                        anomaly.value(i),
-                    ),
+                    (score.value(i).to_bits(), decision.value(i).to_bits(), anomaly.value(i)),
                 );
                 assert!(previous.is_none(), "row written twice");
             }

@@ -107,11 +107,7 @@ impl DeviceSeries {
             }
             let seconds = t as f64 * interval_s;
             let daily = (seconds / 86_400.0 * std::f64::consts::TAU + day_phase).sin();
-            let progress = if rows > 1 {
-                t as f64 / (rows - 1) as f64
-            } else {
-                0.0
-            };
+            let progress = if rows > 1 { t as f64 / (rows - 1) as f64 } else { 0.0 };
             for s in 0..sensors {
                 let l = loadings[s];
                 let signal = l[0] * (0.8 * z[0] + 0.6 * daily)
@@ -206,9 +202,7 @@ mod tests {
             let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
             cov / (va * vb).sqrt()
         };
-        let strongest = (1..8)
-            .map(|j| corr(&s.values[0], &s.values[j]).abs())
-            .fold(0.0, f64::max);
+        let strongest = (1..8).map(|j| corr(&s.values[0], &s.values[j]).abs()).fold(0.0, f64::max);
         assert!(strongest > 0.3, "max |corr| with sensor 0 = {strongest}");
     }
 

@@ -110,14 +110,10 @@ fn timestamp_type() -> DataType {
 /// current rayon pool for parallelism.
 pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, SynthError> {
     if spec.devices == 0 || spec.sensors == 0 || spec.rows_per_device == 0 {
-        return Err(SynthError::Invalid(
-            "devices, sensors and rows must be positive".into(),
-        ));
+        return Err(SynthError::Invalid("devices, sensors and rows must be positive".into()));
     }
     if !(0.0..0.5).contains(&spec.anomaly_rate) {
-        return Err(SynthError::Invalid(
-            "anomaly rate must be in [0, 0.5)".into(),
-        ));
+        return Err(SynthError::Invalid("anomaly rate must be in [0, 0.5)".into()));
     }
     let devices_per_file = match spec.partitioning {
         Partitioning::Device => 1,
@@ -127,10 +123,7 @@ pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, 
         .step_by(devices_per_file)
         .enumerate()
         .map(|(i, start)| {
-            (
-                i,
-                start..(start + devices_per_file as i64).min(i64::from(spec.devices)),
-            )
+            (i, start..(start + devices_per_file as i64).min(i64::from(spec.devices)))
         })
         .collect();
     let names = sensor_names(spec.sensors);
@@ -167,10 +160,7 @@ pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, 
                 FileFormat::Parquet => encode_parquet(
                     batch.schema_ref(),
                     std::slice::from_ref(&batch),
-                    &WriteOptions {
-                        row_group_rows: spec.row_group_rows,
-                        metadata: vec![],
-                    },
+                    &WriteOptions { row_group_rows: spec.row_group_rows, metadata: vec![] },
                 )?,
                 FileFormat::Csv => encode_csv(std::slice::from_ref(&batch))?,
             };
@@ -205,10 +195,7 @@ pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, 
         labels.extend(l);
     }
     let schema = label_schema();
-    out.put(
-        "labels.parquet",
-        encode_parquet(&schema, &labels, &WriteOptions::default())?,
-    )?;
+    out.put("labels.parquet", encode_parquet(&schema, &labels, &WriteOptions::default())?)?;
     Ok(summary)
 }
 
@@ -231,16 +218,12 @@ fn wide_batch(
     let mut columns: Vec<ArrayRef> = Vec::new();
     if with_device {
         fields.push(Field::new("device_id", DataType::Int64, false));
-        let ids = series
-            .iter()
-            .flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
+        let ids = series.iter().flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
         columns.push(Arc::new(Int64Array::from_iter_values(ids)));
     }
     fields.push(Field::new("timestamp", timestamp_type(), false));
     let ts = series.iter().flat_map(|_| timestamps(spec));
-    columns.push(Arc::new(
-        TimestampMicrosecondArray::from_iter_values(ts).with_timezone("UTC"),
-    ));
+    columns.push(Arc::new(TimestampMicrosecondArray::from_iter_values(ts).with_timezone("UTC")));
     for (s, name) in names.iter().enumerate() {
         fields.push(Field::new(name, DataType::Float64, true));
         let values = series.iter().flat_map(|(_, d)| d.values[s].iter().copied());
@@ -296,16 +279,10 @@ fn label_batch(
     spec: &GenerateSpec,
     series: &[(i64, DeviceSeries)],
 ) -> Result<RecordBatch, SynthError> {
-    let ids = series
-        .iter()
-        .flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
+    let ids = series.iter().flat_map(|(d, _)| std::iter::repeat_n(*d, spec.rows_per_device));
     let ts = series.iter().flat_map(|_| timestamps(spec));
-    let flags = series
-        .iter()
-        .flat_map(|(_, s)| s.labels.iter().map(Option::is_some));
-    let kinds = series
-        .iter()
-        .flat_map(|(_, s)| s.labels.iter().map(|l| l.map(|k| k.as_str())));
+    let flags = series.iter().flat_map(|(_, s)| s.labels.iter().map(Option::is_some));
+    let kinds = series.iter().flat_map(|(_, s)| s.labels.iter().map(|l| l.map(|k| k.as_str())));
     RecordBatch::try_new(
         label_schema(),
         vec![
@@ -335,12 +312,8 @@ mod tests {
         let packed = storage.open("memory://g/packed").unwrap();
         let s = generate(&spec, &packed).unwrap();
         assert_eq!((s.files, s.rows), (3, 250));
-        let files: Vec<String> = packed
-            .list("readings")
-            .unwrap()
-            .into_iter()
-            .map(|e| e.path)
-            .collect();
+        let files: Vec<String> =
+            packed.list("readings").unwrap().into_iter().map(|e| e.path).collect();
         assert_eq!(
             files,
             [
@@ -350,10 +323,7 @@ mod tests {
             ]
         );
         let hive = storage.open("memory://g/hive").unwrap();
-        let spec_hive = GenerateSpec {
-            partitioning: Partitioning::Device,
-            ..spec.clone()
-        };
+        let spec_hive = GenerateSpec { partitioning: Partitioning::Device, ..spec.clone() };
         assert_eq!(generate(&spec_hive, &hive).unwrap().files, 5);
         let sources = ParquetSource::open_all(&hive, &hive.list("readings").unwrap()).unwrap();
         assert_eq!(sources[0].path(), "readings/device_id=0/part-00000.parquet");
@@ -365,10 +335,7 @@ mod tests {
             packed.get("readings/part-00001.parquet").unwrap(),
             again.get("readings/part-00001.parquet").unwrap()
         );
-        assert_eq!(
-            packed.get("labels.parquet").unwrap(),
-            again.get("labels.parquet").unwrap()
-        );
+        assert_eq!(packed.get("labels.parquet").unwrap(), again.get("labels.parquet").unwrap());
     }
 
     #[test]
@@ -388,10 +355,6 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "timestamp,device,sensor,value");
         assert_eq!(lines.len(), 1 + 2 * 3 * 4);
-        assert!(
-            lines[1].starts_with("2026-01-01T00:00:00Z,0,temperature,"),
-            "{}",
-            lines[1]
-        );
+        assert!(lines[1].starts_with("2026-01-01T00:00:00Z,0,temperature,"), "{}", lines[1]);
     }
 }

@@ -109,16 +109,10 @@ impl TryFrom<RawForest> for IsolationForest {
     fn try_from(raw: RawForest) -> Result<Self, Self::Error> {
         let invalid = |msg: String| Err(DetectorError::InvalidModel(msg));
         if raw.n_features == 0 || raw.n_features > MAX_FEATURES {
-            return invalid(format!(
-                "n_features {} is outside 1..={MAX_FEATURES}",
-                raw.n_features
-            ));
+            return invalid(format!("n_features {} is outside 1..={MAX_FEATURES}", raw.n_features));
         }
         if raw.trees.is_empty() || raw.trees.len() > MAX_ESTIMATORS {
-            return invalid(format!(
-                "{} trees is outside 1..={MAX_ESTIMATORS}",
-                raw.trees.len()
-            ));
+            return invalid(format!("{} trees is outside 1..={MAX_ESTIMATORS}", raw.trees.len()));
         }
         if raw.max_samples == 0 {
             return invalid("max_samples is 0".into());
@@ -128,9 +122,7 @@ impl TryFrom<RawForest> for IsolationForest {
         }
         let total: usize = raw.trees.iter().map(Vec::len).sum();
         if total > MAX_NODES_PER_FOREST {
-            return invalid(format!(
-                "{total} nodes exceed the limit of {MAX_NODES_PER_FOREST}"
-            ));
+            return invalid(format!("{total} nodes exceed the limit of {MAX_NODES_PER_FOREST}"));
         }
         let mut nodes = Vec::with_capacity(total);
         let mut roots = Vec::with_capacity(raw.trees.len());
@@ -164,10 +156,7 @@ fn flatten_tree(
 ) -> Result<u32, DetectorError> {
     let invalid = |msg: String| Err(DetectorError::InvalidModel(format!("tree {t}: {msg}")));
     if tree.is_empty() || tree.len() > MAX_NODES_PER_TREE {
-        return invalid(format!(
-            "{} nodes is outside 1..={MAX_NODES_PER_TREE}",
-            tree.len()
-        ));
+        return invalid(format!("{} nodes is outside 1..={MAX_NODES_PER_TREE}", tree.len()));
     }
     // Number of path nodes from the root (root = 1); 0 marks "no parent seen yet". Children
     // always come after their parent, so one forward pass sees every parent before its children,
@@ -212,10 +201,7 @@ fn flatten_tree(
             depth[c] = depth[i] + 1;
         }
         if node.feature >= n_features {
-            return invalid(format!(
-                "node {i} splits on feature {} of {n_features}",
-                node.feature
-            ));
+            return invalid(format!("node {i} splits on feature {} of {n_features}", node.feature));
         }
         if !node.threshold.is_finite() {
             return invalid(format!("node {i} has threshold {}", node.threshold));
@@ -239,10 +225,7 @@ impl From<IsolationForest> for RawForest {
         let mut trees = Vec::with_capacity(forest.roots.len());
         for (t, &root) in forest.roots.iter().enumerate() {
             let start = root as usize;
-            let end = forest
-                .roots
-                .get(t + 1)
-                .map_or(forest.nodes.len(), |&r| r as usize);
+            let end = forest.roots.get(t + 1).map_or(forest.nodes.len(), |&r| r as usize);
             let tree = forest.nodes[start..end]
                 .iter()
                 .map(|n| RawNode {
@@ -332,25 +315,16 @@ impl Detector for IsolationForest {
     fn score_samples_into(&self, columns: &[&[f64]], out: &mut [f64]) -> Result<(), DetectorError> {
         let rows = batch_rows(columns, self.n_features())?;
         if out.len() != rows {
-            return Err(DetectorError::OutputLength {
-                expected: rows,
-                got: out.len(),
-            });
+            return Err(DetectorError::OutputLength { expected: rows, got: out.len() });
         }
         // scikit-learn casts the input to float32 once; values beyond f32 range become +-inf and
         // compare as such, NaN stays NaN and follows the node's missing-value direction.
-        let columns32: Vec<Vec<f32>> = columns
-            .iter()
-            .map(|c| c.iter().map(|&v| v as f32).collect())
-            .collect();
+        let columns32: Vec<Vec<f32>> =
+            columns.iter().map(|c| c.iter().map(|&v| v as f32).collect()).collect();
         self.path_sums(&columns32, out);
         for value in out.iter_mut() {
             // np.divide(depths, denominator, out=ones, where=denominator != 0)
-            let ratio = if self.denominator != 0.0 {
-                *value / self.denominator
-            } else {
-                1.0
-            };
+            let ratio = if self.denominator != 0.0 { *value / self.denominator } else { 1.0 };
             *value = -(2f64.powf(-ratio));
         }
         Ok(())
@@ -373,27 +347,15 @@ mod tests {
     }
 
     fn split(feature: u32, threshold: f64, left: u32, right: u32, nan_left: bool) -> RawNode {
-        RawNode {
-            feature,
-            threshold,
-            left,
-            right,
-            missing_go_to_left: nan_left,
-            n_node_samples: 0,
-        }
+        RawNode { feature, threshold, left, right, missing_go_to_left: nan_left, n_node_samples: 0 }
     }
 
     /// Root splits feature 0 at 0.5; the left child splits feature 1 at 10.0.
     ///   node 0: x0 <= 0.5 ? node 1 : node 4 (leaf, 5 samples)
     ///   node 1: x1 <= 10  ? node 2 (leaf, 1 sample) : node 3 (leaf, 2 samples)
     fn hand_forest() -> IsolationForest {
-        let tree = vec![
-            split(0, 0.5, 1, 4, false),
-            split(1, 10.0, 2, 3, true),
-            leaf(1),
-            leaf(2),
-            leaf(5),
-        ];
+        let tree =
+            vec![split(0, 0.5, 1, 4, false), split(1, 10.0, 2, 3, true), leaf(1), leaf(2), leaf(5)];
         IsolationForest::try_from(RawForest {
             n_features: 2,
             max_samples: 8,
@@ -476,10 +438,7 @@ mod tests {
         assert_eq!(s[4], expected_score(2.0));
         assert_eq!(s[5], expected_score(3.0));
         // Subnormals and signed zeros are ordinary values: -0.0 <= 0.5.
-        let s = forest
-            .score(&[&[-0.0, 1e-310], &[5e-324, 0.0]])
-            .unwrap()
-            .score;
+        let s = forest.score(&[&[-0.0, 1e-310], &[5e-324, 0.0]]).unwrap().score;
         assert_eq!(s, vec![expected_score(2.0), expected_score(2.0)]);
     }
 
@@ -522,30 +481,15 @@ mod tests {
             f(&mut r);
             IsolationForest::try_from(r)
         };
-        assert!(
-            mutate(&|r| r.trees[0][0].left = 9).is_err(),
-            "child out of range"
-        );
-        assert!(
-            mutate(&|r| r.trees[0][1].left = 0).is_err(),
-            "backward edge (cycle)"
-        );
+        assert!(mutate(&|r| r.trees[0][0].left = 9).is_err(), "child out of range");
+        assert!(mutate(&|r| r.trees[0][1].left = 0).is_err(), "backward edge (cycle)");
         assert!(mutate(&|r| r.trees[0][1].right = 4).is_err(), "two parents");
-        assert!(
-            mutate(&|r| r.trees[0][0].feature = 2).is_err(),
-            "feature out of range"
-        );
-        assert!(
-            mutate(&|r| r.trees[0][0].threshold = f64::NAN).is_err(),
-            "NaN threshold"
-        );
+        assert!(mutate(&|r| r.trees[0][0].feature = 2).is_err(), "feature out of range");
+        assert!(mutate(&|r| r.trees[0][0].threshold = f64::NAN).is_err(), "NaN threshold");
         assert!(mutate(&|r| r.trees[0][0].left = LEAF).is_err(), "half leaf");
         assert!(mutate(&|r| r.trees.clear()).is_err(), "no trees");
         assert!(mutate(&|r| r.trees[0].clear()).is_err(), "empty tree");
-        assert!(
-            mutate(&|r| r.offset = f64::INFINITY).is_err(),
-            "infinite offset"
-        );
+        assert!(mutate(&|r| r.offset = f64::INFINITY).is_err(), "infinite offset");
         assert!(mutate(&|r| r.n_features = 0).is_err(), "no features");
         // The raw form round-trips.
         assert_eq!(IsolationForest::try_from(raw.clone()).unwrap(), ok);
@@ -556,10 +500,7 @@ mod tests {
         let forest = hand_forest();
         assert!(matches!(
             forest.score(&[&[1.0]]),
-            Err(DetectorError::FeatureCount {
-                expected: 2,
-                got: 1
-            })
+            Err(DetectorError::FeatureCount { expected: 2, got: 1 })
         ));
         assert!(matches!(
             forest.score(&[&[1.0], &[1.0, 2.0]]),

@@ -160,18 +160,9 @@ mod tests {
     #[test]
     fn rejects_out_of_domain_values() {
         let bad = [
-            IsolationForestParams {
-                n_estimators: 0,
-                ..Default::default()
-            },
-            IsolationForestParams {
-                max_samples: MaxSamples::Fraction(1.5),
-                ..Default::default()
-            },
-            IsolationForestParams {
-                max_samples: MaxSamples::Count(0),
-                ..Default::default()
-            },
+            IsolationForestParams { n_estimators: 0, ..Default::default() },
+            IsolationForestParams { max_samples: MaxSamples::Fraction(1.5), ..Default::default() },
+            IsolationForestParams { max_samples: MaxSamples::Count(0), ..Default::default() },
             IsolationForestParams {
                 max_features: MaxFeatures::Fraction(0.0),
                 ..Default::default()
@@ -186,10 +177,7 @@ mod tests {
             },
         ];
         for params in bad {
-            assert!(
-                params.clone().check().is_err(),
-                "{params:?} should be rejected"
-            );
+            assert!(params.clone().check().is_err(), "{params:?} should be rejected");
         }
         assert!(IsolationForestParams::default().check().is_ok());
     }

@@ -25,10 +25,7 @@ impl ValidIsolationForestParams {
         let p = &self.0;
         let n_features = columns.len();
         if n_features == 0 {
-            return Err(DetectorError::FeatureCount {
-                expected: 1,
-                got: 0,
-            });
+            return Err(DetectorError::FeatureCount { expected: 1, got: 0 });
         }
         let rows = batch_rows(columns, n_features)?;
         let data = TrainingRows::new(columns, rows);
@@ -52,22 +49,15 @@ impl ValidIsolationForestParams {
             let mut sample: Vec<usize> = if p.bootstrap {
                 // Duplicates do not change min/max splits, and scikit-learn's n_node_samples
                 // counts distinct rows, so a deduplicated bootstrap sample is equivalent.
-                let mut s: Vec<usize> = (0..max_samples)
-                    .map(|_| tree_rng.random_range(0..data.n_rows))
-                    .collect();
+                let mut s: Vec<usize> =
+                    (0..max_samples).map(|_| tree_rng.random_range(0..data.n_rows)).collect();
                 s.sort_unstable();
                 s.dedup();
                 s
             } else {
                 rand::seq::index::sample(&mut tree_rng, data.n_rows, max_samples).into_vec()
             };
-            trees.push(grow_tree(
-                &data,
-                &features,
-                &mut sample,
-                max_depth,
-                &mut tree_rng,
-            ));
+            trees.push(grow_tree(&data, &features, &mut sample, max_depth, &mut tree_rng));
         }
         let forest = IsolationForest::try_from(RawForest {
             n_features: n_features as u32,
@@ -102,19 +92,12 @@ impl TrainingRows {
         let mut values = Vec::with_capacity(rows * n_features);
         let mut n_rows = 0;
         for row in 0..rows {
-            if columns
-                .iter()
-                .all(|c| c[row].is_finite() && (c[row] as f32).is_finite())
-            {
+            if columns.iter().all(|c| c[row].is_finite() && (c[row] as f32).is_finite()) {
                 values.extend(columns.iter().map(|c| c[row] as f32));
                 n_rows += 1;
             }
         }
-        Self {
-            values,
-            n_rows,
-            n_features,
-        }
+        Self { values, n_rows, n_features }
     }
 
     fn get(&self, row: usize, feature: usize) -> f32 {
@@ -123,11 +106,7 @@ impl TrainingRows {
 
     fn columns_f64(&self) -> Vec<Vec<f64>> {
         (0..self.n_features)
-            .map(|f| {
-                (0..self.n_rows)
-                    .map(|r| f64::from(self.get(r, f)))
-                    .collect()
-            })
+            .map(|f| (0..self.n_rows).map(|r| f64::from(self.get(r, f))).collect())
             .collect()
     }
 }
@@ -148,12 +127,7 @@ fn grow_tree(
         parent: Option<(usize, bool)>,
     }
     let mut nodes: Vec<RawNode> = Vec::new();
-    let mut stack = vec![Pending {
-        start: 0,
-        end: sample.len(),
-        depth: 0,
-        parent: None,
-    }];
+    let mut stack = vec![Pending { start: 0, end: sample.len(), depth: 0, parent: None }];
     let mut order = features.to_vec();
     while let Some(p) = stack.pop() {
         let id = nodes.len();
@@ -268,11 +242,7 @@ pub(crate) fn percentile_linear(values: &mut [f64], q: f64) -> f64 {
     let hi = (lo + 1).min(n - 1);
     let (a, b) = (values[lo], values[hi]);
     let diff = b - a;
-    if gamma >= 0.5 {
-        b - diff * (1.0 - gamma)
-    } else {
-        a + diff * gamma
-    }
+    if gamma >= 0.5 { b - diff * (1.0 - gamma) } else { a + diff * gamma }
 }
 
 #[cfg(test)]
@@ -282,9 +252,7 @@ mod tests {
 
     fn blob(n: usize, seed: u64) -> Vec<Vec<f64>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..3)
-            .map(|_| (0..n).map(|_| rng.random::<f64>()).collect())
-            .collect()
+        (0..3).map(|_| (0..n).map(|_| rng.random::<f64>()).collect()).collect()
     }
 
     fn refs(cols: &[Vec<f64>]) -> Vec<&[f64]> {
@@ -303,12 +271,7 @@ mod tests {
     fn fit_is_deterministic_and_isolates_outliers() {
         let mut cols = blob(500, 1);
         cols[0][7] = 25.0;
-        let params = IsolationForestParams {
-            seed: 42,
-            ..Default::default()
-        }
-        .check()
-        .unwrap();
+        let params = IsolationForestParams { seed: 42, ..Default::default() }.check().unwrap();
         let a = params.fit(&refs(&cols)).unwrap();
         let b = params.fit(&refs(&cols)).unwrap();
         assert_eq!(a, b);
@@ -318,12 +281,7 @@ mod tests {
         let min = scored.score.iter().copied().fold(f64::INFINITY, f64::min);
         assert_eq!(scored.score[7], min, "the outlier has the lowest score");
         assert!(scored.is_anomaly[7]);
-        let other = IsolationForestParams {
-            seed: 43,
-            ..Default::default()
-        }
-        .check()
-        .unwrap();
+        let other = IsolationForestParams { seed: 43, ..Default::default() }.check().unwrap();
         assert_ne!(other.fit(&refs(&cols)).unwrap(), a);
     }
 
@@ -337,13 +295,7 @@ mod tests {
         .check()
         .unwrap();
         let forest = params.fit(&refs(&cols)).unwrap();
-        let flagged = forest
-            .score(&refs(&cols))
-            .unwrap()
-            .is_anomaly
-            .iter()
-            .filter(|a| **a)
-            .count();
+        let flagged = forest.score(&refs(&cols)).unwrap().is_anomaly.iter().filter(|a| **a).count();
         assert!((95..=105).contains(&flagged), "{flagged} of 1000 flagged");
     }
 
@@ -351,16 +303,11 @@ mod tests {
     fn every_parameter_combination_trains_a_valid_forest() {
         let cols = blob(300, 3);
         for bootstrap in [false, true] {
-            for max_samples in [
-                MaxSamples::Auto,
-                MaxSamples::Count(64),
-                MaxSamples::Fraction(0.3),
-            ] {
-                for max_features in [
-                    MaxFeatures::All,
-                    MaxFeatures::Count(1),
-                    MaxFeatures::Fraction(0.5),
-                ] {
+            for max_samples in [MaxSamples::Auto, MaxSamples::Count(64), MaxSamples::Fraction(0.3)]
+            {
+                for max_features in
+                    [MaxFeatures::All, MaxFeatures::Count(1), MaxFeatures::Fraction(0.5)]
+                {
                     let params = IsolationForestParams {
                         n_estimators: 10,
                         max_samples,
@@ -379,21 +326,14 @@ mod tests {
     #[test]
     fn skips_non_finite_rows_and_handles_constant_data() {
         let cols = vec![vec![1.0, f64::NAN, 1.0, f64::INFINITY, 1.0]];
-        let forest = IsolationForestParams::default()
-            .check()
-            .unwrap()
-            .fit(&refs(&cols))
-            .unwrap();
+        let forest = IsolationForestParams::default().check().unwrap().fit(&refs(&cols)).unwrap();
         assert_eq!(forest.max_samples(), 3);
         // Constant data: every tree is a single leaf and every row scores the same.
         let s = forest.score(&[&[1.0, 100.0]]).unwrap().score;
         assert_eq!(s[0], s[1]);
         let none = vec![vec![f64::NAN, f64::INFINITY]];
         assert_eq!(
-            IsolationForestParams::default()
-                .check()
-                .unwrap()
-                .fit(&refs(&none)),
+            IsolationForestParams::default().check().unwrap().fit(&refs(&none)),
             Err(DetectorError::NoTrainingRows { rows: 2 })
         );
     }
