@@ -231,3 +231,37 @@ fn training_is_deterministic_whatever_the_thread_count() {
         assert!(fixture_versions.contains(v));
     }
 }
+
+#[test]
+fn dry_run_shows_the_pruned_plan_and_writes_nothing() {
+    let f = fixture();
+    let dir = tempdir();
+    let output = dir.path().join("out");
+    let out = output.display().to_string();
+    // Devices 3 and 7, first hour: of the fixture's 12 row groups (1,500 rows each, sorted by
+    // device), statistics keep only those whose device and time ranges can hold such rows.
+    let stdout = run_job(
+        &f.readings(),
+        &f.registry(),
+        &out,
+        &["--dry-run", "--summary", "json", "--devices", "3,7", "--to", "2026-01-01T01:00:00Z"],
+        0,
+    );
+    assert!(!output.exists(), "a dry run writes nothing");
+    let plan: serde_json::Value =
+        serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
+    let (total, read) =
+        (plan["row_groups_total"].as_u64().unwrap(), plan["row_groups_read"].as_u64().unwrap());
+    assert_eq!(total, (DEVICES as u64 * ROWS as u64).div_ceil(1500));
+    assert!((2..=3).contains(&read), "{plan}");
+    assert_eq!(plan["models_in_registry"], DEVICES);
+    // The real run then uses the same run id.
+    run_job(
+        &f.readings(),
+        &f.registry(),
+        &out,
+        &["--devices", "3,7", "--to", "2026-01-01T01:00:00Z"],
+        0,
+    );
+    assert_eq!(run_dir(&output).file_name().unwrap().to_str(), plan["run_id"].as_str());
+}

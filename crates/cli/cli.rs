@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// Largest work unit (and part file) in rows, unless one row group is larger.
     #[arg(long, env = "BATCHSCORE_MAX_PART_ROWS", value_name = "ROWS")]
     pub max_part_rows: Option<u64>,
+    /// Plan only: show what would be read and written (files, row groups, units, run id) and
+    /// write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub summary: SummaryFormat,

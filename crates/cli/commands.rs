@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use batchscore_detectors::Detector;
 use batchscore_io::Storage;
 use batchscore_registry::{ModelKey, Registry};
-use batchscore_scheduler::{DeviceStatus, RunReport};
+use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport};
 use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning};
 use chrono::Utc;
 use rayon::prelude::*;
@@ -165,6 +165,14 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
 pub fn run(args: &RunArgs, config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
     ensure_sample(config, storage, printer)?;
     let spec = settings::run_spec(args, config, storage, Utc::now())?;
+    if args.dry_run {
+        let plan = batchscore_scheduler::dry_run(&spec)?;
+        match args.summary {
+            SummaryFormat::Json => printer.out(&serde_json::to_string_pretty(&plan)?),
+            SummaryFormat::Text => printer.out(&render_plan(&plan)),
+        }
+        return Ok(0);
+    }
     let reporter = Reporter::new(interactive(printer), "run");
     let report = batchscore_scheduler::run(&spec, &reporter)?;
     match args.summary {
@@ -172,6 +180,31 @@ pub fn run(args: &RunArgs, config: &ConfigFile, storage: &Storage, printer: Prin
         SummaryFormat::Text => printer.out(&render_summary(&report, spec.threads)),
     }
     Ok(if report.failed_over_threshold { EXIT_PARTIAL } else { 0 })
+}
+
+fn render_plan(p: &PlanSummary) -> String {
+    let mine: u64 = p.shard_units.iter().map(|&u| p.units[u].rows).sum();
+    [
+        format!("batchscore run {} (dry run: nothing written)", p.run_id),
+        format!("  output      {}/", p.output_url),
+        format!(
+            "  files       {} listed, {} kept after partition pruning",
+            p.files_listed, p.files_read
+        ),
+        format!(
+            "  row groups  {} in those files, {} kept after statistics pruning",
+            p.row_groups_total, p.row_groups_read
+        ),
+        format!("  rows        up to {}", thousands(p.rows)),
+        format!(
+            "  units       {} in the plan; this shard runs {} ({} rows)",
+            p.units.len(),
+            p.shard_units.len(),
+            thousands(mine)
+        ),
+        format!("  models      {} in the registry", thousands(p.models_in_registry as u64)),
+    ]
+    .join("\n")
 }
 
 fn render_summary(r: &RunReport, threads: usize) -> String {

@@ -44,6 +44,10 @@ pub(crate) struct Dataset {
     /// Sensor columns, in the first file's order.
     pub sensors: Vec<String>,
     pub slices: Vec<Slice>,
+    /// Parquet files listed, before partition pruning.
+    pub files_listed: usize,
+    /// Row groups in the files read, before statistics pruning.
+    pub row_groups_total: usize,
     /// `(path, size, version tag)` of every file read: identifies the input's contents.
     pub identity: Vec<(String, u64, String)>,
 }
@@ -99,6 +103,7 @@ impl Dataset {
         let mut entries = Vec::new();
         let mut hive_device = Vec::new();
         let mut saw_parquet = false;
+        let mut files_listed = 0;
         let mut other_files = 0;
         for entry in listed {
             let name = entry.path.rsplit('/').next().unwrap_or("");
@@ -109,6 +114,7 @@ impl Dataset {
                 continue;
             }
             saw_parquet = true;
+            files_listed += 1;
             let device = match hive_value(&entry.path, &columns.device) {
                 None => None,
                 Some(v) => Some(v.parse::<i64>().map_err(|_| {
@@ -134,8 +140,11 @@ impl Dataset {
             .iter()
             .map(|e| (e.path.clone(), e.size, e.e_tag.clone().unwrap_or_default()))
             .collect();
+        let row_groups_total = files.iter().map(ParquetSource::num_row_groups).sum();
         let mut dataset = Dataset {
             files,
+            files_listed,
+            row_groups_total,
             hive_device,
             columns: columns.clone(),
             sensors: Vec::new(),

@@ -23,6 +23,6 @@ pub use dataset::InputColumns;
 pub use error::SchedulerError;
 pub use plan::{Plan, Unit};
 pub use progress::{NoProgress, Progress};
-pub use run::{RunReport, RunSpec, run};
+pub use run::{PlanSummary, RunReport, RunSpec, dry_run, run};
 pub use select::{DeviceSelection, MaxFailed, Shard, TimeWindow};
 pub use train::{TrainReport, TrainSpec, train};

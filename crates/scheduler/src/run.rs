@@ -96,10 +96,36 @@ fn check_run_id(id: &str) -> Result<(), SchedulerError> {
     }
 }
 
-/// Runs this shard's part of a scoring job. See the crate docs for the commit protocol.
-pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, SchedulerError> {
-    let started = Instant::now();
-    let mut timings = BTreeMap::new();
+/// What a run would read and write, computed without writing anything (`--dry-run`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanSummary {
+    pub run_id: String,
+    pub output_url: String,
+    /// Parquet files listed, and those left after partition pruning (whose footers were read).
+    pub files_listed: usize,
+    pub files_read: usize,
+    /// Row groups in those files, and those left after statistics pruning.
+    pub row_groups_total: usize,
+    pub row_groups_read: usize,
+    /// Rows in the row groups to read (an upper bound on the rows scored).
+    pub rows: u64,
+    pub models_in_registry: usize,
+    /// Every unit of the plan, and the indices this shard would run.
+    pub units: Vec<crate::Unit>,
+    pub shard_units: Vec<usize>,
+}
+
+/// Everything decided before any write: the registry, the pruned input, the plan and run id.
+struct Prepared {
+    registry: Registry,
+    dataset: Dataset,
+    plan: Plan,
+    fingerprint: String,
+    run_id: String,
+    total_rows: u64,
+}
+
+fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
     let registry = Registry::open(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
     let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
@@ -115,6 +141,31 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         None => format!("run-{}", &fingerprint[..16]),
     };
     check_run_id(&run_id)?;
+    Ok(Prepared { registry, dataset, plan, fingerprint, run_id, total_rows })
+}
+
+/// Plans a run without writing anything: what it would read, its units and its run id.
+pub fn dry_run(spec: &RunSpec) -> Result<PlanSummary, SchedulerError> {
+    let p = prepare(spec)?;
+    Ok(PlanSummary {
+        output_url: spec.output.url_of(&p.run_id),
+        files_listed: p.dataset.files_listed,
+        files_read: p.dataset.files.len(),
+        row_groups_total: p.dataset.row_groups_total,
+        row_groups_read: p.dataset.slices.len(),
+        rows: p.total_rows,
+        models_in_registry: p.registry.len(),
+        shard_units: p.plan.shard_units(spec.shard),
+        units: p.plan.units,
+        run_id: p.run_id,
+    })
+}
+
+/// Runs this shard's part of a scoring job. See the crate docs for the commit protocol.
+pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, SchedulerError> {
+    let started = Instant::now();
+    let mut timings = BTreeMap::new();
+    let Prepared { registry, dataset, plan, fingerprint, run_id, total_rows } = prepare(spec)?;
     let out = spec.output.join(&run_id)?;
     let plan_record = to_json(&PlanRecord {
         format: FORMAT,
