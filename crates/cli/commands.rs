@@ -298,7 +298,7 @@ pub fn models(
         }
         ModelsCommand::Show { key } => {
             let key = ModelKey::try_from(key.clone()).map_err(|e| UsageError(e.to_string()))?;
-            let model = registry.load(&key)?;
+            let model = registry.verify(&key)?;
             let entry = registry.entry(&key).cloned();
             let batchscore_registry::DetectorModel::IsolationForest(forest) = &model.detector;
             // Parameters are stored as JSON text; show them as JSON.
@@ -326,7 +326,8 @@ pub fn models(
                 entries
                     .par_iter()
                     .map(|e| {
-                        let r = registry.load(&e.key).map(|_| ()).map_err(|err| error_chain(&err));
+                        let r =
+                            registry.verify(&e.key).map(|_| ()).map_err(|err| error_chain(&err));
                         (e.key.to_string(), r)
                     })
                     .collect()

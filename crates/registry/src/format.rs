@@ -41,7 +41,18 @@ impl Model {
     }
 
     /// Decodes and validates a model file; `url` names it in errors.
+    ///
+    /// Checks everything: header, payload checksum, structure, and that the content hash (the
+    /// model's version) matches the content.
     pub fn decode(url: &str, bytes: &[u8]) -> Result<Self, RegistryError> {
+        Self::decode_with(url, bytes, Verify::Full)
+    }
+
+    pub(crate) fn decode_with(
+        url: &str,
+        bytes: &[u8],
+        verify: Verify,
+    ) -> Result<Self, RegistryError> {
         let corrupt = |reason: String| RegistryError::Corrupt { url: url.into(), reason };
         if bytes.len() < HEADER_LEN {
             return Err(corrupt(format!("{} bytes is shorter than the header", bytes.len())));
@@ -65,7 +76,7 @@ impl Model {
                 payload.len()
             )));
         }
-        if Sha256::digest(payload).as_slice() != &header[20..52] {
+        if verify == Verify::Full && Sha256::digest(payload).as_slice() != &header[20..52] {
             return Err(corrupt("checksum mismatch".into()));
         }
         // The limit bounds every allocation the decoder makes to the payload's size, so a forged
@@ -76,9 +87,20 @@ impl Model {
         if read != payload.len() {
             return Err(corrupt(format!("{} trailing payload bytes", payload.len() - read)));
         }
-        model.check().map_err(corrupt)?;
+        model.check(verify == Verify::Full).map_err(corrupt)?;
         Ok(model)
     }
+}
+
+/// How much of a model file `decode_with` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// Every check, including both hashes.
+    Full,
+    /// The caller already matched the whole file against a SHA-256 it trusts (the registry
+    /// index), which vouches for every byte: skip the payload checksum and the content-hash
+    /// recomputation (which re-encodes the whole forest), keep every structural check.
+    Structure,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use batchscore_io::Location;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::format::Verify;
 use crate::{Model, ModelKey, RegistryError};
 
 const INDEX: &str = "index.json";
@@ -109,7 +110,19 @@ impl Registry {
     }
 
     /// Reads, checks against the index, and decodes the model for `key`.
+    ///
+    /// The file's SHA-256 must match the index, which vouches for every byte, so only the
+    /// structural checks run after it (see [`Registry::verify`] for all of them).
     pub fn load(&self, key: &ModelKey) -> Result<Model, RegistryError> {
+        self.load_with(key, Verify::Structure)
+    }
+
+    /// Loads the model for `key` with every check, both hashes included (`models verify`).
+    pub fn verify(&self, key: &ModelKey) -> Result<Model, RegistryError> {
+        self.load_with(key, Verify::Full)
+    }
+
+    fn load_with(&self, key: &ModelKey, verify: Verify) -> Result<Model, RegistryError> {
         let entry = self.entries.get(key).ok_or_else(|| RegistryError::NoModel {
             key: key.to_string(),
             registry: self.location.url().to_string(),
@@ -123,7 +136,7 @@ impl Registry {
         if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
             return Err(corrupt("file checksum differs from the index".into()));
         }
-        let model = Model::decode(&url, &bytes)?;
+        let model = Model::decode_with(&url, &bytes, verify)?;
         if &model.meta.key != key {
             return Err(RegistryError::KeyMismatch {
                 url,
@@ -188,6 +201,7 @@ mod tests {
         let reg = Registry::open(loc.clone()).unwrap();
         assert_eq!(reg.len(), 3);
         assert_eq!(reg.load(&ModelKey::device(1)).unwrap(), small_model(1));
+        assert_eq!(reg.verify(&ModelKey::device(1)).unwrap(), small_model(1));
         assert!(matches!(reg.load(&ModelKey::device(9)), Err(RegistryError::NoModel { .. })));
 
         // A damaged file is caught by the index checksum, and says which file.

@@ -219,7 +219,7 @@ impl Model {
         };
         let model = Self { meta, detector };
         model
-            .check()
+            .check(true)
             .map_err(|reason| RegistryError::Encode { key: model.meta.key.to_string(), reason })?;
         Ok(model)
     }
@@ -230,8 +230,9 @@ impl Model {
         &hash[..hash.len().min(16)]
     }
 
-    /// Consistency of metadata and detector (used after decoding too).
-    pub(crate) fn check(&self) -> Result<(), String> {
+    /// Consistency of metadata and detector (used after decoding too); `with_hash` also
+    /// recomputes the content hash, which re-encodes the whole model.
+    pub(crate) fn check(&self, with_hash: bool) -> Result<(), String> {
         let n = self.detector.n_features();
         if self.meta.features.len() != n {
             return Err(format!(
@@ -257,6 +258,9 @@ impl Model {
         }
         if self.meta.training.summaries.len() != n {
             return Err("one training summary per feature expected".into());
+        }
+        if !with_hash {
+            return Ok(());
         }
         let expected = content_hash(
             &self.meta.key,
