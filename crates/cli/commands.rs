@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use batchscore_detectors::Detector;
 use batchscore_io::Storage;
 use batchscore_registry::{ModelKey, Registry};
-use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport};
+use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, error_chain};
 use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning};
 use chrono::Utc;
 use rayon::prelude::*;
@@ -16,7 +16,7 @@ use crate::cli::{
     RunArgs, SummaryFormat, TrainArgs,
 };
 use crate::config::ConfigFile;
-use crate::printer::{Printer, error_chain, thousands};
+use crate::printer::{Printer, thousands};
 use crate::progress::Reporter;
 use crate::settings::{self, UsageError};
 

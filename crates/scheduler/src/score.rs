@@ -51,8 +51,9 @@ fn failed(device: i64, rows: usize, stage: &str, reason: String) -> DeviceOutcom
     }
 }
 
-/// The full message of an error and its sources, for failure records.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources on one line (`outer: inner: innermost`): the form of every failure
+/// reason in manifests and failures tables.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
