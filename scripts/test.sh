@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints (warnings are errors), unit, property and integration
-# tests. This is the README's test command, and .ci/run calls exactly this.
+# tests, the storage tests against Azurite. This is the README's test command, and .ci/run calls
+# exactly this. It installs what the tests need when missing: pyarrow in a cached venv
+# (scripts/python-env.sh) and the pinned Azurite (scripts/azurite/), which it starts on
+# 127.0.0.1 for the tests and always stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +18,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
-cargo test --workspace --locked
+echo "== test dependencies: Python packages, Azurite"
+BATCHSCORE_PYTHON="$(scripts/python-env.sh)"
+export BATCHSCORE_PYTHON
+echo "== cargo test (Azurite running)"
+scripts/azurite/with-azurite.sh cargo test --workspace --locked

@@ -1,6 +1,7 @@
 //! Integration tests: drive the real `batchscore` binary end to end on generated data.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+mod azure;
 mod common;
 mod exactly_once;
 mod failures;

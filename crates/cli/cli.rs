@@ -15,6 +15,11 @@ pub struct Cli {
     /// Only errors on stderr, no progress bar.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// A storage option as object_store names it, e.g. `azure_storage_account_name=acct` or
+    /// `timeout=60s`; repeatable; overrides the same option from the environment
+    /// (AZURE_*, AWS_*, GOOGLE_*) and the config file's [storage.options].
+    #[arg(long = "storage-option", global = true, value_name = "KEY=VALUE")]
+    pub storage_options: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -275,7 +275,8 @@ pub fn models(
         .clone()
         .or_else(|| config.location(&config.paths.registry))
         .ok_or_else(|| UsageError("missing --registry: pass it, set BATCHSCORE_REGISTRY, or set `paths.registry` in the config file".into()))?;
-    let registry = Registry::open(storage.open(&url).map_err(|e| UsageError(e.to_string()))?)?;
+    let registry =
+        Registry::open_existing(storage.open(&url).map_err(|e| UsageError(e.to_string()))?)?;
     match &args.command {
         ModelsCommand::List => {
             printer.out(&format!(

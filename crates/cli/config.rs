@@ -1,5 +1,6 @@
 //! The TOML config file: typed, unknown keys rejected, every key optional.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use batchscore_scheduler::InputColumns;
@@ -17,6 +18,7 @@ pub struct ConfigFile {
     pub run: RunSection,
     pub train: TrainSection,
     pub sample: Option<SampleSection>,
+    pub storage: StorageSection,
     /// Directory of the file, for relative paths.
     #[serde(skip)]
     pub base: Option<PathBuf>,
@@ -62,6 +64,35 @@ pub struct TrainSection {
     pub seed: Option<u64>,
     pub features: Option<Vec<String>>,
     pub unit_rows: Option<u64>,
+}
+
+/// Remote storage: object_store options (credentials, endpoints), retries, limits.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// object_store option keys to values, e.g. `azure_storage_account_name = "acct"`.
+    pub options: BTreeMap<String, toml::Value>,
+    pub max_retries: Option<usize>,
+    pub retry_timeout: Option<String>,
+    pub initial_backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub max_concurrent_requests: Option<usize>,
+    pub multipart_part_size: Option<String>,
+}
+
+/// Option values may be credentials: show the keys only.
+impl std::fmt::Debug for StorageSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSection")
+            .field("options", &self.options.keys().collect::<Vec<_>>())
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("multipart_part_size", &self.multipart_part_size)
+            .finish()
+    }
 }
 
 /// The embedded demo: generate the sample and train its models on first use.

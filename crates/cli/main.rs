@@ -35,17 +35,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let printer = Printer { quiet: cli.quiet };
     init_logging(&cli);
-    match dispatch(&cli, printer) {
+    let mut storage = None;
+    match dispatch(&cli, printer, &mut storage) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = exit_code(&error);
             let mut message = format!("error: {error}");
+            let mut last = error.to_string();
             for cause in error.chain().skip(1) {
-                message.push_str(&format!("\n  caused by: {cause}"));
+                // Many errors repeat their source in their own message; say each thing once.
+                let line = cause.to_string();
+                if !last.contains(&line) {
+                    message.push_str(&format!("\n  caused by: {line}"));
+                }
+                last = line;
             }
+            let mut message = batchscore_io::compact_service_errors(&message);
             if code == EXIT_RETRY {
                 message.push_str("\n  (storage unavailable: retrying later may succeed)");
             }
+            // Storage errors can quote request URLs and options: no credential leaves here.
+            let message = match &storage {
+                Some(storage) => storage.scrub(&message),
+                None => batchscore_io::redact(&message),
+            };
             // Errors are shown even with --quiet.
             Printer { quiet: false }.note(&message);
             ExitCode::from(code)
@@ -75,17 +88,18 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
-fn dispatch(cli: &Cli, printer: Printer) -> anyhow::Result<u8> {
+fn dispatch(cli: &Cli, printer: Printer, slot: &mut Option<Storage>) -> anyhow::Result<u8> {
     let config = match &cli.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
-    let storage = Storage::new()?;
+    let options = settings::storage_options(&cli.storage_options, &config, std::env::vars())?;
+    let storage = slot.insert(Storage::with_options(options)?);
     match &cli.command {
-        Command::Run(args) => commands::run(args, &config, &storage, printer),
-        Command::Train(args) => commands::train(args, &config, &storage, printer),
-        Command::Generate(args) => commands::generate(args, &storage, printer),
-        Command::Models(args) => commands::models(args, &config, &storage, printer),
+        Command::Run(args) => commands::run(args, &config, storage, printer),
+        Command::Train(args) => commands::train(args, &config, storage, printer),
+        Command::Generate(args) => commands::generate(args, storage, printer),
+        Command::Models(args) => commands::models(args, &config, storage, printer),
     }
 }
 
@@ -142,7 +156,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
 fn registry_code(e: &RegistryError) -> u8 {
     match e {
         RegistryError::Io(e) => io_code(e),
-        RegistryError::InvalidKey { .. } => EXIT_USAGE,
+        RegistryError::InvalidKey { .. } | RegistryError::NotARegistry { .. } => EXIT_USAGE,
         RegistryError::Encode { .. } => EXIT_INTERNAL,
         _ => EXIT_BAD_INPUT,
     }

@@ -5,7 +5,9 @@
 //! scheduler crate: nothing downstream sees a raw string.
 
 use batchscore_detectors::{Contamination, IsolationForestParams, MaxFeatures, MaxSamples};
-use batchscore_io::Storage;
+use std::time::Duration;
+
+use batchscore_io::{RetrySettings, Storage, StorageOptions};
 use batchscore_scheduler::{
     DeviceSelection, InputColumns, MaxFailed, RunSpec, Shard, TimeWindow, TrainSpec,
 };
@@ -159,6 +161,86 @@ fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<C
     Ok(Common { input, registry, selection, window, columns, raw })
 }
 
+/// Parses a duration such as `250ms`, `30s`, `3m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, UsageError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 =
+        n.parse().map_err(|_| UsageError(format!("`{text}` is not a duration like 30s")))?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(UsageError(format!("`{text}`: the unit must be ms, s, m or h"))),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(millis)))
+}
+
+/// Parses a size such as `16MiB`, `512KiB`, `1GiB` or a number of bytes.
+pub fn parse_size(text: &str) -> Result<usize, UsageError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: usize =
+        n.parse().map_err(|_| UsageError(format!("`{text}` is not a size like 16MiB")))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(UsageError(format!("`{text}`: the unit must be B, KiB, MiB or GiB"))),
+    };
+    n.checked_mul(scale).ok_or_else(|| UsageError(format!("`{text}` is too large")))
+}
+
+/// Resolves storage options: `--storage-option` flags > environment (object_store's own
+/// variable names) > the config file's `[storage]` > defaults.
+pub fn storage_options(
+    flags: &[String],
+    config: &ConfigFile,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<StorageOptions, UsageError> {
+    let s = &config.storage;
+    let mut options = StorageOptions::default();
+    for (key, value) in &s.options {
+        let value = match value {
+            toml::Value::String(v) => v.clone(),
+            other => other.to_string(),
+        };
+        options
+            .set(key, value)
+            .map_err(|e| UsageError(format!("config file [storage.options]: {e}")))?;
+    }
+    options.set_from_env(env);
+    for flag in flags {
+        // The flag is not echoed: a malformed one may hold a secret.
+        let (key, value) = flag
+            .split_once('=')
+            .ok_or_else(|| UsageError("--storage-option: expected KEY=VALUE".into()))?;
+        options.set(key, value).map_err(|e| UsageError(format!("--storage-option: {e}")))?;
+    }
+    let defaults = RetrySettings::default();
+    let duration = |value: &Option<String>, default: Duration| {
+        value.as_deref().map_or(Ok(default), parse_duration)
+    };
+    let retry = RetrySettings {
+        max_retries: s.max_retries.unwrap_or(defaults.max_retries),
+        timeout: duration(&s.retry_timeout, defaults.timeout)?,
+        initial_backoff: duration(&s.initial_backoff, defaults.initial_backoff)?,
+        max_backoff: duration(&s.max_backoff, defaults.max_backoff)?,
+    };
+    options.set_retry(retry).map_err(usage)?;
+    if let Some(n) = s.max_concurrent_requests {
+        options.set_max_concurrent_requests(n).map_err(usage)?;
+    }
+    if let Some(size) = &s.multipart_part_size {
+        options.set_multipart_part_size(parse_size(size)?).map_err(usage)?;
+    }
+    Ok(options)
+}
+
 /// Resolves `batchscore run`.
 pub fn run_spec(
     args: &RunArgs,
@@ -209,6 +291,7 @@ pub fn run_spec(
     settings["threads"] = json!(threads);
     settings["min_part_rows"] = json!(min_part_rows);
     settings["max_part_rows"] = json!(max_part_rows);
+    settings["storage_options"] = json!(storage.options().redacted());
     Ok(RunSpec {
         input: storage.open(&c.input).map_err(usage)?,
         registry: storage.open(&c.registry).map_err(usage)?,

@@ -1,5 +1,8 @@
 //! Shared fixture and helpers: one generated dataset and trained registry per test process.
 
+pub mod azurite;
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -145,10 +148,16 @@ pub type Scored = HashMap<(i64, i64), (u64, u64, bool)>;
 /// Every scored row of a completed run, following the manifest (not a directory listing);
 /// fails if any row appears twice.
 pub fn scored_rows(run: &Path) -> Scored {
-    let m = manifest(run);
+    scored_rows_from(&manifest(run), |part| std::fs::read(run.join(part)).unwrap())
+}
+
+/// Every scored row of the parts a `_SUCCESS` manifest names, read by `read(part path)`.
+pub fn scored_rows_from(m: &serde_json::Value, read: impl Fn(&str) -> Vec<u8>) -> Scored {
     let mut rows = Scored::new();
     for part in m["parts"].as_array().unwrap() {
-        for batch in read_parquet(&run.join(part["path"].as_str().unwrap())) {
+        let bytes = bytes::Bytes::from(read(part["path"].as_str().unwrap()));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+        for batch in reader.map(|b| b.unwrap()) {
             let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
             let ts = batch
                 .column_by_name("timestamp")

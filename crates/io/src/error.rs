@@ -6,6 +6,9 @@ pub enum IoError {
     /// The URL could not be parsed or names a scheme this build does not support.
     #[error("invalid storage URL `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// A storage option (credential, retry or upload setting) is unknown or out of range.
+    #[error("invalid storage option `{key}`: {reason}")]
+    InvalidOption { key: String, reason: String },
     /// A required object does not exist.
     #[error("not found: {url}")]
     NotFound { url: String },
@@ -65,11 +68,70 @@ fn is_retryable_store_error(error: &object_store::Error) -> bool {
     use object_store::Error as E;
     match error {
         E::Generic { source, .. } => {
-            // The local store reports disk and permission problems as generic errors; those are
-            // permanent. Remote backends report exhausted retries and unavailability here.
-            !source.to_string().to_ascii_lowercase().contains("permission denied")
+            // Remote backends report exhausted retries (5xx, 429, timeouts, resets) here, but
+            // also other 4xx answers, and the local store its disk and permission problems:
+            // those are permanent. object_store's retry error is not nameable outside the
+            // crate, so the status it carries is read from its message.
+            let mut text = String::new();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(e) = cause {
+                text.push_str(&e.to_string());
+                text.push('\n');
+                cause = e.source();
+            }
+            if text.to_ascii_lowercase().contains("permission denied") {
+                return false;
+            }
+            match http_status_in(&text) {
+                Some(status) => status >= 500 || status == 408 || status == 429,
+                None => true,
+            }
         }
         E::JoinError { .. } => true,
         _ => false,
+    }
+}
+
+/// The HTTP status in object_store's "Server returned non-2xx status code: 503 ..." messages.
+fn http_status_in(text: &str) -> Option<u16> {
+    let marker = "status code: ";
+    let start = text.find(marker)? + marker.len();
+    text.get(start..start + 3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(message: &str) -> IoError {
+        IoError::Storage {
+            url: "az://c/p".into(),
+            source: object_store::Error::Generic {
+                store: "MicrosoftAzure",
+                source: message.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn retryable_faults_are_told_from_permanent_ones() {
+        assert!(
+            generic("Server returned non-2xx status code: 503 Service Unavailable").is_retryable()
+        );
+        assert!(
+            generic("Server returned non-2xx status code: 429 Too Many Requests").is_retryable()
+        );
+        assert!(generic("error sending request: connection reset").is_retryable());
+        assert!(!generic("Server returned non-2xx status code: 400 Bad Request: x").is_retryable());
+        assert!(!generic("Permission denied (os error 13)").is_retryable());
+        assert!(!IoError::NotFound { url: "u".into() }.is_retryable());
+        let denied = IoError::Storage {
+            url: "u".into(),
+            source: object_store::Error::PermissionDenied {
+                path: "p".into(),
+                source: "403".into(),
+            },
+        };
+        assert!(!denied.is_retryable());
     }
 }

@@ -225,13 +225,7 @@ pub fn encode_parquet(
 ) -> Result<Bytes, IoError> {
     let encode =
         |source: ParquetError| IoError::Encode { what: "Parquet".into(), source: Box::new(source) };
-    let kv: Vec<KeyValue> =
-        options.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(encode)?))
-        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
-        .set_key_value_metadata((!kv.is_empty()).then_some(kv))
-        .build();
+    let props = writer_properties(options).map_err(encode)?;
     let mut buffer = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props)).map_err(encode)?;
@@ -240,6 +234,17 @@ pub fn encode_parquet(
     }
     writer.close().map_err(encode)?;
     Ok(Bytes::from(buffer))
+}
+
+/// The writer settings of every Parquet file batchscore writes.
+pub(crate) fn writer_properties(options: &WriteOptions) -> Result<WriterProperties, ParquetError> {
+    let kv: Vec<KeyValue> =
+        options.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
+        .set_key_value_metadata((!kv.is_empty()).then_some(kv))
+        .build())
 }
 
 /// Decodes a whole Parquet file held in memory.
@@ -297,7 +302,7 @@ fn utc_as_offset(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::Arrow
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Storage;
+    use crate::{Location, Storage};
     use arrow::array::{Float64Array, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
 
@@ -315,9 +320,14 @@ mod tests {
     }
 
     #[test]
-    fn statistics_prune_and_projection_reads() {
-        let storage = Storage::new().unwrap();
-        let loc = storage.open("memory://pq").unwrap();
+    fn statistics_prune_and_projection_reads_on_every_backend() {
+        let (_dir, storage, urls) = crate::backends::all("parquet");
+        for url in &urls {
+            statistics_prune_and_projection_reads(&storage.open(url).unwrap());
+        }
+    }
+
+    fn statistics_prune_and_projection_reads(loc: &Location) {
         let b = batch((0..1000).collect());
         let options =
             WriteOptions { row_group_rows: 100, metadata: vec![("k".into(), "v".into())] };
@@ -325,7 +335,7 @@ mod tests {
         let bytes = encode_parquet(&schema, std::slice::from_ref(&b), &options).unwrap();
         assert_eq!(bytes, encode_parquet(&schema, &[b], &options).unwrap());
         loc.put("f.parquet", bytes).unwrap();
-        let sources = ParquetSource::open_all(&loc, &loc.list("").unwrap()).unwrap();
+        let sources = ParquetSource::open_all(loc, &loc.list("").unwrap()).unwrap();
         let source = &sources[0];
         assert_eq!(source.num_row_groups(), 10);
         assert_eq!(source.int_range(3, "device_id"), Some((300, 399)));

@@ -14,6 +14,9 @@ pub enum RegistryError {
     /// The file holds another key's model than the index says.
     #[error("model file {url} holds key `{found}`, expected `{expected}`")]
     KeyMismatch { url: String, expected: String, found: String },
+    /// There is no registry at this location (no index): a wrong URL, or nothing trained yet.
+    #[error("no model registry at {url} (its index.json does not exist; train one first)")]
+    NotARegistry { url: String },
     /// The registry index cannot be parsed.
     #[error("corrupt registry index {url}: {reason}")]
     CorruptIndex { url: String, reason: String },

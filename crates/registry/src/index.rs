@@ -11,6 +11,8 @@ use crate::{Model, ModelKey, RegistryError};
 
 const INDEX: &str = "index.json";
 const INDEX_FORMAT: u32 = 1;
+/// Model files fetched at once by [`Registry::load_many`].
+const LOAD_CONCURRENCY: usize = 16;
 
 /// One model as listed in the index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,9 +51,25 @@ pub struct Registry {
 
 impl Registry {
     /// Opens the registry with one read of its index; a location without an index is empty.
+    /// Opens a registry that must exist (scoring, inspecting): a missing index is an error
+    /// naming the location rather than an empty registry that fails every device.
+    pub fn open_existing(location: Location) -> Result<Self, RegistryError> {
+        match location.get_opt(INDEX)? {
+            None => Err(RegistryError::NotARegistry { url: location.url().to_string() }),
+            Some(bytes) => Self::from_index(location, Some(bytes)),
+        }
+    }
+
+    /// Opens a registry, empty if nothing was written there yet (training into it). One
+    /// request, whatever the number of models: the index names them all.
     pub fn open(location: Location) -> Result<Self, RegistryError> {
+        let index = location.get_opt(INDEX)?;
+        Self::from_index(location, index)
+    }
+
+    fn from_index(location: Location, index: Option<bytes::Bytes>) -> Result<Self, RegistryError> {
         let url = location.url_of(INDEX);
-        let (entries, fingerprint) = match location.get_opt(INDEX)? {
+        let (entries, fingerprint) = match index {
             None => (BTreeMap::new(), hex::encode(Sha256::digest(b""))),
             Some(bytes) => {
                 let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| {
@@ -122,13 +140,46 @@ impl Registry {
         self.load_with(key, Verify::Full)
     }
 
-    fn load_with(&self, key: &ModelKey, verify: Verify) -> Result<Model, RegistryError> {
-        let entry = self.entries.get(key).ok_or_else(|| RegistryError::NoModel {
+    /// Loads several models, fetching their files concurrently (one request each, a bounded
+    /// number in flight): on a remote registry the latency of one request is paid once per
+    /// batch, not once per model. Results are in the order of `keys`.
+    pub fn load_many(&self, keys: &[ModelKey]) -> Vec<Result<Model, RegistryError>> {
+        let paths: Vec<&str> =
+            keys.iter().filter_map(|k| self.entries.get(k).map(|e| e.path.as_str())).collect();
+        let mut fetched = self.location.get_many(&paths, LOAD_CONCURRENCY).into_iter();
+        keys.iter()
+            .map(|key| {
+                let entry = self.entry_or_missing(key)?;
+                let bytes = fetched.next().ok_or_else(|| RegistryError::NoModel {
+                    key: key.to_string(),
+                    registry: self.location.url().to_string(),
+                })??;
+                self.decode(key, entry, bytes, Verify::Structure)
+            })
+            .collect()
+    }
+
+    fn entry_or_missing(&self, key: &ModelKey) -> Result<&IndexEntry, RegistryError> {
+        self.entries.get(key).ok_or_else(|| RegistryError::NoModel {
             key: key.to_string(),
             registry: self.location.url().to_string(),
-        })?;
-        let url = self.location.url_of(&entry.path);
+        })
+    }
+
+    fn load_with(&self, key: &ModelKey, verify: Verify) -> Result<Model, RegistryError> {
+        let entry = self.entry_or_missing(key)?;
         let bytes = self.location.get(&entry.path)?;
+        self.decode(key, entry, bytes, verify)
+    }
+
+    fn decode(
+        &self,
+        key: &ModelKey,
+        entry: &IndexEntry,
+        bytes: bytes::Bytes,
+        verify: Verify,
+    ) -> Result<Model, RegistryError> {
+        let url = self.location.url_of(&entry.path);
         let corrupt = |reason: String| RegistryError::Corrupt { url: url.clone(), reason };
         if bytes.len() as u64 != entry.size {
             return Err(corrupt(format!("{} bytes, the index says {}", bytes.len(), entry.size)));

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use batchscore_io::{Location, WriteOptions, encode_parquet};
+use batchscore_io::{Location, WriteOptions};
 use batchscore_registry::Registry;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -126,7 +126,7 @@ struct Prepared {
 }
 
 fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
-    let registry = Registry::open(spec.registry.clone())?;
+    let registry = Registry::open_existing(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
     let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
     // Aim for ~16 units so a job spreads over cores and nodes, within the part-size bounds that
@@ -399,6 +399,26 @@ struct UnitContext<'a> {
 }
 
 impl UnitContext<'_> {
+    /// The receipt of `unit` if another attempt committed it, with its part in place.
+    fn committed_by_other_attempt(
+        &self,
+        unit: &crate::Unit,
+    ) -> Result<Option<Receipt>, SchedulerError> {
+        let path = Receipt::path(unit.index);
+        let Some(bytes) = self.out.get_opt(&path)? else {
+            return Ok(None);
+        };
+        let receipt: Receipt = from_json(self.out, &path, &bytes)?;
+        if receipt.unit != unit.index || receipt.run_id != self.run_id {
+            return Ok(None);
+        }
+        let part_intact = match &receipt.part {
+            None => true,
+            Some(p) => self.out.size_of(&p.path)? == Some(p.bytes),
+        };
+        Ok(part_intact.then_some(receipt))
+    }
+
     /// Commits one unit, or returns its receipt if an earlier attempt committed it.
     fn process(&self, unit: &crate::Unit) -> Result<(Receipt, bool), SchedulerError> {
         let receipt_path = Receipt::path(unit.index);
@@ -433,17 +453,34 @@ impl UnitContext<'_> {
                         ("batchscore.unit".into(), unit.index.to_string()),
                     ],
                 };
-                let bytes = encode_parquet(&schema, std::slice::from_ref(&batch), &options)?;
                 let path = part_path(unit.index);
-                // One atomic put at a path fixed by run id and unit: a retry rewrites the same
-                // bytes, never a second copy.
-                self.out.put(&path, bytes.clone())?;
+                // One object at a path fixed by run id and unit, visible whole or not at all: a
+                // retry rewrites the same bytes, never a second copy.
+                let write = || {
+                    self.out.write_parquet(&path, &schema, std::slice::from_ref(&batch), &options)
+                };
+                let written = match write() {
+                    Ok(written) => written,
+                    Err(first) => {
+                        // A concurrent attempt of this unit (Azure Batch reruns a task whose
+                        // node it lost) may have committed first: committing a block list
+                        // discards the blocks of other uploads of the same blob. Adopt its
+                        // commit if its receipt is there; else upload again from scratch, which
+                        // writes the same bytes.
+                        if let Some(receipt) = self.committed_by_other_attempt(unit)? {
+                            tracing::info!(unit = unit.index, "committed by another attempt");
+                            return Ok((receipt, true));
+                        }
+                        tracing::warn!(unit = unit.index, error = %first, "part upload failed; uploading it again");
+                        write()?
+                    }
+                };
                 Some(PartInfo {
                     unit: unit.index,
                     path,
                     rows: batch.num_rows() as u64,
-                    bytes: bytes.len() as u64,
-                    sha256: hex::encode(Sha256::digest(&bytes)),
+                    bytes: written.bytes,
+                    sha256: written.sha256,
                 })
             }
         };

@@ -17,6 +17,9 @@ use crate::{InputColumns, SchedulerError};
 
 /// Rows handed to a detector per call: bounds the scratch memory of one call.
 const SCORE_BATCH_ROWS: usize = 64 * 1024;
+/// Models fetched together: one round trip per group on a remote registry, and at most this
+/// many models held per worker.
+const MODEL_PREFETCH: usize = 32;
 
 /// The scored output schema: keys, inputs, scores, provenance.
 pub(crate) fn output_schema(columns: &InputColumns, sensors: &[String]) -> SchemaRef {
@@ -51,17 +54,24 @@ fn failed(device: i64, rows: usize, stage: &str, reason: String) -> DeviceOutcom
     }
 }
 
-/// An error and its sources on one line (`outer: inner: innermost`): the form of every failure
-/// reason in manifests and failures tables.
+/// An error and its sources on one line (`outer: inner: innermost`), credentials removed: the
+/// form of every failure reason in manifests and failures tables.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
+    let mut last = text.clone();
     let mut source = error.source();
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        let line = e.to_string();
+        // Many errors repeat their source in their own message; say each thing once.
+        if !last.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        last = line;
         source = e.source();
     }
-    text
+    // Storage errors can quote request URLs; SAS signatures in them must not reach manifests.
+    batchscore_io::redact(&batchscore_io::compact_service_errors(&text))
 }
 
 /// Scores every device of `table`. Per-device problems become failed outcomes; only storage
@@ -79,76 +89,80 @@ pub(crate) fn score_unit(
     let mut decision = Vec::new();
     let mut is_anomaly = Vec::new();
     let mut versions: Vec<(String, usize)> = Vec::new();
-    for (device, range) in &table.runs {
-        let (device, range) = (*device, range.clone());
-        let n = range.len();
-        let model = match registry.load(&ModelKey::device(device)) {
-            Ok(model) => model,
-            Err(e) if e.is_retryable() => return Err(SchedulerError::Registry(e)),
-            Err(e @ RegistryError::NoModel { .. }) => {
-                outcomes.push(failed(device, n, "model_missing", error_chain(&e)));
-                continue;
-            }
-            Err(e) => {
-                outcomes.push(failed(device, n, "model_invalid", error_chain(&e)));
-                continue;
-            }
-        };
-        let mut indices = Vec::with_capacity(model.meta.features.len());
-        let mut missing = Vec::new();
-        for feature in &model.meta.features {
-            match sensors.iter().position(|s| s == feature) {
-                Some(i) => indices.push(i),
-                None => missing.push(feature.as_str()),
-            }
-        }
-        if !missing.is_empty() {
-            let reason = format!(
-                "model {} expects column(s) {} that the input does not have (input sensors: {})",
-                model.version(),
-                missing.join(", "),
-                sensors.join(", ")
-            );
-            outcomes.push(failed(device, n, "feature_mismatch", reason));
-            continue;
-        }
-        let start_len = score.len();
-        let mut ok = true;
-        for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
-            let chunk = chunk_start..(chunk_start + SCORE_BATCH_ROWS).min(range.end);
-            let cols: Vec<&[f64]> =
-                indices.iter().map(|&i| &table.sensors[i][chunk.clone()]).collect();
-            match model.detector.score(&cols) {
-                Ok(s) => {
-                    score.extend(s.score);
-                    decision.extend(s.decision);
-                    is_anomaly.extend(s.is_anomaly);
+    for group in table.runs.chunks(MODEL_PREFETCH) {
+        let keys: Vec<ModelKey> =
+            group.iter().map(|(device, _)| ModelKey::device(*device)).collect();
+        for ((device, range), loaded) in group.iter().zip(registry.load_many(&keys)) {
+            let (device, range) = (*device, range.clone());
+            let n = range.len();
+            let model = match loaded {
+                Ok(model) => model,
+                Err(e) if e.is_retryable() => return Err(SchedulerError::Registry(e)),
+                Err(e @ RegistryError::NoModel { .. }) => {
+                    outcomes.push(failed(device, n, "model_missing", error_chain(&e)));
+                    continue;
                 }
                 Err(e) => {
-                    score.truncate(start_len);
-                    decision.truncate(start_len);
-                    is_anomaly.truncate(start_len);
-                    outcomes.push(failed(device, n, "scoring", error_chain(&e)));
-                    ok = false;
-                    break;
+                    outcomes.push(failed(device, n, "model_invalid", error_chain(&e)));
+                    continue;
+                }
+            };
+            let mut indices = Vec::with_capacity(model.meta.features.len());
+            let mut missing = Vec::new();
+            for feature in &model.meta.features {
+                match sensors.iter().position(|s| s == feature) {
+                    Some(i) => indices.push(i),
+                    None => missing.push(feature.as_str()),
                 }
             }
+            if !missing.is_empty() {
+                let reason = format!(
+                    "model {} expects column(s) {} that the input does not have (input sensors: {})",
+                    model.version(),
+                    missing.join(", "),
+                    sensors.join(", ")
+                );
+                outcomes.push(failed(device, n, "feature_mismatch", reason));
+                continue;
+            }
+            let start_len = score.len();
+            let mut ok = true;
+            for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
+                let chunk = chunk_start..(chunk_start + SCORE_BATCH_ROWS).min(range.end);
+                let cols: Vec<&[f64]> =
+                    indices.iter().map(|&i| &table.sensors[i][chunk.clone()]).collect();
+                match model.detector.score(&cols) {
+                    Ok(s) => {
+                        score.extend(s.score);
+                        decision.extend(s.decision);
+                        is_anomaly.extend(s.is_anomaly);
+                    }
+                    Err(e) => {
+                        score.truncate(start_len);
+                        decision.truncate(start_len);
+                        is_anomaly.truncate(start_len);
+                        outcomes.push(failed(device, n, "scoring", error_chain(&e)));
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let anomalies = is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
+            rows.extend(range);
+            versions.push((model.version().to_string(), n));
+            outcomes.push(DeviceOutcome {
+                device,
+                status: DeviceStatus::Scored,
+                rows: n as u64,
+                anomalies,
+                model_version: Some(model.version().to_string()),
+                stage: None,
+                reason: None,
+            });
         }
-        if !ok {
-            continue;
-        }
-        let anomalies = is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
-        rows.extend(range);
-        versions.push((model.version().to_string(), n));
-        outcomes.push(DeviceOutcome {
-            device,
-            status: DeviceStatus::Scored,
-            rows: n as u64,
-            anomalies,
-            model_version: Some(model.version().to_string()),
-            stage: None,
-            reason: None,
-        });
     }
     if rows.is_empty() {
         return Ok((None, outcomes));

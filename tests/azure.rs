@@ -1,0 +1,310 @@
+//! The whole job on Azure Blob Storage (Azurite): same results as on local disk, retries through
+//! injected faults, concurrent attempts of one shard, requests to open a registry, and permanent
+//! errors that fail fast without leaking credentials.
+//!
+//! These tests need the emulator: `scripts/test.sh` (or `scripts/azurite/with-azurite.sh cargo
+//! test`) starts it. Data goes in under a unique prefix per test, uploaded and read back by
+//! `scripts/azurite/blob.py`, a REST client independent of batchscore.
+
+use std::path::Path;
+
+use crate::common::azurite::{
+    CONTAINER, az, azurite, batchscore_at, blob_py, expect_at, get_blob, list_blobs, unique,
+};
+use crate::common::proxy::FaultProxy;
+use crate::common::*;
+
+/// Uploads the fixture's readings and registry under `prefix` with the independent client;
+/// returns their `az://` URLs.
+fn upload_fixture(endpoint: &str, prefix: &str) -> (String, String) {
+    let f = fixture();
+    blob_py(endpoint, &["put-dir", &f.readings(), CONTAINER, &format!("{prefix}/readings")]);
+    blob_py(endpoint, &["put-dir", &f.registry(), CONTAINER, &format!("{prefix}/models")]);
+    (az(&format!("{prefix}/readings")), az(&format!("{prefix}/models")))
+}
+
+/// A config file with fast retries and small multipart blocks, so faults cost little time and
+/// every part of the fixture goes up in several blocks.
+fn storage_config(dir: &Path) -> String {
+    let path = dir.join("storage.toml");
+    std::fs::write(
+        &path,
+        "[storage]\nmax_retries = 12\ninitial_backoff = \"10ms\"\nmax_backoff = \"200ms\"\n\
+         multipart_part_size = \"64KiB\"\nmax_concurrent_requests = 8\n",
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// The `_SUCCESS` manifest of a run on Azurite, read by the independent client.
+fn remote_manifest(endpoint: &str, run_prefix: &str) -> serde_json::Value {
+    serde_json::from_slice(&get_blob(endpoint, &format!("{run_prefix}/_SUCCESS"))).unwrap()
+}
+
+/// Checks a committed run on Azurite: every part the manifest names is a blob of the recorded
+/// size, and no other part blob exists. Returns the scored rows.
+fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
+    let m = remote_manifest(endpoint, run_prefix);
+    let blobs = list_blobs(endpoint, &format!("{run_prefix}/"));
+    let parts: Vec<(String, u64)> = blobs
+        .iter()
+        .filter(|(name, _)| name.ends_with(".parquet") && !name.contains("/_"))
+        .map(|(name, size)| (name[run_prefix.len() + 1..].to_string(), *size))
+        .collect();
+    let named: Vec<(String, u64)> = m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap().to_string(), p["bytes"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(parts, named, "part blobs and manifest differ");
+    scored_rows_from(&m, |part| get_blob(endpoint, &format!("{run_prefix}/{part}")))
+}
+
+/// Part files and receipts of a run: the bytes that must not depend on faults or attempts.
+fn committed_bytes(endpoint: &str, run_prefix: &str) -> Vec<(String, Vec<u8>)> {
+    list_blobs(endpoint, &format!("{run_prefix}/"))
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".parquet") || name.contains("/_receipts/"))
+        .filter(|(name, _)| !name.contains("/_failures/"))
+        .map(|(name, _)| {
+            let bytes = get_blob(endpoint, &name);
+            (name[run_prefix.len() + 1..].to_string(), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn pipeline_on_azurite_matches_local_disk() {
+    let Some(endpoint) = azurite() else { return };
+    let f = fixture();
+    let p = unique("pipeline");
+    let (readings, _) = upload_fixture(&endpoint, &p);
+    // Train into a registry on Azurite, from the uploaded readings.
+    let models = az(&format!("{p}/trained"));
+    expect_at(&endpoint, &["train", "--input", &readings, "--registry", &models, "--seed", "3"], 0);
+    let listed = expect_at(&endpoint, &["models", "list", "--registry", &models], 0);
+    assert!(listed.contains(&format!("{DEVICES} models in {models}")), "{listed}");
+    let verified = expect_at(&endpoint, &["models", "verify", "--registry", &models], 0);
+    assert!(verified.contains(&format!("{DEVICES} ok, 0 bad")), "{verified}");
+
+    let out = az(&format!("{p}/out"));
+    let mut args = vec!["run", "--input", &readings, "--registry", &models, "--output", &out];
+    args.extend(["--run-id", "same", "--threads", "2"]);
+    args.extend(SMALL_PARTS);
+    expect_at(&endpoint, &args, 0);
+    let remote = check_run(&endpoint, &format!("{p}/out/same"));
+
+    let local_out = tempdir();
+    let mut extra = vec!["--run-id", "same"];
+    extra.extend(SMALL_PARTS);
+    run_job(&f.readings(), &f.registry(), local_out.path().to_str().unwrap(), &extra, 0);
+    let local = scored_rows(&local_out.path().join("same"));
+    assert_eq!(remote.len(), (DEVICES as usize) * ROWS);
+    assert!(remote == local, "scores on Azurite differ from scores on local disk");
+
+    // pyarrow, through the Blob REST API, sees every row exactly once.
+    let rows: serde_json::Value = serde_json::from_slice(&blob_py(
+        &endpoint,
+        &["rows", CONTAINER, &format!("{p}/out/same/part-")],
+    ))
+    .unwrap();
+    let total: u64 = rows.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, (DEVICES as u64) * ROWS as u64);
+}
+
+#[test]
+fn transient_faults_are_retried_and_output_is_identical() {
+    let Some(endpoint) = azurite() else { return };
+    let p = unique("faults");
+    let (readings, models) = upload_fixture(&endpoint, &p);
+    let dir = tempdir();
+    let config = storage_config(dir.path());
+    let run = |endpoint: &str, out: &str| {
+        let mut args = vec!["--config", &config, "run", "--input", &readings];
+        args.extend(["--registry", &models, "--output", out, "--run-id", "r"]);
+        args.extend(SMALL_PARTS);
+        expect_at(endpoint, &args, 0)
+    };
+    run(&endpoint, &az(&format!("{p}/clean")));
+
+    let upstream = endpoint.trim_start_matches("http://");
+    let proxy = FaultProxy::start(upstream, 0.2, 11);
+    run(&proxy.url(), &az(&format!("{p}/faulty")));
+    let faults = proxy.faults();
+    let injected: u64 = faults.values().sum();
+    assert!(injected >= 10 && faults.len() >= 4, "too few faults to mean anything: {faults:?}");
+
+    // Identical parts and receipts, the same rows, and `_SUCCESS` naming the same parts.
+    let clean = committed_bytes(&endpoint, &format!("{p}/clean/r"));
+    let faulty = committed_bytes(&endpoint, &format!("{p}/faulty/r"));
+    assert!(!clean.is_empty());
+    assert!(clean == faulty, "output after faults differs from the fault-free run ({faults:?})");
+    let a = remote_manifest(&endpoint, &format!("{p}/clean/r"));
+    let b = remote_manifest(&endpoint, &format!("{p}/faulty/r"));
+    assert_eq!(a["parts"], b["parts"]);
+    assert_eq!(a["devices"], b["devices"]);
+    assert_eq!(check_run(&endpoint, &format!("{p}/faulty/r")).len(), (DEVICES as usize) * ROWS);
+
+    // Reading a registry through faults: every model verifies.
+    let verified = expect_at(
+        &proxy.url(),
+        &["--config", &config, "models", "verify", "--registry", &models],
+        0,
+    );
+    assert!(verified.contains(&format!("{DEVICES} ok, 0 bad")), "{verified}");
+}
+
+#[test]
+fn concurrent_attempts_of_a_shard_commit_each_part_once() {
+    let Some(endpoint) = azurite() else { return };
+    let p = unique("attempts");
+    let (readings, models) = upload_fixture(&endpoint, &p);
+    let dir = tempdir();
+    let config = storage_config(dir.path());
+    let args = |out: &str, shard: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["--config", &config, "run", "--input", &readings, "--registry"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(
+            [&models, "--output", out, "--run-id", "r", "--shard-count", "2"].map(String::from),
+        );
+        a.extend(["--shard-index", shard, "--threads", "2"].map(String::from));
+        a.extend(SMALL_PARTS.map(String::from));
+        a
+    };
+    let out = az(&format!("{p}/out"));
+    // Two attempts of shard 0 at once, as Azure Batch may run after losing a node.
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
+            .args(args(&out, "0"))
+            .env_remove("RUST_LOG")
+            .env("AZURE_STORAGE_USE_EMULATOR", "true")
+            .env("AZURITE_BLOB_STORAGE_URL", &endpoint)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let attempts = [spawn(), spawn()];
+    for attempt in attempts {
+        let output = attempt.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "an attempt failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let shard1: Vec<String> = args(&out, "1");
+    let shard1: Vec<&str> = shard1.iter().map(String::as_str).collect();
+    let done = expect_at(&endpoint, &shard1, 0);
+    assert!(done.contains("_SUCCESS written"), "{done}");
+
+    // The same bytes as one attempt per shard, each part once, the manifest naming real parts.
+    let reference = az(&format!("{p}/reference"));
+    for shard in ["0", "1"] {
+        let a = args(&reference, shard);
+        expect_at(&endpoint, &a.iter().map(String::as_str).collect::<Vec<_>>(), 0);
+    }
+    let rows = check_run(&endpoint, &format!("{p}/out/r"));
+    assert_eq!(rows.len(), (DEVICES as usize) * ROWS);
+    assert!(
+        committed_bytes(&endpoint, &format!("{p}/out/r"))
+            == committed_bytes(&endpoint, &format!("{p}/reference/r"))
+    );
+}
+
+#[test]
+fn opening_a_registry_costs_one_request_whatever_its_size() {
+    let Some(endpoint) = azurite() else { return };
+    let p = unique("registry");
+    let (_, models) = upload_fixture(&endpoint, &p);
+    let proxy = FaultProxy::start(endpoint.trim_start_matches("http://"), 0.0, 1);
+    let listed = expect_at(&proxy.url(), &["models", "list", "--registry", &models], 0);
+    assert!(listed.contains(&format!("{DEVICES} models")), "{listed}");
+    assert_eq!(
+        proxy.log(),
+        vec![format!("GET /devstoreaccount1/{CONTAINER}/{p}/models/index.json")]
+    );
+
+    // Scoring fetches models in concurrent batches: one GET per model, none twice.
+    proxy.reset_counts();
+    let out = az(&format!("{p}/out"));
+    expect_at(
+        &proxy.url(),
+        &["run", "--input", &az(&format!("{p}/readings")), "--registry", &models, "--output", &out],
+        0,
+    );
+    let model_gets = proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("GET") && l.contains("/models/models/"))
+        .count();
+    assert_eq!(model_gets, DEVICES as usize, "{:?}", proxy.log());
+}
+
+#[test]
+fn permanent_errors_fail_fast_and_never_show_credentials() {
+    let Some(endpoint) = azurite() else { return };
+    let p = unique("errors");
+    let (readings, models) = upload_fixture(&endpoint, &p);
+    let proxy = FaultProxy::start(endpoint.trim_start_matches("http://"), 0.0, 1);
+
+    // A wrong SAS token: 403, exit 2 after one request (no retries), the signature hidden.
+    let sas = "sv=2021-08-06&ss=b&srt=sco&sp=rl&sig=TopSecretSignature123";
+    let out = batchscore_at(
+        &proxy.url(),
+        &[
+            "--storage-option",
+            &format!("azure_storage_sas_key={sas}"),
+            "models",
+            "list",
+            "--registry",
+            &models,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("TopSecretSignature123"), "{stderr}");
+    assert!(stderr.contains(&format!("{models}/index.json")), "{stderr}");
+    assert_eq!(proxy.requests(), 1, "a permanent error was retried");
+
+    // A registry URL with nothing there, and a malformed URL: exit 2 naming the URL.
+    let missing = az(&format!("{p}/no-such-registry"));
+    let text = expect_at(&endpoint, &["models", "list", "--registry", &missing], 2);
+    assert!(text.contains(&format!("no model registry at {missing}")), "{text}");
+    let text = expect_at(&endpoint, &["models", "list", "--registry", "az://bad.container/x"], 2);
+    assert!(text.contains("invalid storage URL `az://bad.container/x`"), "{text}");
+    let text =
+        expect_at(&endpoint, &["--storage-option", "azure_acount_key=x", "models", "list"], 2);
+    assert!(text.contains("azure_acount_key") && !text.contains("=x"), "{text}");
+
+    // The account key given as an option signs requests and is redacted in the manifest.
+    let key =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    let out = az(&format!("{p}/out"));
+    expect_at(
+        &endpoint,
+        &[
+            "--storage-option",
+            &format!("azure_storage_account_key={key}"),
+            "run",
+            "--input",
+            &readings,
+            "--registry",
+            &models,
+            "--output",
+            &out,
+            "--run-id",
+            "k",
+        ],
+        0,
+    );
+    let manifest = get_blob(&endpoint, &format!("{p}/out/k/_SUCCESS"));
+    let text = String::from_utf8_lossy(&manifest);
+    assert!(
+        !text.contains(key) && text.contains("\"azure_storage_account_key\": \"***\""),
+        "{text}"
+    );
+}
