@@ -87,6 +87,20 @@ fn pipeline_on_azurite_matches_local_disk() {
     assert!(listed.contains(&format!("{DEVICES} models in {models}")), "{listed}");
     let verified = expect_at(&endpoint, &["models", "verify", "--registry", &models], 0);
     assert!(verified.contains(&format!("{DEVICES} ok, 0 bad")), "{verified}");
+    let shown = expect_at(&endpoint, &["models", "show", "7", "--registry", &models], 0);
+    assert!(shown.contains("\"trees\": 100"), "{shown}");
+
+    // `generate` writes straight to the container too.
+    let generated = az(&format!("{p}/generated"));
+    expect_at(
+        &endpoint,
+        &["generate", "--devices", "3", "--rows-per-device", "50", "--out", &generated],
+        0,
+    );
+    let names: Vec<String> =
+        list_blobs(&endpoint, &format!("{p}/generated/")).into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&format!("{p}/generated/labels.parquet")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with(&format!("{p}/generated/readings/"))), "{names:?}");
 
     let out = az(&format!("{p}/out"));
     let mut args = vec!["run", "--input", &readings, "--registry", &models, "--output", &out];
@@ -190,10 +204,16 @@ fn concurrent_attempts_of_a_shard_commit_each_part_once() {
     let attempts = [spawn(), spawn()];
     for attempt in attempts {
         let output = attempt.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "an attempt failed: {}",
+            "an attempt failed: {stdout}{}",
             String::from_utf8_lossy(&output.stderr)
+        );
+        // How the two attempts shared the work depends on timing; shown for the record.
+        eprintln!(
+            "{}",
+            stdout.lines().filter(|l| l.trim_start().starts_with("units")).collect::<String>()
         );
     }
     let shard1: Vec<String> = args(&out, "1");

@@ -34,6 +34,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Inspect and verify a model registry.
     Models(ModelsArgs),
+    /// Show the effective settings (flags > environment > config file > defaults) as JSON;
+    /// secret values are shown as ***.
+    Config,
 }
 
 /// Options shared by `run` and `train`.

@@ -20,6 +20,30 @@ use crate::printer::{Printer, thousands};
 use crate::progress::Reporter;
 use crate::settings::{self, UsageError};
 
+/// `batchscore config`: the settings every command starts from, secrets hidden.
+pub fn show_config(config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
+    let options = storage.options();
+    let retry = options.retry();
+    let view = serde_json::json!({
+        "paths": {
+            "input": config.location(&config.paths.input),
+            "registry": config.location(&config.paths.registry),
+            "output": config.location(&config.paths.output),
+        },
+        "storage": {
+            "options": options.redacted(),
+            "max_retries": retry.max_retries,
+            "retry_timeout_ms": retry.timeout.as_millis() as u64,
+            "initial_backoff_ms": retry.initial_backoff.as_millis() as u64,
+            "max_backoff_ms": retry.max_backoff.as_millis() as u64,
+            "max_concurrent_requests": options.max_concurrent_requests(),
+            "multipart_part_size": options.multipart_part_size(),
+        },
+    });
+    printer.out(&serde_json::to_string_pretty(&view)?);
+    Ok(0)
+}
+
 /// Exit code when the job finished but failed items exceed the tolerated share.
 pub const EXIT_PARTIAL: u8 = 3;
 

@@ -100,6 +100,7 @@ fn dispatch(cli: &Cli, printer: Printer, slot: &mut Option<Storage>) -> anyhow::
         Command::Train(args) => commands::train(args, &config, storage, printer),
         Command::Generate(args) => commands::generate(args, storage, printer),
         Command::Models(args) => commands::models(args, &config, storage, printer),
+        Command::Config => commands::show_config(&config, storage, printer),
     }
 }
 

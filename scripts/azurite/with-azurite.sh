@@ -26,8 +26,13 @@ fi
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 data="$(mktemp -d -t batchscore-azurite.XXXXXX)"
+# AZURITE_DEBUG_LOG=FILE keeps Azurite's request log (one line per request), for counting.
+debug=()
+if [[ -n "${AZURITE_DEBUG_LOG:-}" ]]; then
+    debug=(--debug "$AZURITE_DEBUG_LOG")
+fi
 "$bin" --blobHost 127.0.0.1 --blobPort "$port" --location "$data" --silent \
-    --skipApiVersionCheck --loose --disableTelemetry >"$data/azurite.log" 2>&1 &
+    --skipApiVersionCheck --loose --disableTelemetry "${debug[@]}" >"$data/azurite.log" 2>&1 &
 pid=$!
 
 stop() {

@@ -162,7 +162,7 @@ impl Storage {
                 .for_backend::<AmazonS3ConfigKey>()
                 .fold(AmazonS3Builder::new().with_url(url), |b, (k, v)| b.with_config(k, v));
             Arc::new(LimitStore::new(
-                builder.with_retry(o.retry.clone()).build().map_err(hint)?,
+                builder.with_retry(o.retry_config()).build().map_err(hint)?,
                 limit,
             ))
         } else if key.starts_with("gs") {
@@ -172,14 +172,14 @@ impl Storage {
                     b.with_config(k, v)
                 });
             Arc::new(LimitStore::new(
-                builder.with_retry(o.retry.clone()).build().map_err(hint)?,
+                builder.with_retry(o.retry_config()).build().map_err(hint)?,
                 limit,
             ))
         } else {
             let builder = o
                 .for_backend::<AzureConfigKey>()
                 .fold(MicrosoftAzureBuilder::new().with_url(url), |b, (k, v)| b.with_config(k, v));
-            let store = builder.with_retry(o.retry.clone()).build().map_err(|e| {
+            let store = builder.with_retry(o.retry_config()).build().map_err(|e| {
                 let mut reason = hint(e);
                 if reason.contains("Account must be specified") {
                     reason.push_str(

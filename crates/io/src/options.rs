@@ -33,7 +33,7 @@ pub(crate) enum Backend {
 pub struct StorageOptions {
     /// object_store option keys (lower case) to values; every key is known to some backend.
     options: BTreeMap<String, String>,
-    pub(crate) retry: RetryConfig,
+    retry: RetrySettings,
     pub(crate) max_concurrent_requests: usize,
     pub(crate) multipart_part_size: usize,
 }
@@ -73,7 +73,7 @@ impl Default for StorageOptions {
     fn default() -> Self {
         Self {
             options: BTreeMap::new(),
-            retry: RetryConfig::default(),
+            retry: RetrySettings::default(),
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             multipart_part_size: DEFAULT_MULTIPART_PART_SIZE,
         }
@@ -157,16 +157,36 @@ impl StorageOptions {
         if retry.initial_backoff.is_zero() {
             return Err(invalid("retry", "initial backoff must be positive"));
         }
-        self.retry = RetryConfig {
+        self.retry = retry;
+        Ok(())
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> RetrySettings {
+        self.retry
+    }
+
+    /// object_store's form of the retry policy.
+    pub(crate) fn retry_config(&self) -> RetryConfig {
+        RetryConfig {
             backoff: BackoffConfig {
-                init_backoff: retry.initial_backoff,
-                max_backoff: retry.max_backoff,
+                init_backoff: self.retry.initial_backoff,
+                max_backoff: self.retry.max_backoff,
                 base: 2.0,
             },
-            max_retries: retry.max_retries,
-            retry_timeout: retry.timeout,
-        };
-        Ok(())
+            max_retries: self.retry.max_retries,
+            retry_timeout: self.retry.timeout,
+        }
+    }
+
+    /// Requests in flight per store at most.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.max_concurrent_requests
+    }
+
+    /// Block size of multipart uploads.
+    pub fn multipart_part_size(&self) -> usize {
+        self.multipart_part_size
     }
 
     /// Requests in flight per store at most.
