@@ -23,6 +23,26 @@ fn upload_fixture(endpoint: &str, prefix: &str) -> (String, String) {
     (az(&format!("{prefix}/readings")), az(&format!("{prefix}/models")))
 }
 
+/// A test's share of the emulator: the fixture uploaded under its own prefix, and a config file.
+struct Remote {
+    endpoint: String,
+    prefix: String,
+    readings: String,
+    models: String,
+    config: String,
+    _dir: tempfile::TempDir,
+}
+
+/// `None` when Azurite is not running (see [`azurite`]).
+fn remote(name: &str) -> Option<Remote> {
+    let endpoint = azurite()?;
+    let prefix = unique(name);
+    let (readings, models) = upload_fixture(&endpoint, &prefix);
+    let dir = tempdir();
+    let config = storage_config(dir.path());
+    Some(Remote { endpoint, prefix, readings, models, config, _dir: dir })
+}
+
 /// A config file with fast retries and small multipart blocks, so faults cost little time and
 /// every part of the fixture goes up in several blocks.
 fn storage_config(dir: &Path) -> String {
@@ -129,11 +149,10 @@ fn pipeline_on_azurite_matches_local_disk() {
 
 #[test]
 fn transient_faults_are_retried_and_output_is_identical() {
-    let Some(endpoint) = azurite() else { return };
-    let p = unique("faults");
-    let (readings, models) = upload_fixture(&endpoint, &p);
-    let dir = tempdir();
-    let config = storage_config(dir.path());
+    let Some(Remote { endpoint, prefix: p, readings, models, config, _dir }) = remote("faults")
+    else {
+        return;
+    };
     let run = |endpoint: &str, out: &str| {
         let mut args = vec!["--config", &config, "run", "--input", &readings];
         args.extend(["--registry", &models, "--output", out, "--run-id", "r"]);
@@ -171,11 +190,10 @@ fn transient_faults_are_retried_and_output_is_identical() {
 
 #[test]
 fn concurrent_attempts_of_a_shard_commit_each_part_once() {
-    let Some(endpoint) = azurite() else { return };
-    let p = unique("attempts");
-    let (readings, models) = upload_fixture(&endpoint, &p);
-    let dir = tempdir();
-    let config = storage_config(dir.path());
+    let Some(Remote { endpoint, prefix: p, readings, models, config, _dir }) = remote("attempts")
+    else {
+        return;
+    };
     let args = |out: &str, shard: &str| -> Vec<String> {
         let mut a: Vec<String> = ["--config", &config, "run", "--input", &readings, "--registry"]
             .iter()

@@ -72,9 +72,7 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, UsageError> {
 
 /// Parses a period such as `90s`, `15m`, `1h` or `1d` into seconds.
 pub fn parse_period(text: &str) -> Result<i64, UsageError> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
+    let (n, unit) = number_and_unit(text);
     let n: i64 = n.parse().map_err(|_| UsageError(format!("`{text}` is not a period like 1h")))?;
     let seconds = match unit {
         "s" => 1,
@@ -161,11 +159,15 @@ fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<C
     Ok(Common { input, registry, selection, window, columns, raw })
 }
 
+/// Splits `15m`, `16MiB` or `30` into the number and its unit.
+fn number_and_unit(text: &str) -> (&str, &str) {
+    let t = text.trim();
+    t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()))
+}
+
 /// Parses a duration such as `250ms`, `30s`, `3m` or `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, UsageError> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
+    let (n, unit) = number_and_unit(text);
     let n: u64 =
         n.parse().map_err(|_| UsageError(format!("`{text}` is not a duration like 30s")))?;
     let millis = match unit {
@@ -180,9 +182,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UsageError> {
 
 /// Parses a size such as `16MiB`, `512KiB`, `1GiB` or a number of bytes.
 pub fn parse_size(text: &str) -> Result<usize, UsageError> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
+    let (n, unit) = number_and_unit(text);
     let n: usize =
         n.parse().map_err(|_| UsageError(format!("`{text}` is not a size like 16MiB")))?;
     let scale: usize = match unit.trim() {
@@ -399,6 +399,12 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
         assert_eq!(parse_period("15m").unwrap(), 900);
         assert!(parse_period("0h").is_err() && parse_period("1w").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("3m").unwrap(), Duration::from_secs(180));
+        assert!(parse_duration("3 weeks").is_err());
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("1TB").is_err());
     }
 
     #[test]

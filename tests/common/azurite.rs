@@ -48,15 +48,7 @@ pub fn batchscore_at(endpoint: &str, args: &[&str]) -> Output {
 
 /// Like [`batchscore_at`], requiring exit code `code`; returns stdout and stderr.
 pub fn expect_at(endpoint: &str, args: &[&str], code: i32) -> String {
-    let out = batchscore_at(endpoint, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "batchscore {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
-    stdout + &stderr
+    super::require_code(batchscore_at(endpoint, args), args, code)
 }
 
 /// Runs `scripts/azurite/blob.py` (the independent REST client) against `endpoint`.

@@ -27,9 +27,13 @@ pub fn batchscore(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
-/// Runs the binary and requires exit code `code`; returns stdout.
+/// Runs the binary and requires exit code `code`; returns stdout and stderr.
 pub fn expect_code(args: &[&str], code: i32) -> String {
-    let out = batchscore(args);
+    require_code(batchscore(args), args, code)
+}
+
+/// Requires exit code `code` of a finished `batchscore args`; returns stdout and stderr.
+pub fn require_code(out: Output, args: &[&str], code: i32) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(
