@@ -43,14 +43,16 @@ fn remote(name: &str) -> Option<Remote> {
     Some(Remote { endpoint, prefix, readings, models, config, _dir: dir })
 }
 
-/// A config file with fast retries and small multipart blocks, so faults cost little time and
+/// A config file with fast retries, a request timeout shorter than the proxy's slow answers, and
+/// small multipart blocks, so faults cost little time, slow answers become client timeouts, and
 /// every part of the fixture goes up in several blocks.
 fn storage_config(dir: &Path) -> String {
     let path = dir.join("storage.toml");
     std::fs::write(
         &path,
         "[storage]\nmax_retries = 12\ninitial_backoff = \"10ms\"\nmax_backoff = \"200ms\"\n\
-         multipart_part_size = \"64KiB\"\nmax_concurrent_requests = 8\n",
+         multipart_part_size = \"64KiB\"\nmax_concurrent_requests = 8\n\n[storage.options]\n\
+         timeout = \"1s\"\n",
     )
     .unwrap();
     path.display().to_string()
@@ -163,8 +165,14 @@ fn transient_faults_are_retried_and_output_is_identical() {
 
     let upstream = endpoint.trim_start_matches("http://");
     let proxy = FaultProxy::start(upstream, 0.2, 11);
-    run(&proxy.url(), &az(&format!("{p}/faulty")));
+    let log = run(&proxy.url(), &az(&format!("{p}/faulty")));
     let faults = proxy.faults();
+    let retried = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "faults injected: {faults:?}; retries: {} by object_store, {} create-only by batchscore",
+        retried("backing off"),
+        retried("create-only write failed")
+    );
     let injected: u64 = faults.values().sum();
     assert!(injected >= 10 && faults.len() >= 4, "too few faults to mean anything: {faults:?}");
 

@@ -25,9 +25,12 @@ pub enum Fault {
     ResetBefore,
     /// Forwarded and answered by the server, then the connection closed without the answer.
     ResetAfter,
-    /// Answer delayed.
+    /// Answer delayed by [`SLOW`].
     Slow,
 }
+
+/// Delay of a slow answer.
+pub const SLOW: Duration = Duration::from_millis(1500);
 
 const FAULTS: [Fault; 6] = [
     Fault::Status503,
@@ -211,7 +214,9 @@ async fn serve(
             return;
         }
         Some(Fault::ResetBefore) => return,
-        Some(Fault::Slow) => tokio::time::sleep(Duration::from_millis(300)).await,
+        // Longer than the tests' request timeout: the client gives up and retries, while this
+        // request still reaches the server late, as a slow network delivers it.
+        Some(Fault::Slow) => tokio::time::sleep(SLOW).await,
         Some(Fault::ResetAfter) | None => {}
     }
     let Ok(mut server) = TcpStream::connect(&upstream).await else {

@@ -42,7 +42,14 @@ pub struct Location {
     url: String,
     /// Objects larger than this are uploaded in blocks of this size.
     pub(crate) multipart_part_size: usize,
+    /// First pause before retrying a create-only write.
+    retry_backoff: std::time::Duration,
+    /// True for network stores, where each request costs a round trip.
+    remote: bool,
 }
+
+/// Tries of a create-only write that failed with a retry-worthy error.
+const CREATE_ATTEMPTS: u32 = 4;
 
 /// One object found by [`Location::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +134,7 @@ impl Storage {
             let abs = normalize_local(std::path::Path::new(url))?;
             local_root(url, &abs)?
         };
+        let remote = key != "file" && !key.starts_with("memory://");
         let store = {
             let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
             match stores.get(&key) {
@@ -144,6 +152,8 @@ impl Storage {
             root,
             url: display,
             multipart_part_size: self.options.multipart_part_size,
+            retry_backoff: self.options.retry().initial_backoff,
+            remote,
         })
     }
 
@@ -241,6 +251,12 @@ impl Location {
         &self.url
     }
 
+    /// True for network stores (Azure, S3, GCS), where each request costs a round trip worth
+    /// batching; false for local disk and memory.
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
     /// The URL of an object below this location.
     pub fn url_of(&self, rel: &str) -> String {
         if rel.is_empty() { self.url.clone() } else { format!("{}/{}", self.url, rel) }
@@ -254,6 +270,8 @@ impl Location {
             root: self.path(rel)?,
             url: self.url_of(rel),
             multipart_part_size: self.multipart_part_size,
+            retry_backoff: self.retry_backoff,
+            remote: self.remote,
         })
     }
 
@@ -353,17 +371,32 @@ impl Location {
 
     /// Writes `bytes` at `rel` only if nothing is there yet; returns false if an object existed.
     ///
-    /// This is the commit primitive: of concurrent writers exactly one succeeds.
+    /// This is the commit primitive: of concurrent writers exactly one succeeds. A create is not
+    /// idempotent, so object_store does not retry it after a timeout or a dropped connection
+    /// (the first try may have landed unseen); it is retried here, and "false" can then mean
+    /// that our own earlier try wrote it. Every caller treats an existing object as written by
+    /// an attempt of the same plan (identical bytes, or a fingerprint it checks).
     pub fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<bool, IoError> {
         let path = self.path(rel)?;
-        let store = self.store.clone();
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self
-            .block_on(async move { store.put_opts(&path, PutPayload::from(bytes), opts).await })
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(IoError::storage(self.url_of(rel), e)),
+        let mut backoff = self.retry_backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let store = self.store.clone();
+            let (path, payload) = (path.clone(), PutPayload::from(bytes.clone()));
+            let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+            let error =
+                match self.block_on(async move { store.put_opts(&path, payload, opts).await }) {
+                    Ok(_) => return Ok(true),
+                    Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
+                    Err(e) => IoError::storage(self.url_of(rel), e),
+                };
+            if attempt == CREATE_ATTEMPTS || !error.is_retryable() {
+                return Err(error);
+            }
+            tracing::info!(url = %self.url_of(rel), attempt, "create-only write failed; retrying");
+            std::thread::sleep(backoff);
+            backoff *= 2;
         }
     }
 
@@ -437,9 +470,12 @@ mod tests {
             ("s3://bucket/k", "k"),
         ] {
             let loc = storage.open(url).unwrap();
+            assert!(loc.is_remote());
             assert_eq!(loc.root.as_ref(), root, "{url}");
             assert_eq!(loc.url(), url);
         }
+        assert!(!storage.open("memory://m").unwrap().is_remote());
+        assert!(!storage.open("/tmp/x").unwrap().is_remote());
         // Without an account, Azure says how to give one; GCS without credentials fails too.
         let bare = Storage::new().unwrap();
         let err = bare.open("az://container/p").unwrap_err().to_string();

@@ -97,6 +97,11 @@ impl Registry {
         Ok(Self { location, entries, fingerprint })
     }
 
+    /// True when the registry is on a network store: worth fetching models in batches.
+    pub fn is_remote(&self) -> bool {
+        self.location.is_remote()
+    }
+
     /// The registry's URL.
     pub fn url(&self) -> &str {
         self.location.url()
@@ -142,21 +147,23 @@ impl Registry {
 
     /// Loads several models, fetching their files concurrently (one request each, a bounded
     /// number in flight): on a remote registry the latency of one request is paid once per
-    /// batch, not once per model. Results are in the order of `keys`.
-    pub fn load_many(&self, keys: &[ModelKey]) -> Vec<Result<Model, RegistryError>> {
+    /// batch, not once per model. Each model is decoded when the iterator reaches it, so only
+    /// one decoded model is held at a time. Results are in the order of `keys`.
+    pub fn load_many<'a>(
+        &'a self,
+        keys: &'a [ModelKey],
+    ) -> impl Iterator<Item = Result<Model, RegistryError>> + 'a {
         let paths: Vec<&str> =
             keys.iter().filter_map(|k| self.entries.get(k).map(|e| e.path.as_str())).collect();
         let mut fetched = self.location.get_many(&paths, LOAD_CONCURRENCY).into_iter();
-        keys.iter()
-            .map(|key| {
-                let entry = self.entry_or_missing(key)?;
-                let bytes = fetched.next().ok_or_else(|| RegistryError::NoModel {
-                    key: key.to_string(),
-                    registry: self.location.url().to_string(),
-                })??;
-                self.decode(key, entry, bytes, Verify::Structure)
-            })
-            .collect()
+        keys.iter().map(move |key| {
+            let entry = self.entry_or_missing(key)?;
+            let bytes = fetched.next().ok_or_else(|| RegistryError::NoModel {
+                key: key.to_string(),
+                registry: self.location.url().to_string(),
+            })??;
+            self.decode(key, entry, bytes, Verify::Structure)
+        })
     }
 
     fn entry_or_missing(&self, key: &ModelKey) -> Result<&IndexEntry, RegistryError> {

@@ -17,8 +17,9 @@ use crate::{InputColumns, SchedulerError};
 
 /// Rows handed to a detector per call: bounds the scratch memory of one call.
 const SCORE_BATCH_ROWS: usize = 64 * 1024;
-/// Models fetched together: one round trip per group on a remote registry, and at most this
-/// many models held per worker.
+/// Model files fetched together from a remote registry: one round trip per group, and at most
+/// this many files held per worker. Local registries read one at a time (no latency to hide,
+/// less memory).
 const MODEL_PREFETCH: usize = 32;
 
 /// The scored output schema: keys, inputs, scores, provenance.
@@ -89,7 +90,8 @@ pub(crate) fn score_unit(
     let mut decision = Vec::new();
     let mut is_anomaly = Vec::new();
     let mut versions: Vec<(String, usize)> = Vec::new();
-    for group in table.runs.chunks(MODEL_PREFETCH) {
+    let group_size = if registry.is_remote() { MODEL_PREFETCH } else { 1 };
+    for group in table.runs.chunks(group_size) {
         let keys: Vec<ModelKey> =
             group.iter().map(|(device, _)| ModelKey::device(*device)).collect();
         for ((device, range), loaded) in group.iter().zip(registry.load_many(&keys)) {
