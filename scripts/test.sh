@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints (warnings are errors), unit, property and integration
 # tests, the storage tests against Azurite. This is the README's test command, and .ci/run calls
-# exactly this. It installs what the tests need when missing: pyarrow in a cached venv
+# exactly this. It installs what the tests need when missing: pyarrow and scikit-learn in a
+# cached venv
 # (scripts/python-env.sh) and the pinned Azurite (scripts/azurite/), which it starts on
 # 127.0.0.1 for the tests and always stops.
 set -euo pipefail
@@ -21,5 +22,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== test dependencies: Python packages, Azurite"
 BATCHSCORE_PYTHON="$(scripts/python-env.sh)"
 export BATCHSCORE_PYTHON
+# With these set, tests that need scikit-learn or Azurite fail rather than skip.
+export BATCHSCORE_TEST_SKLEARN=1
 echo "== cargo test (Azurite running)"
 scripts/azurite/with-azurite.sh cargo test --workspace --locked

@@ -7,3 +7,4 @@ mod exactly_once;
 mod failures;
 mod pipeline;
 mod settings;
+mod sklearn;

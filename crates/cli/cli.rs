@@ -216,6 +216,24 @@ pub enum ModelsCommand {
         /// The model key (the device id).
         key: String,
     },
+    /// Import scikit-learn models exported by scripts/export_sklearn.py (one model per file).
+    Import {
+        /// Interchange files (`.json`) or directories of them (paths or URLs).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+        /// How file names (without `.json`) map to model keys: `{key}` (the name is the key),
+        /// or `{device}` with an optional `{sensor}`, e.g. `model_{device}_{sensor}` gives the
+        /// key `DEVICE.SENSOR`. Files that do not match are skipped and reported.
+        #[arg(long, default_value = "{key}", value_name = "PATTERN")]
+        key_pattern: String,
+        /// Input column names in model order, for models fitted on arrays (default: the names
+        /// stored with the model).
+        #[arg(long, value_name = "COLS", value_delimiter = ',')]
+        features: Option<Vec<String>>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Load and validate every model; report the bad ones (exit code 3 if any).
     Verify {
         /// Worker threads (default: all cores).

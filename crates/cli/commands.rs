@@ -3,9 +3,9 @@
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
-use batchscore_detectors::Detector;
+use batchscore_detectors::{Detector, IsolationForest, OneClassSvm};
 use batchscore_io::Storage;
-use batchscore_registry::{ModelKey, Registry};
+use batchscore_registry::{DetectorModel, KeyPattern, ModelKey, Registry};
 use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, error_chain};
 use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning};
 use chrono::Utc;
@@ -42,6 +42,146 @@ pub fn show_config(config: &ConfigFile, storage: &Storage, printer: Printer) -> 
     });
     printer.out(&serde_json::to_string_pretty(&view)?);
     Ok(0)
+}
+
+struct ImportArgs<'a> {
+    paths: &'a [String],
+    key_pattern: &'a str,
+    features: Option<Vec<String>>,
+    threads: Option<usize>,
+}
+
+/// `batchscore models import`: every file is parsed and validated before any is written, so a
+/// bad export leaves the registry as it was.
+fn import_models(
+    args: &ImportArgs<'_>,
+    storage: &Storage,
+    mut registry: Registry,
+    printer: Printer,
+) -> Result<u8> {
+    let started = std::time::Instant::now();
+    let pattern = KeyPattern::parse(args.key_pattern).map_err(|e| UsageError(e.to_string()))?;
+    // (location, relative path, key) of every file to import.
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    for path in args.paths {
+        let (dir, names) = match path.rsplit_once('/') {
+            _ if !path.ends_with(".json") => {
+                let dir = storage.open(path)?;
+                let names: Vec<String> = dir
+                    .list("")?
+                    .into_iter()
+                    .map(|e| e.path)
+                    .filter(|p| p.ends_with(".json"))
+                    .collect();
+                (dir, names)
+            }
+            Some((dir, name)) => {
+                (storage.open(if dir.is_empty() { "/" } else { dir })?, vec![name.to_string()])
+            }
+            None => (storage.open(".")?, vec![path.clone()]),
+        };
+        for name in names {
+            let file = name.rsplit('/').next().unwrap_or(&name);
+            let stem = file.trim_end_matches(".json");
+            match pattern.key_for(stem) {
+                None => skipped.push(dir.url_of(&name)),
+                Some(key) => {
+                    let key = key.map_err(|e| UsageError(format!("{}: {e}", dir.url_of(&name))))?;
+                    files.push((dir.clone(), name, key));
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for (dir, name, key) in &files {
+        if let Some(other) = seen.insert(key.clone(), dir.url_of(name)) {
+            return Err(UsageError(format!(
+                "{} and {other} both map to key `{key}` (check --key-pattern)",
+                dir.url_of(name)
+            ))
+            .into());
+        }
+    }
+    if files.is_empty() {
+        return Err(UsageError(format!(
+            "no interchange file matched `{}` in {}",
+            args.key_pattern,
+            args.paths.join(", ")
+        ))
+        .into());
+    }
+    let created_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let parsed: Vec<Result<batchscore_registry::Model, String>> =
+        pool(args.threads)?.install(|| {
+            files
+                .par_iter()
+                .map(|(dir, name, key)| {
+                    let url = dir.url_of(name);
+                    let bytes = dir.get(name).map_err(|e| error_chain(&e))?;
+                    batchscore_registry::import_sklearn(
+                        &url,
+                        &bytes,
+                        key.clone(),
+                        args.features.clone(),
+                        created_at.clone(),
+                    )
+                    .map_err(|e| error_chain(&e))
+                })
+                .collect()
+        });
+    let errors: Vec<&String> = parsed.iter().filter_map(|r| r.as_ref().err()).collect();
+    if !errors.is_empty() {
+        for error in &errors {
+            printer.note(&format!("  {error}"));
+        }
+        printer.note(&format!(
+            "{} of {} files cannot be imported; nothing was written",
+            errors.len(),
+            files.len()
+        ));
+        return Ok(EXIT_PARTIAL);
+    }
+    let models: Vec<batchscore_registry::Model> = parsed.into_iter().flatten().collect();
+    let entries = pool(args.threads)?.install(|| {
+        models.par_iter().map(|m| registry.write_model(m)).collect::<Result<Vec<_>, _>>()
+    })?;
+    let mut kinds = std::collections::BTreeMap::new();
+    for m in &models {
+        *kinds.entry(m.meta.detector.clone()).or_insert(0usize) += 1;
+    }
+    registry.commit(entries)?;
+    for file in &skipped {
+        printer.note(&format!("  skipped (name does not match the key pattern): {file}"));
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    printer.out(&format!(
+        "imported {} models ({}) into {} in {:.2} s",
+        models.len(),
+        kinds.join(", "),
+        registry.url(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(0)
+}
+
+/// The shape of a detector, for `models show`.
+fn detector_view(detector: &DetectorModel) -> serde_json::Value {
+    let forest = |f: &IsolationForest| {
+        serde_json::json!({
+            "trees": f.n_trees(), "nodes": f.n_nodes(), "max_samples": f.max_samples(),
+        })
+    };
+    let svm = |s: &OneClassSvm| serde_json::json!({ "support_vectors": s.n_support(), "kernel": s.kernel() });
+    let mut view = match detector {
+        DetectorModel::IsolationForest(f) => forest(f),
+        DetectorModel::ScaledIsolationForest(p) => forest(p.detector()),
+        DetectorModel::OneClassSvm(s) => svm(s),
+        DetectorModel::ScaledOneClassSvm(p) => svm(p.detector()),
+    };
+    view["kind"] = detector.kind().into();
+    view["offset"] = detector.offset().into();
+    view
 }
 
 /// Exit code when the job finished but failed items exceed the tolerated share.
@@ -299,10 +439,16 @@ pub fn models(
         .clone()
         .or_else(|| config.location(&config.paths.registry))
         .ok_or_else(|| UsageError("missing --registry: pass it, set BATCHSCORE_REGISTRY, or set `paths.registry` in the config file".into()))?;
-    let registry =
-        Registry::open_existing(storage.open(&url).map_err(|e| UsageError(e.to_string()))?)?;
+    let location = storage.open(&url).map_err(|e| UsageError(e.to_string()))?;
+    let existing = || Registry::open_existing(location.clone());
     match &args.command {
+        ModelsCommand::Import { paths, key_pattern, features, threads } => {
+            let import =
+                ImportArgs { paths, key_pattern, features: features.clone(), threads: *threads };
+            import_models(&import, storage, Registry::open(location.clone())?, printer)
+        }
         ModelsCommand::List => {
+            let registry = existing()?;
             printer.out(&format!(
                 "{:<12} {:<16} {:<18} {:>8} {:>10}  created",
                 "key", "version", "detector", "features", "rows"
@@ -322,10 +468,10 @@ pub fn models(
             Ok(0)
         }
         ModelsCommand::Show { key } => {
+            let registry = existing()?;
             let key = ModelKey::try_from(key.clone()).map_err(|e| UsageError(e.to_string()))?;
             let model = registry.verify(&key)?;
             let entry = registry.entry(&key).cloned();
-            let batchscore_registry::DetectorModel::IsolationForest(forest) = &model.detector;
             // Parameters are stored as JSON text; show them as JSON.
             let params: serde_json::Value = serde_json::from_str(&model.meta.params)
                 .unwrap_or_else(|_| model.meta.params.clone().into());
@@ -334,18 +480,13 @@ pub fn models(
             let view = serde_json::json!({
                 "index": entry,
                 "meta": meta,
-                "detector": {
-                    "kind": model.detector.kind(),
-                    "trees": forest.n_trees(),
-                    "nodes": forest.n_nodes(),
-                    "max_samples": forest.max_samples(),
-                    "offset": model.detector.offset(),
-                },
+                "detector": detector_view(&model.detector),
             });
             printer.out(&serde_json::to_string_pretty(&view)?);
             Ok(0)
         }
         ModelsCommand::Verify { threads } => {
+            let registry = existing()?;
             let entries: Vec<_> = registry.entries().cloned().collect();
             let results: Vec<(String, Result<(), String>)> = pool(*threads)?.install(|| {
                 entries

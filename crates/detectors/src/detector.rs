@@ -9,7 +9,7 @@ pub struct Scored {
     pub score: Vec<f64>,
     /// `decision_function`: `score - offset`, negative for anomalies.
     pub decision: Vec<f64>,
-    /// `predict == -1`: true exactly where `decision < 0`.
+    /// `predict == -1`: true exactly where [`Detector::is_anomaly`] holds for the decision.
     pub is_anomaly: Vec<bool>,
 }
 
@@ -28,6 +28,12 @@ pub trait Detector: Send + Sync {
     /// The threshold subtracted from scores: `decision = score - offset`.
     fn offset(&self) -> f64;
 
+    /// The outlier rule on a decision value: scikit-learn's IsolationForest predicts an outlier
+    /// where `decision < 0`; libsvm's one-class SVM unless `decision > 0` (so also at 0 and NaN).
+    fn is_anomaly(&self, decision: f64) -> bool {
+        decision < 0.0
+    }
+
     /// Writes `score_samples` of every row of `columns` into `out`.
     fn score_samples_into(&self, columns: &[&[f64]], out: &mut [f64]) -> Result<(), DetectorError>;
 
@@ -38,7 +44,7 @@ pub trait Detector: Send + Sync {
         self.score_samples_into(columns, &mut score)?;
         let offset = self.offset();
         let decision: Vec<f64> = score.iter().map(|s| s - offset).collect();
-        let is_anomaly = decision.iter().map(|d| *d < 0.0).collect();
+        let is_anomaly = decision.iter().map(|d| self.is_anomaly(*d)).collect();
         Ok(Scored { score, decision, is_anomaly })
     }
 }

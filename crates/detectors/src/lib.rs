@@ -5,14 +5,21 @@
 //! `decision = score - offset` is negative for anomalies. Training follows linfa's shape:
 //! hyper-parameters are built with [`IsolationForestParams`], validated into
 //! [`ValidIsolationForestParams`] by `check()`, and only validated parameters can `fit`.
+//! Models imported from scikit-learn (IsolationForest, [`OneClassSvm`], a [`StandardScaler`]
+//! before either as a [`Scaled`] pipeline) are validated from their raw stored form the same way.
 
 mod detector;
 mod error;
 mod iforest;
+mod scaler;
+mod svm;
 
 pub use detector::{Detector, Scored};
 pub use error::DetectorError;
+pub use iforest::LEAF;
 pub use iforest::{
     Contamination, IsolationForest, IsolationForestParams, MaxFeatures, MaxSamples, RawForest,
     RawNode, ValidIsolationForestParams, average_path_length,
 };
+pub use scaler::{RawStandardScaler, Scaled, StandardScaler};
+pub use svm::{Kernel, OneClassSvm, RawOneClassSvm};

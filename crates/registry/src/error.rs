@@ -20,6 +20,9 @@ pub enum RegistryError {
     /// The registry index cannot be parsed.
     #[error("corrupt registry index {url}: {reason}")]
     CorruptIndex { url: String, reason: String },
+    /// A scikit-learn interchange file that cannot become a model.
+    #[error("cannot import {source_name}: {reason}")]
+    Interchange { source_name: String, reason: String },
     /// A model key that cannot name a file.
     #[error("invalid model key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },

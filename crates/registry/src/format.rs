@@ -166,7 +166,9 @@ pub(crate) mod tests {
     #[test]
     fn rejects_structurally_invalid_payloads_with_valid_checksums() {
         let model = small_model(1);
-        let crate::DetectorModel::IsolationForest(forest) = &model.detector;
+        let crate::DetectorModel::IsolationForest(forest) = &model.detector else {
+            panic!("small_model is an IsolationForest")
+        };
         let mut raw: batchscore_detectors::RawForest = forest.clone().into();
         raw.trees[0][0].left = 1000;
         // Serialise the raw (invalid) forest in place of the valid one: same serde shape.

@@ -4,14 +4,19 @@
 //! around a bincode payload holding the model's metadata and its detector. Decoding checks every
 //! byte of that and then validates the detector's structure, so a truncated, corrupted or hostile
 //! file is a [`RegistryError`], never a panic. An `index.json` at the registry root lists every
-//! model with its size and checksum, so opening a registry of any size is one read.
+//! model with its size and checksum, so opening a registry of any size is one read. Models
+//! exported from scikit-learn (`scripts/export_sklearn.py`) come in through [`import_sklearn`].
 
 mod error;
 mod format;
 mod index;
 mod model;
+mod pattern;
+mod sklearn;
 
 pub use error::RegistryError;
 pub use format::{FORMAT_VERSION, MAGIC};
 pub use index::{IndexEntry, Registry};
 pub use model::{DetectorModel, FeatureSummary, Model, ModelKey, ModelMeta, TrainingInfo};
+pub use pattern::KeyPattern;
+pub use sklearn::{INTERCHANGE_FORMAT, INTERCHANGE_VERSION, import_sklearn};

@@ -1,6 +1,8 @@
 //! Models and their metadata.
 
-use batchscore_detectors::{Detector, DetectorError, IsolationForest, IsolationForestParams};
+use batchscore_detectors::{
+    Detector, DetectorError, IsolationForest, IsolationForestParams, OneClassSvm, Scaled, Scored,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::RegistryError;
@@ -125,16 +127,25 @@ pub struct ModelMeta {
     pub content_hash: String,
 }
 
-/// A detector of any supported family.
+/// A detector of any supported family. New variants go at the end: the variant index is part
+/// of the stored format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DetectorModel {
     IsolationForest(IsolationForest),
+    OneClassSvm(OneClassSvm),
+    /// `Pipeline(StandardScaler, IsolationForest)`.
+    ScaledIsolationForest(Scaled<IsolationForest>),
+    /// `Pipeline(StandardScaler, OneClassSVM)`, the reference system's model.
+    ScaledOneClassSvm(Scaled<OneClassSvm>),
 }
 
 impl DetectorModel {
     fn inner(&self) -> &dyn Detector {
         match self {
-            DetectorModel::IsolationForest(f) => f,
+            DetectorModel::IsolationForest(d) => d,
+            DetectorModel::OneClassSvm(d) => d,
+            DetectorModel::ScaledIsolationForest(d) => d,
+            DetectorModel::ScaledOneClassSvm(d) => d,
         }
     }
 }
@@ -152,8 +163,16 @@ impl Detector for DetectorModel {
         self.inner().offset()
     }
 
+    fn is_anomaly(&self, decision: f64) -> bool {
+        self.inner().is_anomaly(decision)
+    }
+
     fn score_samples_into(&self, columns: &[&[f64]], out: &mut [f64]) -> Result<(), DetectorError> {
         self.inner().score_samples_into(columns, out)
+    }
+
+    fn score(&self, columns: &[&[f64]]) -> Result<Scored, DetectorError> {
+        self.inner().score(columns)
     }
 }
 

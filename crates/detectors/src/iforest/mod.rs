@@ -10,7 +10,7 @@ mod model;
 mod params;
 mod train;
 
-pub use model::{IsolationForest, RawForest, RawNode, average_path_length};
+pub use model::{IsolationForest, LEAF, RawForest, RawNode, average_path_length};
 pub use params::{
     Contamination, IsolationForestParams, MaxFeatures, MaxSamples, ValidIsolationForestParams,
 };
