@@ -55,27 +55,7 @@ fn scores_every_row_with_the_documented_columns_and_finds_the_anomalies() {
     );
 
     // Injected anomalies rank above normal rows: ROC-AUC of -score against the labels.
-    let rows = scored_rows(&run);
-    let labels = labels(Path::new(&f.data()));
-    assert_eq!(rows.len(), labels.len());
-    let mut scored: Vec<(f64, bool)> =
-        rows.iter().map(|(k, (s, _, _))| (-f64::from_bits(*s), labels[k])).collect();
-    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let positives = scored.iter().filter(|(_, l)| *l).count() as f64;
-    let negatives = scored.len() as f64 - positives;
-    // AUC = P(score of a random anomaly > score of a random normal row), ties counted half.
-    let (mut rank_sum, mut i) = (0.0, 0);
-    while i < scored.len() {
-        let mut j = i;
-        while j < scored.len() && scored[j].0 == scored[i].0 {
-            j += 1;
-        }
-        let avg_rank = (i + j + 1) as f64 / 2.0;
-        rank_sum += avg_rank * scored[i..j].iter().filter(|(_, l)| *l).count() as f64;
-        i = j;
-    }
-    let auc = (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives);
-    assert!(positives > 0.0);
+    let auc = roc_auc(&run, Path::new(&f.data()));
     assert!(auc >= 0.9, "ROC-AUC {auc:.4}");
     eprintln!("ROC-AUC on generated data: {auc:.4}");
 }
@@ -264,4 +244,28 @@ fn dry_run_shows_the_pruned_plan_and_writes_nothing() {
         0,
     );
     assert_eq!(run_dir(&output).file_name().unwrap().to_str(), plan["run_id"].as_str());
+}
+
+#[test]
+fn pca_models_train_score_and_find_the_anomalies() {
+    let f = fixture();
+    let dir = tempdir();
+    let registry = dir.path().join("pca").display().to_string();
+    let text = expect_code(
+        &["train", "--input", &f.readings(), "--registry", &registry, "--detector", "pca"],
+        0,
+    );
+    assert!(text.contains(&format!("trained {DEVICES} models")), "{text}");
+    let shown = expect_code(&["models", "show", "3", "--registry", &registry], 0);
+    assert!(shown.contains("\"kind\": \"pca\"") && shown.contains("components"), "{shown}");
+    let out = dir.path().join("out");
+    run_job(&f.readings(), &registry, out.to_str().unwrap(), &[], 0);
+    let auc = roc_auc(&run_dir(&out), Path::new(&f.data()));
+    assert!(auc >= 0.85, "ROC-AUC {auc:.4}");
+    eprintln!("PCA ROC-AUC on generated data: {auc:.4}");
+    // A count of components, and parameters that cannot work.
+    let two = dir.path().join("two").display().to_string();
+    let args = ["train", "--input", &f.readings(), "--registry", &two, "--detector", "pca"];
+    expect_code(&[&args[..], &["--components", "2", "--contamination", "0.05"]].concat(), 0);
+    expect_code(&[&args[..], &["--components", "1.5"]].concat(), 2);
 }

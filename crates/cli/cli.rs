@@ -110,10 +110,25 @@ pub enum SummaryFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetectorArg {
+    /// IsolationForest (scikit-learn's algorithm and scores).
+    Iforest,
+    /// PCA reconstruction error (smartcore).
+    Pca,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub input: InputArgs,
+    /// Detector family (default iforest).
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub detector: Option<DetectorArg>,
+    /// PCA: components to keep, a count (`2`) or the share of variance to explain (`0.95`,
+    /// the default).
+    #[arg(long, value_name = "N|F")]
+    pub components: Option<String>,
     /// Trees per forest.
     #[arg(long, value_name = "N")]
     pub n_estimators: Option<usize>,
@@ -126,7 +141,8 @@ pub struct TrainArgs {
     /// Draw rows with replacement.
     #[arg(long)]
     pub bootstrap: bool,
-    /// Expected share of anomalies: `auto` (offset -0.5) or a fraction in (0, 0.5].
+    /// Expected share of anomalies: `auto` (IsolationForest only: offset -0.5) or a fraction in
+    /// (0, 0.5] (PCA default 0.01).
     #[arg(long, value_name = "auto|F")]
     pub contamination: Option<String>,
     /// Random seed (each device's forest is seeded from it and the device id).

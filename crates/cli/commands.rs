@@ -178,6 +178,9 @@ fn detector_view(detector: &DetectorModel) -> serde_json::Value {
         DetectorModel::ScaledIsolationForest(p) => forest(p.detector()),
         DetectorModel::OneClassSvm(s) => svm(s),
         DetectorModel::ScaledOneClassSvm(p) => svm(p.detector()),
+        DetectorModel::Pca(p) => serde_json::json!({
+            "components": p.n_components(), "explained_variance": p.explained_variance(),
+        }),
     };
     view["kind"] = detector.kind().into();
     view["offset"] = detector.offset().into();
@@ -306,6 +309,8 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
                 last: None,
                 threads: None,
             },
+            detector: None,
+            components: None,
             n_estimators: None,
             max_samples: None,
             max_features: None,

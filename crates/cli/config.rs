@@ -56,6 +56,10 @@ pub struct RunSection {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
     pub threads: Option<usize>,
+    /// `iforest` or `pca`.
+    pub detector: Option<String>,
+    /// PCA components: a count or a variance share.
+    pub components: Option<String>,
     pub n_estimators: Option<usize>,
     pub max_samples: Option<String>,
     pub max_features: Option<String>,

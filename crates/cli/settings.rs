@@ -4,17 +4,19 @@
 //! here is `flag_or_env.or(config).unwrap_or(default)`, and the result is a validated spec of the
 //! scheduler crate: nothing downstream sees a raw string.
 
-use batchscore_detectors::{Contamination, IsolationForestParams, MaxFeatures, MaxSamples};
+use batchscore_detectors::{
+    Contamination, IsolationForestParams, MaxFeatures, MaxSamples, PcaComponents, PcaParams,
+};
 use std::time::Duration;
 
 use batchscore_io::{RetrySettings, Storage, StorageOptions};
 use batchscore_scheduler::{
-    DeviceSelection, InputColumns, MaxFailed, RunSpec, Shard, TimeWindow, TrainSpec,
+    DeviceSelection, InputColumns, MaxFailed, RunSpec, Shard, TimeWindow, TrainParams, TrainSpec,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::json;
 
-use crate::cli::{InputArgs, RunArgs, TrainArgs};
+use crate::cli::{DetectorArg, InputArgs, RunArgs, TrainArgs};
 use crate::config::ConfigFile;
 
 /// A bad flag, environment variable or config value (exit code 2).
@@ -372,7 +374,33 @@ pub fn train_spec(
         },
         seed: args.seed.or(t.seed).unwrap_or(defaults.seed),
     };
-    let params = params.check().map_err(usage)?;
+    let detector = match (args.detector, t.detector.as_deref()) {
+        (Some(DetectorArg::Pca), _) | (None, Some("pca")) => DetectorArg::Pca,
+        (Some(DetectorArg::Iforest), _) | (None, Some("iforest") | None) => DetectorArg::Iforest,
+        (None, Some(other)) => {
+            return Err(UsageError(format!("[train] detector `{other}`: use iforest or pca")));
+        }
+    };
+    let params = match detector {
+        DetectorArg::Iforest => TrainParams::IsolationForest(params.check().map_err(usage)?),
+        DetectorArg::Pca => {
+            let components = match args.components.as_ref().or(t.components.as_ref()) {
+                None => PcaParams::default().components,
+                Some(text) if text.contains('.') => PcaComponents::Variance(
+                    text.parse().map_err(|_| UsageError(format!("components `{text}`")))?,
+                ),
+                Some(text) => PcaComponents::Count(
+                    text.parse().map_err(|_| UsageError(format!("components `{text}`")))?,
+                ),
+            };
+            let contamination = match params.contamination {
+                Contamination::Fraction(f) => f,
+                // PCA has no natural offset: "auto" (the IsolationForest default) means 1 %.
+                Contamination::Auto => PcaParams::default().contamination,
+            };
+            TrainParams::Pca(PcaParams { components, contamination }.check().map_err(usage)?)
+        }
+    };
     Ok(TrainSpec {
         input: storage.open(&c.input).map_err(usage)?,
         registry: storage.open(&c.registry).map_err(usage)?,

@@ -215,3 +215,28 @@ pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// ROC-AUC of `-score` against the generated labels, over every row of a completed run:
+/// the chance that a random anomaly scores lower than a random normal row (ties count half).
+pub fn roc_auc(run: &Path, data: &Path) -> f64 {
+    let rows = scored_rows(run);
+    let labels = labels(data);
+    assert_eq!(rows.len(), labels.len());
+    let mut scored: Vec<(f64, bool)> =
+        rows.iter().map(|(k, (s, _, _))| (-f64::from_bits(*s), labels[k])).collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let positives = scored.iter().filter(|(_, l)| *l).count() as f64;
+    let negatives = scored.len() as f64 - positives;
+    assert!(positives > 0.0);
+    let (mut rank_sum, mut i) = (0.0, 0);
+    while i < scored.len() {
+        let mut j = i;
+        while j < scored.len() && scored[j].0 == scored[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + j + 1) as f64 / 2.0;
+        rank_sum += avg_rank * scored[i..j].iter().filter(|(_, l)| *l).count() as f64;
+        i = j;
+    }
+    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
+}

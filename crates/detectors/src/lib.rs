@@ -11,6 +11,7 @@
 mod detector;
 mod error;
 mod iforest;
+mod pca;
 mod scaler;
 mod svm;
 
@@ -21,5 +22,6 @@ pub use iforest::{
     Contamination, IsolationForest, IsolationForestParams, MaxFeatures, MaxSamples, RawForest,
     RawNode, ValidIsolationForestParams, average_path_length,
 };
+pub use pca::{Pca, PcaComponents, PcaParams, RawPca, ValidPcaParams};
 pub use scaler::{RawStandardScaler, Scaled, StandardScaler};
 pub use svm::{Kernel, OneClassSvm, RawOneClassSvm};

@@ -1,7 +1,8 @@
 //! Models and their metadata.
 
 use batchscore_detectors::{
-    Detector, DetectorError, IsolationForest, IsolationForestParams, OneClassSvm, Scaled, Scored,
+    Detector, DetectorError, IsolationForest, IsolationForestParams, OneClassSvm, Pca, Scaled,
+    Scored,
 };
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +138,8 @@ pub enum DetectorModel {
     ScaledIsolationForest(Scaled<IsolationForest>),
     /// `Pipeline(StandardScaler, OneClassSVM)`, the reference system's model.
     ScaledOneClassSvm(Scaled<OneClassSvm>),
+    /// PCA reconstruction error.
+    Pca(Pca),
 }
 
 impl DetectorModel {
@@ -146,6 +149,7 @@ impl DetectorModel {
             DetectorModel::OneClassSvm(d) => d,
             DetectorModel::ScaledIsolationForest(d) => d,
             DetectorModel::ScaledOneClassSvm(d) => d,
+            DetectorModel::Pca(d) => d,
         }
     }
 }

@@ -26,4 +26,4 @@ pub use progress::{NoProgress, Progress};
 pub use run::{PlanSummary, RunReport, RunSpec, dry_run, run};
 pub use score::error_chain;
 pub use select::{DeviceSelection, MaxFailed, Shard, TimeWindow};
-pub use train::{TrainReport, TrainSpec, train};
+pub use train::{TrainParams, TrainReport, TrainSpec, train};

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use batchscore_detectors::ValidIsolationForestParams;
+use batchscore_detectors::{ValidIsolationForestParams, ValidPcaParams};
 use batchscore_io::Location;
 use batchscore_registry::{FeatureSummary, IndexEntry, Model, ModelKey, Registry, TrainingInfo};
 use rayon::prelude::*;
@@ -22,13 +22,21 @@ pub struct TrainSpec {
     pub columns: InputColumns,
     /// Feature columns in model order; `None`: every sensor column of the input.
     pub features: Option<Vec<String>>,
-    pub params: ValidIsolationForestParams,
+    pub params: TrainParams,
     pub threads: usize,
     /// Rows read per unit (bounds memory: workers x unit rows, plus rows of devices that
     /// straddle units). Models do not depend on it.
     pub unit_rows: u64,
     /// Stamped into each model's metadata (not part of its version).
     pub created_at: String,
+}
+
+/// Which detector family to train, with its checked hyper-parameters.
+#[derive(Debug, Clone)]
+pub enum TrainParams {
+    IsolationForest(ValidIsolationForestParams),
+    /// PCA reconstruction error (smartcore).
+    Pca(ValidPcaParams),
 }
 
 /// What a training run did.
@@ -240,23 +248,28 @@ fn fit_one(
     from_us: Option<i64>,
     to_us: Option<i64>,
 ) -> Result<Model, String> {
-    let mut params = spec.params.params().clone();
-    params.seed = device_seed(params.seed, device);
-    let valid = params.clone().check().map_err(|e| e.to_string())?;
-    let forest = valid.fit(columns).map_err(|e| e.to_string())?;
     let training = TrainingInfo {
         rows: columns.first().map_or(0, |c| c.len() as u64),
         from_us,
         to_us,
         summaries: columns.iter().map(|c| FeatureSummary::of(c)).collect(),
     };
-    Model::isolation_forest(
-        ModelKey::device(device),
-        &params,
-        features.to_vec(),
-        training,
-        forest,
-        spec.created_at.clone(),
-    )
+    let key = ModelKey::device(device);
+    match &spec.params {
+        TrainParams::IsolationForest(valid) => {
+            let mut params = valid.params().clone();
+            params.seed = device_seed(params.seed, device);
+            let valid = params.clone().check().map_err(|e| e.to_string())?;
+            let forest = valid.fit(columns).map_err(|e| e.to_string())?;
+            let created_at = spec.created_at.clone();
+            Model::isolation_forest(key, &params, features.to_vec(), training, forest, created_at)
+        }
+        TrainParams::Pca(valid) => {
+            let pca = valid.fit(columns).map_err(|e| e.to_string())?;
+            let params = serde_json::to_string(valid.params()).map_err(|e| e.to_string())?;
+            let detector = batchscore_registry::DetectorModel::Pca(pca);
+            Model::new(key, params, features.to_vec(), training, detector, spec.created_at.clone())
+        }
+    }
     .map_err(|e| error_chain(&e))
 }

@@ -153,7 +153,7 @@ proptest! {
             window: TimeWindow::default(),
             columns: InputColumns::default(),
             features: None,
-            params,
+            params: batchscore_scheduler::TrainParams::IsolationForest(params),
             threads: 1,
             unit_rows: 500_000,
             created_at: "2026-01-01T00:00:00Z".into(),

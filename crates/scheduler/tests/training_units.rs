@@ -6,7 +6,7 @@ use batchscore_detectors::IsolationForestParams;
 use batchscore_io::Storage;
 use batchscore_registry::Registry;
 use batchscore_scheduler::{
-    DeviceSelection, InputColumns, NoProgress, TimeWindow, TrainSpec, train,
+    DeviceSelection, InputColumns, NoProgress, TimeWindow, TrainParams, TrainSpec, train,
 };
 use batchscore_synth::{GenerateSpec, Partitioning, generate};
 use proptest::prelude::*;
@@ -46,7 +46,9 @@ proptest! {
                 window: TimeWindow::default(),
                 columns: InputColumns::default(),
                 features: None,
-                params: IsolationForestParams { n_estimators: 4, seed, ..Default::default() }.check().unwrap(),
+                params: TrainParams::IsolationForest(
+                    IsolationForestParams { n_estimators: 4, seed, ..Default::default() }.check().unwrap(),
+                ),
                 threads,
                 unit_rows,
                 created_at: "2026-01-01T00:00:00Z".into(),

@@ -14,3 +14,4 @@ pub use model::{IsolationForest, LEAF, RawForest, RawNode, average_path_length};
 pub use params::{
     Contamination, IsolationForestParams, MaxFeatures, MaxSamples, ValidIsolationForestParams,
 };
+pub(crate) use train::percentile_linear;
