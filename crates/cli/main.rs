@@ -40,15 +40,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             let code = exit_code(&error);
-            let mut message = format!("error: {error}");
-            let mut last = error.to_string();
-            for cause in error.chain().skip(1) {
-                // Many errors repeat their source in their own message; say each thing once.
-                let line = cause.to_string();
-                if !last.contains(&line) {
-                    message.push_str(&format!("\n  caused by: {line}"));
-                }
-                last = line;
+            let causes = batchscore_scheduler::error_causes(error.as_ref());
+            let mut message = String::from("error:");
+            for (i, cause) in causes.iter().enumerate() {
+                message.push_str(if i == 0 { " " } else { "\n  caused by: " });
+                message.push_str(cause);
             }
             let mut message = batchscore_io::compact_service_errors(&message);
             if code == EXIT_RETRY {

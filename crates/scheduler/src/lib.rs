@@ -24,6 +24,6 @@ pub use error::SchedulerError;
 pub use plan::{Plan, Unit};
 pub use progress::{NoProgress, Progress};
 pub use run::{PlanSummary, RunReport, RunSpec, dry_run, run};
-pub use score::error_chain;
+pub use score::{error_causes, error_chain};
 pub use select::{DeviceSelection, MaxFailed, Shard, TimeWindow};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};
