@@ -109,6 +109,15 @@ fn pipeline_on_azurite_matches_local_disk() {
     assert!(listed.contains(&format!("{DEVICES} models in {models}")), "{listed}");
     let verified = expect_at(&endpoint, &["models", "verify", "--registry", &models], 0);
     assert!(verified.contains(&format!("{DEVICES} ok, 0 bad")), "{verified}");
+    // Every Azure URL form names the same registry.
+    for url in [
+        format!("azure://{CONTAINER}/{p}/trained"),
+        format!("abfss://{CONTAINER}@devstoreaccount1.dfs.core.windows.net/{p}/trained"),
+        format!("https://devstoreaccount1.blob.core.windows.net/{CONTAINER}/{p}/trained"),
+    ] {
+        let listed = expect_at(&endpoint, &["models", "list", "--registry", &url], 0);
+        assert!(listed.contains(&format!("{DEVICES} models in {url}")), "{listed}");
+    }
     let shown = expect_at(&endpoint, &["models", "show", "7", "--registry", &models], 0);
     assert!(shown.contains("\"trees\": 100"), "{shown}");
 

@@ -120,7 +120,9 @@ def rows(container, prefix):
     out = {}
     for blob in list_blobs(container, prefix):
         if blob["name"].endswith(".parquet"):
-            table = pq.read_table(io.BytesIO(get_blob(container, blob["name"])))
+            # Single-threaded: pyarrow 26's thread pool aborts the interpreter at exit now and
+            # then ("terminate called without an active exception").
+            table = pq.read_table(io.BytesIO(get_blob(container, blob["name"])), use_threads=False)
             out[blob["name"]] = table.num_rows
     return out
 
