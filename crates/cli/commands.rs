@@ -156,8 +156,9 @@ fn import_models(
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     printer.out(&format!(
-        "imported {} models ({}) into {} in {:.2} s",
+        "imported {} model{} ({}) into {} in {:.2} s",
         models.len(),
+        if models.len() == 1 { "" } else { "s" },
         kinds.join(", "),
         registry.url(),
         started.elapsed().as_secs_f64()
