@@ -101,10 +101,10 @@ impl Storage {
         let shown = redact(url.trim_end_matches('/'));
         let invalid =
             |reason: &str| IoError::InvalidUrl { url: shown.clone(), reason: reason.into() };
-        let (key, root, display) = if let Some(rest) = url.strip_prefix("memory://") {
+        let (backend, key, root, display) = if let Some(rest) = url.strip_prefix("memory://") {
             let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
             let root = Path::parse(path).map_err(|e| invalid(&e.to_string()))?;
-            (format!("memory://{name}"), root, shown.clone())
+            (Backend::Memory, format!("memory://{name}"), root, shown.clone())
         } else if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(invalid("file:// URLs need an absolute path"));
@@ -115,18 +115,19 @@ impl Storage {
             let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
             let (scheme, path) =
                 ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(&redact(&e.to_string())))?;
-            if !matches!(
-                scheme,
-                ObjectStoreScheme::MicrosoftAzure
-                    | ObjectStoreScheme::AmazonS3
-                    | ObjectStoreScheme::GoogleCloudStorage
-            ) {
-                return Err(invalid(
-                    "unsupported scheme (supported: plain paths, file://, memory://, az://, \
-                     azure://, abfs[s]://, https://ACCOUNT.blob|dfs.core.windows.net/, s3://, gs://)",
-                ));
-            }
-            (store_key(&parsed), path, shown.clone())
+            let backend = match scheme {
+                ObjectStoreScheme::MicrosoftAzure => Backend::Azure,
+                ObjectStoreScheme::AmazonS3 => Backend::S3,
+                ObjectStoreScheme::GoogleCloudStorage => Backend::Gcs,
+                _ => {
+                    return Err(invalid(
+                        "unsupported scheme (supported: plain paths, file://, memory://, az://, \
+                         azure://, abfs[s]://, https://ACCOUNT.blob|dfs.core.windows.net/, s3://, \
+                         gs://)",
+                    ));
+                }
+            };
+            (backend, store_key(&parsed), path, shown.clone())
         } else {
             if url.is_empty() {
                 return Err(invalid("empty path"));
@@ -134,13 +135,13 @@ impl Storage {
             let abs = normalize_local(std::path::Path::new(url))?;
             local_root(url, &abs)?
         };
-        let remote = key != "file" && !key.starts_with("memory://");
+        let remote = !matches!(backend, Backend::Local | Backend::Memory);
         let store = {
             let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
             match stores.get(&key) {
                 Some(store) => store.clone(),
                 None => {
-                    let store = self.build_store(&key, url).map_err(|e| invalid(&e))?;
+                    let store = self.build_store(backend, url).map_err(|e| invalid(&e))?;
                     stores.insert(key, store.clone());
                     store
                 }
@@ -157,50 +158,54 @@ impl Storage {
         })
     }
 
-    /// Builds the store for a cache key; remote stores get the options, retries and a cap on
-    /// requests in flight.
-    fn build_store(&self, key: &str, url: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    /// Builds the store of a URL; remote stores get the options, retries and a cap on requests
+    /// in flight.
+    fn build_store(&self, backend: Backend, url: &str) -> Result<Arc<dyn ObjectStore>, String> {
         let o = &self.options;
         let limit = o.max_concurrent_requests;
         let hint = |e: object_store::Error| self.scrub(&e.to_string());
-        let store: Arc<dyn ObjectStore> = if key == "file" {
-            Arc::new(LocalFileSystem::new())
-        } else if key.starts_with("memory://") {
-            Arc::new(InMemory::new())
-        } else if key.starts_with("s3") {
-            let builder = o
-                .for_backend::<AmazonS3ConfigKey>()
-                .fold(AmazonS3Builder::new().with_url(url), |b, (k, v)| b.with_config(k, v));
-            Arc::new(LimitStore::new(
-                builder.with_retry(o.retry_config()).build().map_err(hint)?,
-                limit,
-            ))
-        } else if key.starts_with("gs") {
-            let builder = o
-                .for_backend::<GoogleConfigKey>()
-                .fold(GoogleCloudStorageBuilder::new().with_url(url), |b, (k, v)| {
-                    b.with_config(k, v)
-                });
-            Arc::new(LimitStore::new(
-                builder.with_retry(o.retry_config()).build().map_err(hint)?,
-                limit,
-            ))
-        } else {
-            let builder = o
-                .for_backend::<AzureConfigKey>()
-                .fold(MicrosoftAzureBuilder::new().with_url(url), |b, (k, v)| b.with_config(k, v));
-            let store = builder.with_retry(o.retry_config()).build().map_err(|e| {
-                let mut reason = hint(e);
-                if reason.contains("Account must be specified") {
-                    reason.push_str(
+        let store: Arc<dyn ObjectStore> = match backend {
+            Backend::Local => Arc::new(LocalFileSystem::new()),
+            Backend::Memory => Arc::new(InMemory::new()),
+            Backend::S3 => {
+                let builder = o
+                    .for_backend::<AmazonS3ConfigKey>()
+                    .fold(AmazonS3Builder::new().with_url(url), |b, (k, v)| b.with_config(k, v));
+                Arc::new(LimitStore::new(
+                    builder.with_retry(o.retry_config()).build().map_err(hint)?,
+                    limit,
+                ))
+            }
+            Backend::Gcs => {
+                let builder = o
+                    .for_backend::<GoogleConfigKey>()
+                    .fold(GoogleCloudStorageBuilder::new().with_url(url), |b, (k, v)| {
+                        b.with_config(k, v)
+                    });
+                Arc::new(LimitStore::new(
+                    builder.with_retry(o.retry_config()).build().map_err(hint)?,
+                    limit,
+                ))
+            }
+            Backend::Azure => {
+                let builder = o
+                    .for_backend::<AzureConfigKey>()
+                    .fold(MicrosoftAzureBuilder::new().with_url(url), |b, (k, v)| {
+                        b.with_config(k, v)
+                    });
+                let store = builder.with_retry(o.retry_config()).build().map_err(|e| {
+                    let mut reason = hint(e);
+                    if reason.contains("Account must be specified") {
+                        reason.push_str(
                         ": set azure_storage_account_name (env AZURE_STORAGE_ACCOUNT_NAME), use \
                          abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/PATH, or \
                          azure_storage_use_emulator=true for Azurite",
                     );
-                }
-                reason
-            })?;
-            Arc::new(LimitStore::new(store, limit))
+                    }
+                    reason
+                })?;
+                Arc::new(LimitStore::new(store, limit))
+            }
         };
         Ok(store)
     }
@@ -218,10 +223,23 @@ fn store_key(url: &url::Url) -> String {
     format!("{}://{authority}/{container}", url.scheme())
 }
 
-fn local_root(url: &str, abs: &std::path::Path) -> Result<(String, Path, String), IoError> {
+fn local_root(
+    url: &str,
+    abs: &std::path::Path,
+) -> Result<(Backend, String, Path, String), IoError> {
     let root = Path::from_absolute_path(abs)
         .map_err(|e| IoError::InvalidUrl { url: url.into(), reason: e.to_string() })?;
-    Ok(("file".into(), root, abs.display().to_string()))
+    Ok((Backend::Local, "file".into(), root, abs.display().to_string()))
+}
+
+/// The kind of store a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Local,
+    Memory,
+    Azure,
+    S3,
+    Gcs,
 }
 
 /// Makes a local path absolute and resolves `.` and `..` without touching the file system, so
@@ -468,6 +486,7 @@ mod tests {
             ("abfss://fs@acct.dfs.core.windows.net/x/y", "x/y"),
             ("https://acct.blob.core.windows.net/container/p", "p"),
             ("s3://bucket/k", "k"),
+            ("https://s3.eu-west-1.amazonaws.com/bucket/k", "k"),
         ] {
             let loc = storage.open(url).unwrap();
             assert!(loc.is_remote());

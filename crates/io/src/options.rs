@@ -20,14 +20,6 @@ use crate::IoError;
 /// Environment variable prefixes object_store reads its options from.
 const ENV_PREFIXES: [&str; 3] = ["AZURE_", "AWS_", "GOOGLE_"];
 
-/// Which cloud backend an option key belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Backend {
-    Azure,
-    S3,
-    Gcs,
-}
-
 /// Validated options for remote stores. Local and in-memory stores ignore them.
 #[derive(Clone)]
 pub struct StorageOptions {
@@ -106,25 +98,18 @@ fn is_secret(key: &str) -> bool {
         && !key.ends_with("token_service_url")
 }
 
-fn backends_of(key: &str) -> Vec<Backend> {
-    let mut backends = Vec::new();
-    if AzureConfigKey::from_str(key).is_ok() {
-        backends.push(Backend::Azure);
-    }
-    if AmazonS3ConfigKey::from_str(key).is_ok() {
-        backends.push(Backend::S3);
-    }
-    if GoogleConfigKey::from_str(key).is_ok() {
-        backends.push(Backend::Gcs);
-    }
-    backends
+/// True when some backend (Azure, S3, GCS, or the HTTP client they share) knows the key.
+fn is_known_key(key: &str) -> bool {
+    AzureConfigKey::from_str(key).is_ok()
+        || AmazonS3ConfigKey::from_str(key).is_ok()
+        || GoogleConfigKey::from_str(key).is_ok()
 }
 
 impl StorageOptions {
     /// Sets one object_store option; unknown keys are rejected (a typo is not silently ignored).
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> Result<(), IoError> {
         let key = key.trim().to_ascii_lowercase();
-        if backends_of(&key).is_empty() {
+        if !is_known_key(&key) {
             return Err(invalid(
                 &key,
                 "not an object_store option of Azure, S3 or GCS (e.g. azure_storage_account_name, \
