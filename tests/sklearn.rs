@@ -79,6 +79,29 @@ fn imported_models_score_like_scikit_learn() {
     assert!(imported.contains("imported 19 models"), "{imported}");
     expect_code(&["models", "verify", "--registry", &registry], 0);
 
+    // The same mapping applied by the importer instead: files keep their names, and a file
+    // that does not match the pattern is skipped and reported.
+    let raw = dir.path().join("raw").display().to_string();
+    let export = run_python(&python, &[&exporter, &models, "--out", &raw]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    std::fs::copy(
+        dir.path().join("raw/model_svm_linear.json"),
+        dir.path().join("raw/other_svm_linear.json"),
+    )
+    .unwrap();
+    let second = dir.path().join("registry2").display().to_string();
+    let args = ["models", "import", &raw, "--registry", &second, "--features", "x0,x1,x2"];
+    let text = expect_code(&[&args[..], &["--key-pattern", "model_{key}"]].concat(), 0);
+    assert!(
+        text.contains("imported 19 models") && text.contains("other_svm_linear.json"),
+        "{text}"
+    );
+    let listed = expect_code(&["models", "list", "--registry", &second], 0);
+    assert!(listed.contains("pipe_reference"), "{listed}");
+    // A pattern mixing {key} with {sensor} is a usage error.
+    let bad = expect_code(&[&args[..], &["--key-pattern", "{key}_{sensor}"]].concat(), 2);
+    assert!(bad.contains("key pattern"), "{bad}");
+
     let storage = batchscore_io::Storage::new().unwrap();
     let registry = Registry::open_existing(storage.open(&registry).unwrap()).unwrap();
     let cases = read_parquet(&dir.path().join("cases.parquet"));
