@@ -112,24 +112,24 @@ fn import_models(
         .into());
     }
     let created_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let parsed: Vec<Result<batchscore_registry::Model, String>> =
-        pool(args.threads)?.install(|| {
-            files
-                .par_iter()
-                .map(|(dir, name, key)| {
-                    let url = dir.url_of(name);
-                    let bytes = dir.get(name).map_err(|e| error_chain(&e))?;
-                    batchscore_registry::import_sklearn(
-                        &url,
-                        &bytes,
-                        key.clone(),
-                        args.features.clone(),
-                        created_at.clone(),
-                    )
-                    .map_err(|e| error_chain(&e))
-                })
-                .collect()
-        });
+    let workers = pool(args.threads)?;
+    let parsed: Vec<Result<batchscore_registry::Model, String>> = workers.install(|| {
+        files
+            .par_iter()
+            .map(|(dir, name, key)| {
+                let url = dir.url_of(name);
+                let bytes = dir.get(name).map_err(|e| error_chain(&e))?;
+                batchscore_registry::import_sklearn(
+                    &url,
+                    &bytes,
+                    key.clone(),
+                    args.features.clone(),
+                    created_at.clone(),
+                )
+                .map_err(|e| error_chain(&e))
+            })
+            .collect()
+    });
     let errors: Vec<&String> = parsed.iter().filter_map(|r| r.as_ref().err()).collect();
     if !errors.is_empty() {
         for error in &errors {
@@ -143,7 +143,7 @@ fn import_models(
         return Ok(EXIT_PARTIAL);
     }
     let models: Vec<batchscore_registry::Model> = parsed.into_iter().flatten().collect();
-    let entries = pool(args.threads)?.install(|| {
+    let entries = workers.install(|| {
         models.par_iter().map(|m| registry.write_model(m)).collect::<Result<Vec<_>, _>>()
     })?;
     let mut kinds = std::collections::BTreeMap::new();

@@ -144,6 +144,20 @@ impl OneClassSvm {
         }
     }
 
+    /// scikit-learn's `decision_function` of every row of a batch.
+    fn decisions(&self, columns: &[&[f64]]) -> Result<Vec<f64>, DetectorError> {
+        let rows = batch_rows(columns, self.n_features())?;
+        let mut x = vec![0.0; columns.len()];
+        Ok((0..rows)
+            .map(|r| {
+                for (value, column) in x.iter_mut().zip(columns) {
+                    *value = column[r];
+                }
+                self.decision(&x)
+            })
+            .collect())
+    }
+
     /// scikit-learn's `decision_function` of one row.
     fn decision(&self, x: &[f64]) -> f64 {
         if !x.iter().all(|v| v.is_finite()) {
@@ -178,40 +192,23 @@ impl Detector for OneClassSvm {
     }
 
     fn score_samples_into(&self, columns: &[&[f64]], out: &mut [f64]) -> Result<(), DetectorError> {
-        let rows = batch_rows(columns, self.n_features())?;
-        if out.len() != rows {
-            return Err(DetectorError::OutputLength { expected: rows, got: out.len() });
+        let decisions = self.decisions(columns)?;
+        if out.len() != decisions.len() {
+            return Err(DetectorError::OutputLength { expected: decisions.len(), got: out.len() });
         }
-        let mut x = vec![0.0; columns.len()];
-        for (r, slot) in out.iter_mut().enumerate() {
-            for (value, column) in x.iter_mut().zip(columns) {
-                *value = column[r];
-            }
-            *slot = self.decision(&x) + self.offset();
+        for (slot, decision) in out.iter_mut().zip(decisions) {
+            *slot = decision + self.offset();
         }
         Ok(())
     }
 
     fn score(&self, columns: &[&[f64]]) -> Result<crate::Scored, DetectorError> {
-        // The decision is computed directly (not as score - offset) so that it is libsvm's
-        // value bit for bit, and the `<= 0` outlier rule sees exactly that value.
-        let rows = batch_rows(columns, self.n_features())?;
-        let mut x = vec![0.0; columns.len()];
-        let mut scored = crate::Scored {
-            score: Vec::with_capacity(rows),
-            decision: Vec::with_capacity(rows),
-            is_anomaly: Vec::with_capacity(rows),
-        };
-        for r in 0..rows {
-            for (value, column) in x.iter_mut().zip(columns) {
-                *value = column[r];
-            }
-            let decision = self.decision(&x);
-            scored.score.push(decision + self.offset());
-            scored.decision.push(decision);
-            scored.is_anomaly.push(self.is_anomaly(decision));
-        }
-        Ok(scored)
+        // The decision is kept as computed (not recomputed as score - offset) so that it is
+        // libsvm's value bit for bit, and the outlier rule sees exactly that value.
+        let decision = self.decisions(columns)?;
+        let score = decision.iter().map(|d| d + self.offset()).collect();
+        let is_anomaly = decision.iter().map(|d| self.is_anomaly(*d)).collect();
+        Ok(crate::Scored { score, decision, is_anomaly })
     }
 }
 
