@@ -68,7 +68,7 @@ fn a_corrupt_model_fails_its_device_and_verify_reports_it() {
     let output = dir.path().join("out").display().to_string();
     let stdout = run_job(&f.readings(), &registry, &output, &["--max-failed", "1"], 0);
     assert!(stdout.contains(&format!("{} scored, 1 failed", DEVICES - 1)), "{stdout}");
-    assert!(stdout.contains("device 3: model_invalid"), "{stdout}");
+    assert!(stdout.contains("model 3: model_invalid"), "{stdout}");
     assert!(stdout.contains("models/3.bsm"), "{stdout}");
     let verify = expect_code(&["models", "--registry", &registry, "verify"], 3);
     assert!(verify.contains("BAD  3:") && verify.contains("1 bad"), "{verify}");

@@ -6,5 +6,6 @@ mod common;
 mod exactly_once;
 mod failures;
 mod pipeline;
+mod reference;
 mod settings;
 mod sklearn;

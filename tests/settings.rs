@@ -141,4 +141,13 @@ fn storage_options_follow_flag_env_file_precedence_and_hide_secrets() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("contosoiot") && !text.contains("EnvSecret456"));
+
+    // The reference workload's config parses and selects the long layout and the reference
+    // profile as CSV.
+    let reference = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/reference.toml");
+    let text = expect_code(&["--config", reference, "config"], 0);
+    let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(view["columns"]["layout"], "long");
+    assert_eq!(view["columns"]["sensor"], "Tag");
+    assert_eq!(view["output"], serde_json::json!({"profile": "reference", "format": "csv"}));
 }

@@ -23,7 +23,7 @@ type Case = (Vec<f64>, f64, f64, bool);
 type Cases = BTreeMap<String, Vec<Case>>;
 
 /// The Python with scikit-learn, or `None` (and a note) without one.
-fn python() -> Option<String> {
+pub(crate) fn python() -> Option<String> {
     let python = std::env::var("BATCHSCORE_PYTHON").ok();
     if python.is_none() {
         assert!(
@@ -35,7 +35,7 @@ fn python() -> Option<String> {
     python
 }
 
-fn run_python(python: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn run_python(python: &str, args: &[&str]) -> std::process::Output {
     Command::new(python).args(args).output().expect("python runs")
 }
 

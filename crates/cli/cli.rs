@@ -26,9 +26,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Score readings with each device's model and commit scored Parquet (the main job).
+    /// Score readings with each device's (or device and sensor's) model and commit the scored
+    /// rows exactly once (the main job).
     Run(RunArgs),
-    /// Train one model per device from readings into a registry.
+    /// Train one model per device (wide layout) or per device and sensor (long layout) from
+    /// readings into a registry.
     Train(TrainArgs),
     /// Generate deterministic synthetic telemetry with labelled anomalies.
     Generate(GenerateArgs),
@@ -42,15 +44,23 @@ pub enum Command {
 /// Options shared by `run` and `train`.
 #[derive(Debug, Args)]
 pub struct InputArgs {
-    /// Readings: a directory or URL holding Parquet files (wide layout).
+    /// Readings: a directory or URL holding Parquet or CSV files, wide or long layout.
     #[arg(long, env = "BATCHSCORE_INPUT", value_name = "URL")]
     pub input: Option<String>,
+    /// Input layout: `wide` (device, timestamp, one column per sensor: one model per device),
+    /// `long` (timestamp, device, sensor, value: one model per device and sensor), or `auto`
+    /// (long when the input has sensor and value columns; the default).
+    #[arg(long, env = "BATCHSCORE_LAYOUT", value_enum, value_name = "LAYOUT")]
+    pub layout: Option<LayoutChoice>,
     /// Model registry directory or URL.
     #[arg(long, env = "BATCHSCORE_REGISTRY", value_name = "URL")]
     pub registry: Option<String>,
     /// Devices: `0..1000` (half-open), `0..=999`, `3,7,9`, `all`, or `@file` with such items.
     #[arg(long, env = "BATCHSCORE_DEVICES", value_name = "SEL")]
     pub devices: Option<String>,
+    /// Long layout: sensors whose series to cover, e.g. `1,2,5` or `temperature`; default all.
+    #[arg(long, env = "BATCHSCORE_SENSORS", value_name = "NAMES")]
+    pub sensors: Option<String>,
     /// Window start (inclusive): RFC 3339, `YYYY-MM-DD HH:MM:SS` (UTC) or `YYYY-MM-DD`.
     #[arg(long, env = "BATCHSCORE_FROM", value_name = "TIME")]
     pub from: Option<String>,
@@ -95,6 +105,13 @@ pub struct RunArgs {
     /// Largest work unit (and part file) in rows, unless one row group is larger.
     #[arg(long, env = "BATCHSCORE_MAX_PART_ROWS", value_name = "ROWS")]
     pub max_part_rows: Option<u64>,
+    /// Output columns: `scored` (keys, inputs, score, decision, is_anomaly, model_version,
+    /// run_id) or `reference` (TS, Device, Tag, Val, Prediction with 1 = anomaly; long layout).
+    #[arg(long, env = "BATCHSCORE_PROFILE", value_enum, value_name = "PROFILE")]
+    pub profile: Option<ProfileArg>,
+    /// Part file format.
+    #[arg(long, env = "BATCHSCORE_OUTPUT_FORMAT", value_enum, value_name = "FORMAT")]
+    pub output_format: Option<FormatArg>,
     /// Plan only: show what would be read and written (files, row groups, units, run id) and
     /// write nothing.
     #[arg(long)]
@@ -102,6 +119,19 @@ pub struct RunArgs {
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub summary: SummaryFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutChoice {
+    Auto,
+    Wide,
+    Long,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileArg {
+    Scored,
+    Reference,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -148,7 +178,8 @@ pub struct TrainArgs {
     /// Random seed (each device's forest is seeded from it and the device id).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Feature columns, comma-separated, in model order (default: every sensor column).
+    /// Wide layout: feature columns, comma-separated, in model order (default: every sensor
+    /// column). Long-layout models have one feature, their sensor's values.
     #[arg(long, value_name = "COLS", value_delimiter = ',')]
     pub features: Option<Vec<String>>,
 }
@@ -229,7 +260,7 @@ pub enum ModelsCommand {
     List,
     /// Everything about one model.
     Show {
-        /// The model key (the device id).
+        /// The model key: a device id (`7`), or device and sensor (`7.3`).
         key: String,
     },
     /// Import scikit-learn models exported by scripts/export_sklearn.py (one model per file).

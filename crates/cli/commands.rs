@@ -30,6 +30,11 @@ pub fn show_config(config: &ConfigFile, storage: &Storage, printer: Printer) -> 
             "registry": config.location(&config.paths.registry),
             "output": config.location(&config.paths.output),
         },
+        "columns": config.columns.clone().unwrap_or_default(),
+        "output": {
+            "profile": config.run.profile.unwrap_or_default(),
+            "format": config.run.output_format.unwrap_or_default(),
+        },
         "storage": {
             "options": options.redacted(),
             "max_retries": retry.max_retries,
@@ -268,9 +273,9 @@ pub fn train(
     if report.failed.is_empty() {
         return Ok(0);
     }
-    printer.out(&format!("  failed    {} devices:", report.failed.len()));
-    for (device, reason) in report.failed.iter().take(10) {
-        printer.out(&format!("    device {device}: {reason}"));
+    printer.out(&format!("  failed    {} models:", report.failed.len()));
+    for (key, reason) in report.failed.iter().take(10) {
+        printer.out(&format!("    model {key}: {reason}"));
     }
     Ok(EXIT_PARTIAL)
 }
@@ -303,8 +308,10 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
         let args = TrainArgs {
             input: InputArgs {
                 input: None,
+                layout: None,
                 registry: None,
                 devices: Some("all".into()),
+                sensors: None,
                 from: None,
                 to: None,
                 last: None,
@@ -386,11 +393,14 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
         "shard committed; waiting for other shards"
     };
     let pct = if t.rows > 0 { 100.0 * t.anomalies as f64 / t.rows as f64 } else { 0.0 };
+    // Long-layout outcomes are per (device, sensor) series.
+    let what =
+        if r.manifest.devices.iter().any(|d| d.sensor.is_some()) { "series  " } else { "devices " };
     let mut lines = vec![
         format!("batchscore run {}  [{}]  ({state})", r.run_id, r.manifest.scope),
         format!("  output    {}/", r.output_url),
         format!(
-            "  devices   {} scored, {} failed, {} without input",
+            "  {what}  {} scored, {} failed, {} without input",
             thousands(t.devices_scored),
             thousands(t.devices_failed),
             thousands(t.devices_no_input)
@@ -421,8 +431,8 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
         ));
         for d in failures.iter().take(10) {
             lines.push(format!(
-                "    device {}: {}: {}",
-                d.device,
+                "    model {}: {}: {}",
+                d.model_key(),
                 d.stage.as_deref().unwrap_or("?"),
                 d.reason.as_deref().unwrap_or("")
             ));
@@ -455,13 +465,17 @@ pub fn models(
         }
         ModelsCommand::List => {
             let registry = existing()?;
+            // Series keys (`12.temperature`) are longer than device keys.
+            let width = registry.entries().map(|e| e.key.as_str().len()).max().unwrap_or(0).max(12);
+            let detector_width =
+                registry.entries().map(|e| e.detector.len()).max().unwrap_or(0).max(18);
             printer.out(&format!(
-                "{:<12} {:<16} {:<18} {:>8} {:>10}  created",
+                "{:<width$} {:<16} {:<detector_width$} {:>8} {:>10}  created",
                 "key", "version", "detector", "features", "rows"
             ));
             for e in registry.entries() {
                 printer.out(&format!(
-                    "{:<12} {:<16} {:<18} {:>8} {:>10}  {}",
+                    "{:<width$} {:<16} {:<detector_width$} {:>8} {:>10}  {}",
                     e.key.as_str(),
                     e.version,
                     e.detector,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use batchscore_scheduler::InputColumns;
+use batchscore_scheduler::{InputColumns, OutputFormat, OutputProfile};
 use serde::Deserialize;
 
 use crate::settings::UsageError;
@@ -36,6 +36,8 @@ pub struct PathsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct SelectSection {
     pub devices: Option<String>,
+    /// Long layout: sensor names, e.g. "1,2,5".
+    pub sensors: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
     pub last: Option<String>,
@@ -50,6 +52,10 @@ pub struct RunSection {
     pub shard_index_env: Option<String>,
     pub min_part_rows: Option<u64>,
     pub max_part_rows: Option<u64>,
+    /// `scored` or `reference`.
+    pub profile: Option<OutputProfile>,
+    /// `parquet` or `csv`.
+    pub output_format: Option<OutputFormat>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use batchscore_io::{RetrySettings, Storage, StorageOptions};
 use batchscore_scheduler::{
-    DeviceSelection, InputColumns, MaxFailed, RunSpec, Shard, TimeWindow, TrainParams, TrainSpec,
+    DeviceSelection, InputColumns, Layout, MaxFailed, OutputFormat, OutputProfile, OutputSpec,
+    RunSpec, SensorSelection, Shard, TimeWindow, TrainParams, TrainSpec,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::json;
 
-use crate::cli::{DetectorArg, InputArgs, RunArgs, TrainArgs};
+use crate::cli::{DetectorArg, FormatArg, InputArgs, LayoutChoice, ProfileArg, RunArgs, TrainArgs};
 use crate::config::ConfigFile;
 
 /// A bad flag, environment variable or config value (exit code 2).
@@ -127,6 +128,7 @@ struct Common {
     input: String,
     registry: String,
     selection: DeviceSelection,
+    sensors: SensorSelection,
     window: TimeWindow,
     columns: InputColumns,
     raw: serde_json::Value,
@@ -153,12 +155,24 @@ fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<C
         (config.select.from.clone(), config.select.to.clone(), config.select.last.clone())
     };
     let window = window(from.clone(), to.clone(), last.clone(), now)?;
-    let columns = config.columns.clone().unwrap_or_default();
+    let sensors = match args.sensors.as_ref().or(config.select.sensors.as_ref()) {
+        Some(text) => SensorSelection::parse(text).map_err(usage)?,
+        None => SensorSelection::All,
+    };
+    let mut columns = config.columns.clone().unwrap_or_default();
+    if let Some(layout) = args.layout {
+        columns.layout = match layout {
+            LayoutChoice::Auto => Layout::Auto,
+            LayoutChoice::Wide => Layout::Wide,
+            LayoutChoice::Long => Layout::Long,
+        };
+    }
     let raw = json!({
         "input": input, "registry": registry, "devices": selection.canonical(),
-        "from": from, "to": to, "last": last, "window_us": window, "columns": columns,
+        "sensors": sensors.canonical(), "from": from, "to": to, "last": last,
+        "window_us": window, "columns": columns,
     });
-    Ok(Common { input, registry, selection, window, columns, raw })
+    Ok(Common { input, registry, selection, sensors, window, columns, raw })
 }
 
 /// Splits `15m`, `16MiB` or `30` into the number and its unit.
@@ -286,8 +300,21 @@ pub fn run_spec(
         .or(config.run.max_part_rows)
         .unwrap_or(DEFAULT_MAX_PART_ROWS)
         .max(min_part_rows);
+    let output_spec = OutputSpec {
+        profile: match args.profile {
+            Some(ProfileArg::Scored) => OutputProfile::Scored,
+            Some(ProfileArg::Reference) => OutputProfile::Reference,
+            None => config.run.profile.unwrap_or_default(),
+        },
+        format: match args.output_format {
+            Some(FormatArg::Parquet) => OutputFormat::Parquet,
+            Some(FormatArg::Csv) => OutputFormat::Csv,
+            None => config.run.output_format.unwrap_or_default(),
+        },
+    };
     let mut settings = c.raw;
     settings["output"] = json!(output);
+    settings["output_spec"] = json!(output_spec);
     settings["shard"] = json!(shard);
     settings["max_failed"] = json!(max_failed);
     settings["threads"] = json!(threads);
@@ -300,8 +327,10 @@ pub fn run_spec(
         output: storage.open(&output).map_err(usage)?,
         run_id: args.run_id.clone(),
         selection: c.selection,
+        sensors: c.sensors,
         window: c.window,
         columns: c.columns,
+        output_spec,
         threads,
         shard,
         max_failed,
@@ -405,6 +434,7 @@ pub fn train_spec(
         input: storage.open(&c.input).map_err(usage)?,
         registry: storage.open(&c.registry).map_err(usage)?,
         selection: c.selection,
+        sensors: c.sensors,
         window: c.window,
         columns: c.columns,
         features: args.features.clone().or_else(|| t.features.clone()),

@@ -26,6 +26,14 @@ pub enum IoError {
         #[source]
         source: parquet::errors::ParquetError,
     },
+    /// A CSV file cannot be read: no header, a line with the wrong number of fields, or a
+    /// value that does not parse as its column's type.
+    #[error("cannot read CSV file {url}")]
+    Csv {
+        url: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     /// A file lacks a column the job needs.
     #[error("{url}: missing column `{column}`")]
     MissingColumn { url: String, column: String },

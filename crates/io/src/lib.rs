@@ -4,11 +4,12 @@
 //! and [`StorageOptions`] (credentials, retries, limits) into [`Location`]s over
 //! `object_store` backends and owns the small async runtime that drives them, so the rest of the
 //! engine stays synchronous and runs on rayon. On top of it sit Parquet footers and row-group
-//! reads with projection and statistics ([`ParquetSource`]), Parquet and CSV encoding, and the
-//! create-only writes the commit protocol is built on ([`Location::put_if_absent`]), and
-//! streamed multipart uploads that make a large part visible whole or not at all
-//! ([`Location::write_parquet`]).
+//! reads with projection and statistics ([`ParquetSource`]), CSV input ([`CsvSource`]), Parquet
+//! and CSV encoding, the create-only writes the commit protocol is built on
+//! ([`Location::put_if_absent`]), and streamed multipart uploads that make a large part visible
+//! whole or not at all ([`Location::write_parquet`], [`Location::write_csv`]).
 
+mod csv_io;
 mod error;
 mod hive;
 mod location;
@@ -16,6 +17,7 @@ mod options;
 mod parquet_io;
 mod upload;
 
+pub use csv_io::CsvSource;
 pub use error::IoError;
 pub use hive::hive_value;
 pub use location::{Entry, Location, Storage};

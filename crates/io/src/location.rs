@@ -344,6 +344,15 @@ impl Location {
             .map_err(|e| IoError::storage(self.url_of(rel), e))
     }
 
+    /// The bytes `range` of the object at `rel` (a bounded range: no suffix request, which
+    /// some stores refuse).
+    pub fn get_range(&self, rel: &str, range: std::ops::Range<u64>) -> Result<Bytes, IoError> {
+        let path = self.path(rel)?;
+        let store = self.store.clone();
+        self.block_on(async move { store.get_range(&path, range).await })
+            .map_err(|e| IoError::storage(self.url_of(rel), e))
+    }
+
     /// Several whole objects, fetched concurrently (at most `concurrency` requests at once),
     /// in the order asked.
     pub fn get_many(&self, rels: &[&str], concurrency: usize) -> Vec<Result<Bytes, IoError>> {

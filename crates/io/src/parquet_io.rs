@@ -276,7 +276,7 @@ pub fn encode_csv(batches: &[RecordBatch]) -> Result<Bytes, IoError> {
 /// Re-tags `UTC` timestamp columns as `+00:00`: the CSV writer formats offset time zones
 /// without the time-zone database (which would add a large dependency), and the instants are
 /// the same.
-fn utc_as_offset(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub(crate) fn utc_as_offset(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
     use arrow::datatypes::{DataType, Field, Schema};
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());

@@ -187,6 +187,33 @@ impl Location {
         }
         sink.finish()
     }
+
+    /// Encodes batches as CSV (header row, UTC timestamps as RFC 3339) straight into the
+    /// object at `rel`; like [`Location::write_parquet`], visible whole or not at all, and the
+    /// bytes are those of [`crate::encode_csv`].
+    pub fn write_csv(&self, rel: &str, batches: &[RecordBatch]) -> Result<Written, IoError> {
+        let encode = |source: arrow::error::ArrowError| IoError::Encode {
+            what: format!("CSV for {}", self.url_of(rel)),
+            source: Box::new(source),
+        };
+        let mut sink = ObjectSink::new(self, rel)?;
+        let mut outcome = Ok(());
+        {
+            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut sink);
+            for batch in batches {
+                outcome = crate::parquet_io::utc_as_offset(batch).and_then(|b| writer.write(&b));
+                if outcome.is_err() {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = outcome {
+            let failure = sink.failure.take();
+            sink.abort();
+            return Err(failure.unwrap_or_else(|| encode(e)));
+        }
+        sink.finish()
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::RegistryError;
 
-/// Names one model: a device now, a (device, sensor) pair later.
+/// Names one model: a device (`7`), or a (device, sensor) series (`7.pressure`).
 ///
 /// Keys become file names, so they are limited to ASCII letters, digits, `-`, `_`, `.` and `=`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -19,6 +19,18 @@ impl ModelKey {
     /// The key of a device's model.
     pub fn device(device: i64) -> Self {
         Self(device.to_string())
+    }
+
+    /// The key of a (device, sensor) series' model: `DEVICE.SENSOR`. Fails when the sensor
+    /// name holds characters keys cannot (keys become file names).
+    pub fn series(device: i64, sensor: &str) -> Result<Self, RegistryError> {
+        Self::try_from(format!("{device}.{sensor}"))
+    }
+
+    /// The sensor of a series key (`7.pressure` -> `pressure`); `None` for a device key.
+    pub fn sensor(&self) -> Option<&str> {
+        let (device, sensor) = self.0.split_once('.')?;
+        device.parse::<i64>().ok().map(|_| sensor)
     }
 
     /// The key as text.

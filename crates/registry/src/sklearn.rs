@@ -232,7 +232,8 @@ fn detector(
 /// Turns one interchange file into a registry model for `key`.
 ///
 /// `features` names the input columns in model order; `None` takes the names stored in the file
-/// (`feature_names_in_`), which a model fitted on a plain array does not have.
+/// (`feature_names_in_`). A model fitted on a plain array has none: a univariate model of a
+/// (device, sensor) key (`7.3`) is then named after its sensor, any other needs `features`.
 pub fn import_sklearn(
     source: &str,
     bytes: &[u8],
@@ -254,7 +255,11 @@ pub fn import_sklearn(
             format!("interchange version {}, this build reads {INTERCHANGE_VERSION}", file.version),
         ));
     }
-    let features = match features.or(file.feature_names) {
+    let sensor_feature = match (key.sensor(), file.n_features) {
+        (Some(sensor), 1) => Some(vec![sensor.to_string()]),
+        _ => None,
+    };
+    let features = match features.or(file.feature_names).or(sensor_feature) {
         Some(names) => names,
         None => {
             return Err(bad(

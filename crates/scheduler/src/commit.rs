@@ -1,7 +1,7 @@
 //! Commit records: per-unit receipts, shard manifests, the failures table and `_SUCCESS`.
 //!
 //! Layout under `OUTPUT/RUN_ID/`:
-//! - `part-NNNNN.parquet`: scored rows of unit N, written in one atomic put.
+//! - `part-NNNNN.parquet` (or `.csv`): scored rows of unit N, visible whole or not at all.
 //! - `_receipts/part-NNNNN.json`: what unit N wrote (part size, checksum, device outcomes),
 //!   written create-only after its part; a unit is committed when both exist with the recorded
 //!   size. Receipts hold no timings, so concurrent attempts of a unit write identical bytes.
@@ -35,20 +35,44 @@ pub enum DeviceStatus {
     NoInput,
 }
 
-/// One device's outcome, as recorded in receipts and manifests.
+/// One series' outcome (a device's, or in the long layout a (device, sensor)'s), as recorded
+/// in receipts and manifests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceOutcome {
     pub device: i64,
+    /// The sensor of a long-layout series; absent for device models (and for a selected device
+    /// with no rows at all).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sensor: Option<String>,
     pub status: DeviceStatus,
     pub rows: u64,
     pub anomalies: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub model_version: Option<String>,
-    /// Where it failed: `model_missing`, `model_invalid`, `feature_mismatch` or `scoring`.
+    /// Where it failed: `model_key` (the sensor name cannot be part of a key),
+    /// `model_missing`, `model_invalid`, `feature_mismatch` or `scoring`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stage: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
+}
+
+impl DeviceOutcome {
+    /// The model key the outcome is about: `DEVICE` or `DEVICE.SENSOR`.
+    pub fn model_key(&self) -> String {
+        match &self.sensor {
+            None => self.device.to_string(),
+            Some(sensor) => format!("{}.{sensor}", self.device),
+        }
+    }
+
+    /// Orders outcomes by device, then sensor (integers by value).
+    pub(crate) fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
+        a.device.cmp(&b.device).then_with(|| match (&a.sensor, &b.sensor) {
+            (Some(x), Some(y)) => crate::dataset::sensor_order(x, y),
+            (x, y) => x.cmp(y),
+        })
+    }
 }
 
 /// One committed part file.
@@ -110,10 +134,6 @@ impl Receipt {
     }
 }
 
-pub(crate) fn part_path(unit: usize) -> String {
-    format!("part-{unit:05}.parquet")
-}
-
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<bytes::Bytes, SchedulerError> {
     serde_json::to_vec_pretty(value).map(bytes::Bytes::from).map_err(|e| {
         SchedulerError::CorruptRecord { url: "<memory>".into(), reason: e.to_string() }
@@ -131,14 +151,14 @@ pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// Merges the outcomes of devices whose rows were split over units, sorted by device: rows and
-/// anomalies add up; a failure anywhere makes the device failed.
+/// Merges the outcomes of series whose rows were split over units, sorted by device and
+/// sensor: rows and anomalies add up; a failure anywhere makes the series failed.
 pub(crate) fn merge_outcomes(outcomes: Vec<DeviceOutcome>) -> Vec<DeviceOutcome> {
-    let mut by_device: BTreeMap<i64, DeviceOutcome> = BTreeMap::new();
+    let mut by_series: BTreeMap<(i64, Option<String>), DeviceOutcome> = BTreeMap::new();
     for outcome in outcomes {
-        match by_device.get_mut(&outcome.device) {
+        match by_series.get_mut(&(outcome.device, outcome.sensor.clone())) {
             None => {
-                by_device.insert(outcome.device, outcome);
+                by_series.insert((outcome.device, outcome.sensor.clone()), outcome);
             }
             Some(merged) => {
                 merged.rows += outcome.rows;
@@ -157,7 +177,9 @@ pub(crate) fn merge_outcomes(outcomes: Vec<DeviceOutcome>) -> Vec<DeviceOutcome>
             }
         }
     }
-    by_device.into_values().collect()
+    let mut merged: Vec<DeviceOutcome> = by_series.into_values().collect();
+    merged.sort_by(DeviceOutcome::order);
+    merged
 }
 
 impl Totals {
@@ -175,7 +197,7 @@ impl Totals {
     }
 }
 
-/// The failures table: one row per failed device.
+/// The failures table: one row per failed series.
 pub(crate) fn failures_table(
     run_id: &str,
     devices: &[DeviceOutcome],
@@ -185,6 +207,7 @@ pub(crate) fn failures_table(
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("device_id", DataType::Int64, false),
+        Field::new("sensor", DataType::Utf8, true),
         Field::new("model_key", DataType::Utf8, false),
         Field::new("stage", DataType::Utf8, true),
         Field::new("reason", DataType::Utf8, true),
@@ -194,7 +217,8 @@ pub(crate) fn failures_table(
         vec![
             Arc::new(StringArray::from(vec![run_id; failed.len()])),
             Arc::new(Int64Array::from_iter_values(failed.iter().map(|d| d.device))),
-            Arc::new(StringArray::from_iter_values(failed.iter().map(|d| d.device.to_string()))),
+            Arc::new(StringArray::from_iter(failed.iter().map(|d| d.sensor.as_deref()))),
+            Arc::new(StringArray::from_iter_values(failed.iter().map(|d| d.model_key()))),
             Arc::new(StringArray::from_iter(failed.iter().map(|d| d.stage.as_deref()))),
             Arc::new(StringArray::from_iter(failed.iter().map(|d| d.reason.as_deref()))),
         ],
@@ -210,6 +234,7 @@ mod tests {
     fn outcome(device: i64, status: DeviceStatus, rows: u64) -> DeviceOutcome {
         DeviceOutcome {
             device,
+            sensor: None,
             status,
             rows,
             anomalies: 1,

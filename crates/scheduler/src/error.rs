@@ -12,11 +12,8 @@ pub enum SchedulerError {
     /// The input cannot be used (malformed file, missing column, wrong type, no files).
     #[error("bad input: {0}")]
     Input(#[source] IoError),
-    /// The input location holds no Parquet file.
-    #[error(
-        "no Parquet files under {url} ({other_files} other files; this version reads Parquet \
-         readings only)"
-    )]
+    /// The input location holds no Parquet or CSV file.
+    #[error("no readings under {url}: no .parquet or .csv files ({other_files} other files)")]
     NoInput { url: String, other_files: usize },
     /// The run id was used before for a different plan.
     #[error(
@@ -59,6 +56,7 @@ impl SchedulerError {
     pub(crate) fn reading(e: IoError) -> Self {
         match e {
             IoError::Parquet { .. }
+            | IoError::Csv { .. }
             | IoError::MissingColumn { .. }
             | IoError::ColumnType { .. } => SchedulerError::Input(e),
             e => SchedulerError::Io(e),

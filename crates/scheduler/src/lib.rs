@@ -11,6 +11,7 @@
 mod commit;
 mod dataset;
 mod error;
+mod output;
 mod plan;
 mod progress;
 mod run;
@@ -19,11 +20,12 @@ mod select;
 mod train;
 
 pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo};
-pub use dataset::InputColumns;
+pub use dataset::{InputColumns, Layout};
 pub use error::SchedulerError;
+pub use output::{OutputFormat, OutputProfile, OutputSpec};
 pub use plan::{Plan, Unit};
 pub use progress::{NoProgress, Progress};
 pub use run::{PlanSummary, RunReport, RunSpec, dry_run, run};
 pub use score::{error_causes, error_chain};
-pub use select::{DeviceSelection, MaxFailed, Shard, TimeWindow};
+pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};

@@ -11,12 +11,14 @@ use sha2::{Digest, Sha256};
 
 use crate::commit::{
     DeviceOutcome, DeviceStatus, FORMAT, Manifest, PLAN, PartInfo, Receipt, SUCCESS, Totals,
-    failures_table, from_json, merge_outcomes, part_path, to_json,
+    failures_table, from_json, merge_outcomes, to_json,
 };
-use crate::dataset::Dataset;
-use crate::score::{output_schema, score_unit};
+use crate::dataset::{Columns, Dataset};
+use crate::output::{OutputFormat, OutputSpec};
+use crate::score::score_unit;
 use crate::{
-    DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, Shard, TimeWindow,
+    DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, SensorSelection,
+    Shard, TimeWindow,
 };
 
 /// Selected devices listed one by one as `no_input` only up to this many; a bigger selection is
@@ -34,8 +36,12 @@ pub struct RunSpec {
     /// `None`: derived from the inputs, registry, selection and window.
     pub run_id: Option<String>,
     pub selection: DeviceSelection,
+    /// Long layout: which sensors' series to score.
+    pub sensors: SensorSelection,
     pub window: TimeWindow,
     pub columns: InputColumns,
+    /// The parts' columns (scored or reference) and encoding (Parquet or CSV).
+    pub output_spec: OutputSpec,
     pub threads: usize,
     pub shard: Shard,
     pub max_failed: MaxFailed,
@@ -128,6 +134,8 @@ struct Prepared {
 fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
     let registry = Registry::open_existing(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
+    spec.output_spec.check(&dataset.columns)?;
+    check_sensor_selection(&spec.sensors, &dataset.columns)?;
     let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
     // Aim for ~16 units so a job spreads over cores and nodes, within the part-size bounds that
     // keep files analytics-sized. Depends only on the input, never on threads or shards.
@@ -142,6 +150,22 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
     };
     check_run_id(&run_id)?;
     Ok(Prepared { registry, dataset, plan, fingerprint, run_id, total_rows })
+}
+
+/// A sensor selection needs series to select from.
+pub(crate) fn check_sensor_selection(
+    sensors: &SensorSelection,
+    columns: &Columns,
+) -> Result<(), SchedulerError> {
+    if sensors.names().is_some() && !columns.is_long() {
+        return Err(SchedulerError::InvalidSetting {
+            setting: "sensors",
+            reason: "selects (device, sensor) series of long-layout input; this input is wide \
+                     (one model per device scores the columns it was trained on)"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// Plans a run without writing anything: what it would read, its units and its run id.
@@ -232,8 +256,8 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
     let parts: Vec<PartInfo> = receipts.iter().filter_map(|r| r.part.clone()).collect();
     let mut devices = merge_outcomes(receipts.into_iter().flat_map(|r| r.devices).collect());
     if spec.shard.count() == 1 {
-        add_no_input(&spec.selection, &mut devices);
-        devices.sort_by_key(|d| d.device);
+        add_no_input(&spec.selection, &spec.sensors, &dataset.columns, &mut devices);
+        devices.sort_by(DeviceOutcome::order);
     }
     let shard_name = spec.shard.name();
     let mut failures_tables = Vec::new();
@@ -257,7 +281,7 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         settings: spec.settings.clone(),
     };
     out.put_if_absent(&format!("_manifests/{shard_name}.json"), to_json(&manifest)?)?;
-    let complete = publish_success(&out, spec, &run_id, plan.units.len())?;
+    let complete = publish_success(&out, spec, &dataset.columns, &run_id, plan.units.len())?;
     let scope_devices = manifest.totals.devices_scored
         + manifest.totals.devices_failed
         + manifest.totals.devices_no_input;
@@ -277,18 +301,44 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
     })
 }
 
-/// Records selected devices that no unit saw as `no_input`.
-fn add_no_input(selection: &DeviceSelection, devices: &mut Vec<DeviceOutcome>) {
-    if selection.count().is_none_or(|n| n > MAX_LISTED_SELECTION) {
+/// Records selected devices that no unit saw as `no_input`; with named sensors in the long
+/// layout, each selected (device, sensor) series that no unit saw.
+fn add_no_input(
+    selection: &DeviceSelection,
+    sensors: &SensorSelection,
+    columns: &Columns,
+    devices: &mut Vec<DeviceOutcome>,
+) {
+    let per_sensor: Vec<Option<String>> = match sensors.names() {
+        Some(names) if columns.is_long() => names.iter().cloned().map(Some).collect(),
+        _ => vec![None],
+    };
+    let listed = selection.count().and_then(|n| n.checked_mul(per_sensor.len() as u64));
+    if listed.is_none_or(|n| n > MAX_LISTED_SELECTION) {
         return;
     }
-    let seen: BTreeSet<i64> = devices.iter().map(|d| d.device).collect();
+    let seen_devices: BTreeSet<i64> = devices.iter().map(|d| d.device).collect();
+    let seen_series: BTreeSet<(i64, Option<String>)> =
+        devices.iter().map(|d| (d.device, d.sensor.clone())).collect();
     let Some(selected) = selection.devices() else {
         return;
     };
-    for device in selected.filter(|d| !seen.contains(d)) {
+    let mut missing = Vec::new();
+    for device in selected {
+        for sensor in &per_sensor {
+            let seen = match sensor {
+                None => seen_devices.contains(&device),
+                Some(_) => seen_series.contains(&(device, sensor.clone())),
+            };
+            if !seen {
+                missing.push((device, sensor.clone()));
+            }
+        }
+    }
+    for (device, sensor) in missing {
         devices.push(DeviceOutcome {
             device,
+            sensor,
             status: DeviceStatus::NoInput,
             rows: 0,
             anomalies: 0,
@@ -303,6 +353,7 @@ fn add_no_input(selection: &DeviceSelection, devices: &mut Vec<DeviceOutcome>) {
 fn publish_success(
     out: &Location,
     spec: &RunSpec,
+    columns: &Columns,
     run_id: &str,
     units: usize,
 ) -> Result<bool, SchedulerError> {
@@ -333,9 +384,9 @@ fn publish_success(
         }
     }
     let mut devices = merge_outcomes(devices);
-    add_no_input(&spec.selection, &mut devices);
+    add_no_input(&spec.selection, &spec.sensors, columns, &mut devices);
     parts.sort_by_key(|p| p.unit);
-    devices.sort_by_key(|d| d.device);
+    devices.sort_by(DeviceOutcome::order);
     let manifest = Manifest {
         format: FORMAT,
         run_id: run_id.to_string(),
@@ -368,8 +419,11 @@ fn plan_fingerprint(
         registry: &'a str,
         registry_index: &'a str,
         selection: String,
+        sensors: String,
         window: &'a TimeWindow,
         columns: &'a InputColumns,
+        resolved: &'a Columns,
+        output: &'a OutputSpec,
         target_rows: u64,
         units: Vec<(i64, i64)>,
     }
@@ -380,8 +434,11 @@ fn plan_fingerprint(
         registry: registry.url(),
         registry_index: registry.fingerprint(),
         selection: spec.selection.canonical(),
+        sensors: spec.sensors.canonical(),
         window: &spec.window,
         columns: &spec.columns,
+        resolved: &dataset.columns,
+        output: &spec.output_spec,
         target_rows: target,
         units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
     };
@@ -432,20 +489,21 @@ impl UnitContext<'_> {
             }
             tracing::warn!(unit = unit.index, "part missing or damaged; rewriting it");
         }
+        let spec = self.spec;
         let table =
-            self.dataset.read_unit(&unit.slices, &self.spec.selection, &self.spec.window)?;
+            self.dataset.read_unit(&unit.slices, &spec.selection, &spec.sensors, &spec.window)?;
         let (batch, devices) = score_unit(
             &table,
             &self.dataset.columns,
-            &self.dataset.sensors,
             self.registry,
             self.run_id,
+            &spec.output_spec,
         )?;
         drop(table);
         let part = match batch {
             None => None,
             Some(batch) => {
-                let schema = output_schema(&self.dataset.columns, &self.dataset.sensors);
+                let schema = batch.schema();
                 let options = WriteOptions {
                     row_group_rows: PART_ROW_GROUP_ROWS,
                     metadata: vec![
@@ -453,11 +511,15 @@ impl UnitContext<'_> {
                         ("batchscore.unit".into(), unit.index.to_string()),
                     ],
                 };
-                let path = part_path(unit.index);
+                let path = spec.output_spec.part_path(unit.index);
                 // One object at a path fixed by run id and unit, visible whole or not at all: a
                 // retry rewrites the same bytes, never a second copy.
-                let write = || {
-                    self.out.write_parquet(&path, &schema, std::slice::from_ref(&batch), &options)
+                let batches = std::slice::from_ref(&batch);
+                let write = || match spec.output_spec.format {
+                    OutputFormat::Parquet => {
+                        self.out.write_parquet(&path, &schema, batches, &options)
+                    }
+                    OutputFormat::Csv => self.out.write_csv(&path, batches),
                 };
                 let written = match write() {
                     Ok(written) => written,

@@ -1,19 +1,14 @@
-//! Scoring one unit: load each device's model once, score its rows in column batches, and
-//! assemble the scored table.
+//! Scoring one unit: load each series' model once (a device's, or a (device, sensor)'s), score
+//! its rows in column batches, and assemble the part's table.
 
-use std::sync::Arc;
-
-use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::RecordBatch;
 use batchscore_detectors::Detector;
 use batchscore_registry::{ModelKey, Registry, RegistryError};
 
+use crate::SchedulerError;
 use crate::commit::{DeviceOutcome, DeviceStatus};
-use crate::dataset::UnitTable;
-use crate::{InputColumns, SchedulerError};
+use crate::dataset::{Columns, Series, Shape, UnitTable};
+use crate::output::{OutputSpec, ScoredRows};
 
 /// Rows handed to a detector per call: bounds the scratch memory of one call.
 const SCORE_BATCH_ROWS: usize = 64 * 1024;
@@ -22,30 +17,10 @@ const SCORE_BATCH_ROWS: usize = 64 * 1024;
 /// less memory).
 const MODEL_PREFETCH: usize = 32;
 
-/// The scored output schema: keys, inputs, scores, provenance.
-pub(crate) fn output_schema(columns: &InputColumns, sensors: &[String]) -> SchemaRef {
-    let mut fields = vec![
-        Field::new(&columns.device, DataType::Int64, false),
-        Field::new(
-            &columns.timestamp,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-    ];
-    fields.extend(sensors.iter().map(|s| Field::new(s, DataType::Float64, true)));
-    fields.extend([
-        Field::new("score", DataType::Float64, false),
-        Field::new("decision", DataType::Float64, false),
-        Field::new("is_anomaly", DataType::Boolean, false),
-        Field::new("model_version", DataType::Utf8, false),
-        Field::new("run_id", DataType::Utf8, false),
-    ]);
-    Arc::new(Schema::new(fields))
-}
-
-fn failed(device: i64, rows: usize, stage: &str, reason: String) -> DeviceOutcome {
+fn failed(series: &Key, rows: usize, stage: &str, reason: String) -> DeviceOutcome {
     DeviceOutcome {
-        device,
+        device: series.0,
+        sensor: series.1.clone(),
         status: DeviceStatus::Failed,
         rows: rows as u64,
         anomalies: 0,
@@ -80,75 +55,120 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     batchscore_io::redact(&batchscore_io::compact_service_errors(&text))
 }
 
-/// Scores every device of `table`. Per-device problems become failed outcomes; only storage
-/// faults (worth retrying) abort the unit.
-pub(crate) fn score_unit(
-    table: &UnitTable,
-    columns: &InputColumns,
-    sensors: &[String],
-    registry: &Registry,
-    run_id: &str,
-) -> Result<(Option<RecordBatch>, Vec<DeviceOutcome>), SchedulerError> {
-    let mut outcomes = Vec::with_capacity(table.runs.len());
-    let mut rows: Vec<usize> = Vec::new();
-    let mut score = Vec::new();
-    let mut decision = Vec::new();
-    let mut is_anomaly = Vec::new();
-    let mut versions: Vec<(String, usize)> = Vec::new();
-    let group_size = if registry.is_remote() { MODEL_PREFETCH } else { 1 };
-    for group in table.runs.chunks(group_size) {
-        let keys: Vec<ModelKey> =
-            group.iter().map(|(device, _)| ModelKey::device(*device)).collect();
-        for ((device, range), loaded) in group.iter().zip(registry.load_many(&keys)) {
-            let (device, range) = (*device, range.clone());
-            let n = range.len();
-            let model = match loaded {
-                Ok(model) => model,
-                Err(e) if e.is_retryable() => return Err(SchedulerError::Registry(e)),
-                Err(e @ RegistryError::NoModel { .. }) => {
-                    outcomes.push(failed(device, n, "model_missing", error_chain(&e)));
-                    continue;
-                }
-                Err(e) => {
-                    outcomes.push(failed(device, n, "model_invalid", error_chain(&e)));
-                    continue;
-                }
-            };
-            let mut indices = Vec::with_capacity(model.meta.features.len());
+/// A series' device and sensor name, as recorded in outcomes.
+type Key = (i64, Option<String>);
+
+/// The model key of a series: the device's, or `DEVICE.SENSOR`.
+fn model_key(key: &Key) -> Result<ModelKey, RegistryError> {
+    match &key.1 {
+        None => Ok(ModelKey::device(key.0)),
+        Some(sensor) => ModelKey::series(key.0, sensor),
+    }
+}
+
+/// Which of the table's value columns feed the model, in model order, or why none can.
+fn feature_columns(
+    columns: &Columns,
+    model: &batchscore_registry::Model,
+) -> Result<Vec<usize>, String> {
+    let features = &model.meta.features;
+    match &columns.shape {
+        Shape::Wide { sensors } => {
+            let mut indices = Vec::with_capacity(features.len());
             let mut missing = Vec::new();
-            for feature in &model.meta.features {
+            for feature in features {
                 match sensors.iter().position(|s| s == feature) {
                     Some(i) => indices.push(i),
                     None => missing.push(feature.as_str()),
                 }
             }
-            if !missing.is_empty() {
-                let reason = format!(
+            if missing.is_empty() {
+                Ok(indices)
+            } else {
+                Err(format!(
                     "model {} expects column(s) {} that the input does not have (input sensors: {})",
                     model.version(),
                     missing.join(", "),
                     sensors.join(", ")
-                );
-                outcomes.push(failed(device, n, "feature_mismatch", reason));
-                continue;
+                ))
             }
-            let start_len = score.len();
+        }
+        // A long-layout series is one sensor's values: its model must be univariate, whatever
+        // its feature is called.
+        Shape::Long { .. } if features.len() == 1 => Ok(vec![0]),
+        Shape::Long { value, .. } => Err(format!(
+            "model {} expects {} features ({}); in the long layout each (device, sensor) series \
+             is scored on its `{value}` column alone, by a model of one feature",
+            model.version(),
+            features.len(),
+            features.join(", ")
+        )),
+    }
+}
+
+/// Scores every series of `table`. Per-series problems become failed outcomes; only storage
+/// faults (worth retrying) abort the unit.
+pub(crate) fn score_unit(
+    table: &UnitTable,
+    columns: &Columns,
+    registry: &Registry,
+    run_id: &str,
+    output: &OutputSpec,
+) -> Result<(Option<RecordBatch>, Vec<DeviceOutcome>), SchedulerError> {
+    let mut outcomes = Vec::with_capacity(table.runs.len());
+    let mut scored = ScoredRows::default();
+    let group_size = if registry.is_remote() { MODEL_PREFETCH } else { 1 };
+    for group in table.runs.chunks(group_size) {
+        let mut pending: Vec<(&Series, Key, ModelKey)> = Vec::with_capacity(group.len());
+        for series in group {
+            let key: Key = (series.device, table.sensor_name(series).map(String::from));
+            match model_key(&key) {
+                Ok(model_key) => pending.push((series, key, model_key)),
+                Err(e) => {
+                    outcomes.push(failed(&key, series.rows.len(), "model_key", error_chain(&e)))
+                }
+            }
+        }
+        let keys: Vec<ModelKey> = pending.iter().map(|(_, _, k)| k.clone()).collect();
+        for ((series, key, _), loaded) in pending.iter().zip(registry.load_many(&keys)) {
+            let range = series.rows.clone();
+            let n = range.len();
+            let model = match loaded {
+                Ok(model) => model,
+                Err(e) if e.is_retryable() => return Err(SchedulerError::Registry(e)),
+                Err(e @ RegistryError::NoModel { .. }) => {
+                    outcomes.push(failed(key, n, "model_missing", error_chain(&e)));
+                    continue;
+                }
+                Err(e) => {
+                    outcomes.push(failed(key, n, "model_invalid", error_chain(&e)));
+                    continue;
+                }
+            };
+            let indices = match feature_columns(columns, &model) {
+                Ok(indices) => indices,
+                Err(reason) => {
+                    outcomes.push(failed(key, n, "feature_mismatch", reason));
+                    continue;
+                }
+            };
+            let start_len = scored.score.len();
             let mut ok = true;
             for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
                 let chunk = chunk_start..(chunk_start + SCORE_BATCH_ROWS).min(range.end);
                 let cols: Vec<&[f64]> =
-                    indices.iter().map(|&i| &table.sensors[i][chunk.clone()]).collect();
+                    indices.iter().map(|&i| &table.values[i][chunk.clone()]).collect();
                 match model.detector.score(&cols) {
                     Ok(s) => {
-                        score.extend(s.score);
-                        decision.extend(s.decision);
-                        is_anomaly.extend(s.is_anomaly);
+                        scored.score.extend(s.score);
+                        scored.decision.extend(s.decision);
+                        scored.is_anomaly.extend(s.is_anomaly);
                     }
                     Err(e) => {
-                        score.truncate(start_len);
-                        decision.truncate(start_len);
-                        is_anomaly.truncate(start_len);
-                        outcomes.push(failed(device, n, "scoring", error_chain(&e)));
+                        scored.score.truncate(start_len);
+                        scored.decision.truncate(start_len);
+                        scored.is_anomaly.truncate(start_len);
+                        outcomes.push(failed(key, n, "scoring", error_chain(&e)));
                         ok = false;
                         break;
                     }
@@ -157,11 +177,12 @@ pub(crate) fn score_unit(
             if !ok {
                 continue;
             }
-            let anomalies = is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
-            rows.extend(range);
-            versions.push((model.version().to_string(), n));
+            let anomalies = scored.is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
+            scored.rows.extend(range);
+            scored.versions.push((model.version().to_string(), n));
             outcomes.push(DeviceOutcome {
-                device,
+                device: key.0,
+                sensor: key.1.clone(),
                 status: DeviceStatus::Scored,
                 rows: n as u64,
                 anomalies,
@@ -171,37 +192,9 @@ pub(crate) fn score_unit(
             });
         }
     }
-    if rows.is_empty() {
+    if scored.rows.is_empty() {
         return Ok((None, outcomes));
     }
-    let schema = output_schema(columns, sensors);
-    let mut arrays: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|&r| table.device[r]))),
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(
-                rows.iter().map(|&r| table.timestamp_us[r]),
-            )
-            .with_timezone("UTC"),
-        ),
-    ];
-    for column in &table.sensors {
-        arrays.push(Arc::new(Float64Array::from_iter_values(rows.iter().map(|&r| column[r]))));
-    }
-    let mut version_column =
-        arrow::array::StringBuilder::with_capacity(rows.len(), rows.len() * 16);
-    for (version, n) in &versions {
-        for _ in 0..*n {
-            version_column.append_value(version);
-        }
-    }
-    arrays.extend([
-        Arc::new(Float64Array::from(score)) as ArrayRef,
-        Arc::new(Float64Array::from(decision)),
-        Arc::new(BooleanArray::from(is_anomaly)),
-        Arc::new(version_column.finish()),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(run_id, rows.len()))),
-    ]);
-    let batch = RecordBatch::try_new(schema, arrays)
-        .map_err(|source| SchedulerError::Arrow { what: "scored", source })?;
+    let batch = output.batch(columns, table, scored, run_id)?;
     Ok((Some(batch), outcomes))
 }

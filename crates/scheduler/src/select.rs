@@ -1,5 +1,7 @@
-//! Validated job settings: device selections, time windows, shards and failure thresholds.
+//! Validated job settings: device and sensor selections, time windows, shards and failure
+//! thresholds.
 
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 use serde::Serialize;
@@ -113,6 +115,62 @@ impl DeviceSelection {
                 .map(|r| format!("{}..{}", r.start, r.end))
                 .collect::<Vec<_>>()
                 .join(","),
+        }
+    }
+}
+
+/// Which sensors a long-layout job covers (the wide layout scores the columns each device
+/// model was trained on).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub enum SensorSelection {
+    #[default]
+    All,
+    /// Sensor names as they appear in the input's sensor column.
+    Only(BTreeSet<String>),
+}
+
+impl SensorSelection {
+    /// Parses `all` or sensor names separated by commas or white space (`1,2,5`,
+    /// `temperature pressure`).
+    pub fn parse(text: &str) -> Result<Self, SchedulerError> {
+        let names: BTreeSet<String> = text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        if names.is_empty() {
+            return Err(invalid("sensors", "empty selection"));
+        }
+        if names.iter().any(|n| n.eq_ignore_ascii_case("all")) {
+            if names.len() > 1 {
+                return Err(invalid("sensors", "`all` cannot be combined with sensor names"));
+            }
+            return Ok(SensorSelection::All);
+        }
+        Ok(SensorSelection::Only(names))
+    }
+
+    /// True if readings of `sensor` are selected.
+    pub fn contains(&self, sensor: &str) -> bool {
+        match self {
+            SensorSelection::All => true,
+            SensorSelection::Only(names) => names.contains(sensor),
+        }
+    }
+
+    /// The selected names, for explicit selections.
+    pub fn names(&self) -> Option<&BTreeSet<String>> {
+        match self {
+            SensorSelection::All => None,
+            SensorSelection::Only(names) => Some(names),
+        }
+    }
+
+    /// A canonical text form (`all` or sorted names), used in run ids and manifests.
+    pub fn canonical(&self) -> String {
+        match self {
+            SensorSelection::All => "all".into(),
+            SensorSelection::Only(names) => names.iter().cloned().collect::<Vec<_>>().join(","),
         }
     }
 }
@@ -233,6 +291,15 @@ mod tests {
         for bad in ["", "x", "5..5", "3..1", "all,3", "1..x"] {
             assert!(DeviceSelection::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn parses_sensor_selections() {
+        assert_eq!(SensorSelection::parse("all").unwrap(), SensorSelection::All);
+        let s = SensorSelection::parse("3, 1\ntemperature").unwrap();
+        assert!(s.contains("1") && s.contains("temperature") && !s.contains("2"));
+        assert_eq!(s.canonical(), "1,3,temperature");
+        assert!(SensorSelection::parse(" , ").is_err() && SensorSelection::parse("all,1").is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The training job: one model per device, in parallel, deterministic for a seed.
+//! The training job: one model per device (wide layout) or per (device, sensor) series (long
+//! layout), in parallel, deterministic for a seed.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,9 +9,12 @@ use batchscore_io::Location;
 use batchscore_registry::{FeatureSummary, IndexEntry, Model, ModelKey, Registry, TrainingInfo};
 use rayon::prelude::*;
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Shape, UnitTable};
+use crate::run::check_sensor_selection;
 use crate::score::error_chain;
-use crate::{DeviceSelection, InputColumns, Plan, Progress, SchedulerError, TimeWindow};
+use crate::{
+    DeviceSelection, InputColumns, Plan, Progress, SchedulerError, SensorSelection, TimeWindow,
+};
 
 /// Everything a training run needs, already validated.
 #[derive(Debug, Clone)]
@@ -18,9 +22,12 @@ pub struct TrainSpec {
     pub input: Location,
     pub registry: Location,
     pub selection: DeviceSelection,
+    /// Long layout: which sensors get a model.
+    pub sensors: SensorSelection,
     pub window: TimeWindow,
     pub columns: InputColumns,
-    /// Feature columns in model order; `None`: every sensor column of the input.
+    /// Wide layout: feature columns in model order; `None`: every sensor column of the input.
+    /// (A long-layout model has one feature: its sensor's values.)
     pub features: Option<Vec<String>>,
     pub params: TrainParams,
     pub threads: usize,
@@ -45,8 +52,8 @@ pub struct TrainReport {
     pub registry_url: String,
     pub trained: u64,
     pub rows: u64,
-    /// Devices that could not be trained, with the reason.
-    pub failed: Vec<(i64, String)>,
+    /// Model keys that could not be trained, with the reason.
+    pub failed: Vec<(String, String)>,
     pub elapsed: Duration,
 }
 
@@ -59,26 +66,58 @@ fn device_seed(seed: u64, device: i64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A seed per series: the device's seed, mixed with the sensor name's FNV-1a hash.
+fn series_seed(seed: u64, device: i64, sensor: Option<&str>) -> u64 {
+    let seed = device_seed(seed, device);
+    match sensor {
+        None => seed,
+        Some(name) => {
+            let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            device_seed(seed, hash as i64)
+        }
+    }
+}
+
+/// A series: its device and, in the long layout, its sensor.
+type Key = (i64, Option<String>);
+
 /// Trains one model per selected device and publishes them in the registry's index.
 pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, SchedulerError> {
     let started = Instant::now();
     let mut registry = Registry::open(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
-    let features: Vec<String> = match &spec.features {
-        Some(f) => f.clone(),
-        None => dataset.sensors.clone(),
+    check_sensor_selection(&spec.sensors, &dataset.columns)?;
+    // Wide: the chosen columns, shared by every device. Long: each series' one value column,
+    // named after its sensor.
+    let (features, indices): (Option<Vec<String>>, Vec<usize>) = match &dataset.columns.shape {
+        Shape::Wide { sensors } => {
+            let features = spec.features.clone().unwrap_or_else(|| sensors.clone());
+            let indices = features
+                .iter()
+                .map(|f| {
+                    sensors.iter().position(|s| s == f).ok_or_else(|| {
+                        SchedulerError::InvalidSetting {
+                            setting: "features",
+                            reason: format!("column `{f}` is not a sensor column of the input"),
+                        }
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            (Some(features), indices)
+        }
+        Shape::Long { .. } if spec.features.is_some() => {
+            return Err(SchedulerError::InvalidSetting {
+                setting: "features",
+                reason: "names columns of wide-layout input; in the long layout each (device, \
+                         sensor) model has one feature, its sensor's values (select sensors \
+                         with --sensors)"
+                    .into(),
+            });
+        }
+        Shape::Long { .. } => (None, vec![0]),
     };
-    let indices: Vec<usize> = features
-        .iter()
-        .map(|f| {
-            dataset.sensors.iter().position(|s| s == f).ok_or_else(|| {
-                SchedulerError::InvalidSetting {
-                    setting: "features",
-                    reason: format!("column `{f}` is not a sensor column of the input"),
-                }
-            })
-        })
-        .collect::<Result<_, _>>()?;
     // Units are cut at row groups so memory stays bounded by workers x unit size. A device whose
     // rows may lie in several units (its id is inside more than one unit's device interval: in
     // a file sorted by device, the one device at each cut) is trained after the units, from the
@@ -93,33 +132,46 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
         .thread_name(|i| format!("batchscore-trainer-{i}"))
         .build()
         .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
-    let trainer = Trainer { spec, features: &features, registry: &registry };
+    let trainer = Trainer { spec, features: features.as_deref(), registry: &registry };
     let results: Vec<Result<UnitResult, SchedulerError>> = pool.install(|| {
         plan.units
             .par_iter()
             .map(|unit| {
-                let table = dataset.read_unit(&unit.slices, &spec.selection, &spec.window)?;
-                let (mine, set_aside): (Vec<_>, Vec<_>) =
-                    table.runs.iter().partition(|(device, _)| !shared(*device));
+                let table = dataset.read_unit(
+                    &unit.slices,
+                    &spec.selection,
+                    &spec.sensors,
+                    &spec.window,
+                )?;
+                let key = |table: &UnitTable, i: usize| -> Key {
+                    let series = &table.runs[i];
+                    (series.device, table.sensor_name(series).map(String::from))
+                };
+                let (mine, set_aside): (Vec<usize>, Vec<usize>) =
+                    (0..table.runs.len()).partition(|&i| !shared(table.runs[i].device));
                 let trained = mine
                     .par_iter()
-                    .map(|(device, range)| {
+                    .map(|&i| {
+                        let range = table.runs[i].rows.clone();
                         let columns: Vec<&[f64]> =
-                            indices.iter().map(|&i| &table.sensors[i][range.clone()]).collect();
+                            indices.iter().map(|&c| &table.values[c][range.clone()]).collect();
                         let first = table.timestamp_us.get(range.start).copied();
                         let last = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();
-                        trainer.train(*device, &columns, first, last)
+                        trainer.train(key(&table, i), &columns, first, last)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let set_aside = set_aside
                     .into_iter()
-                    .map(|(device, range)| SharedRows {
-                        device: *device,
-                        timestamp_us: table.timestamp_us[range.clone()].to_vec(),
-                        columns: indices
-                            .iter()
-                            .map(|&i| table.sensors[i][range.clone()].to_vec())
-                            .collect(),
+                    .map(|i| {
+                        let range = table.runs[i].rows.clone();
+                        SharedRows {
+                            key: key(&table, i),
+                            timestamp_us: table.timestamp_us[range.clone()].to_vec(),
+                            columns: indices
+                                .iter()
+                                .map(|&c| table.values[c][range.clone()].to_vec())
+                                .collect(),
+                        }
                     })
                     .collect();
                 progress.unit_done(table.device.len() as u64, table.runs.len(), false);
@@ -127,41 +179,42 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
             })
             .collect()
     });
-    let mut device_results = Vec::new();
-    let mut shared_rows: BTreeMap<i64, Vec<SharedRows>> = BTreeMap::new();
+    let mut series_results = Vec::new();
+    let mut shared_rows: BTreeMap<Key, Vec<SharedRows>> = BTreeMap::new();
     for unit in results {
         let (trained, set_aside) = unit?;
-        device_results.extend(trained);
+        series_results.extend(trained);
         for rows in set_aside {
-            shared_rows.entry(rows.device).or_default().push(rows);
+            shared_rows.entry(rows.key.clone()).or_default().push(rows);
         }
     }
-    let shared_results: Vec<DeviceResult> = pool.install(|| {
+    let shared_results: Vec<SeriesResult> = pool.install(|| {
         shared_rows
             .into_par_iter()
-            .map(|(device, pieces)| {
+            .map(|(key, pieces)| {
                 let (timestamps, columns) = SharedRows::concat(pieces);
                 let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
-                trainer.train(
-                    device,
-                    &refs,
-                    timestamps.first().copied(),
-                    timestamps.last().copied(),
-                )
+                trainer.train(key, &refs, timestamps.first().copied(), timestamps.last().copied())
             })
             .collect::<Result<Vec<_>, _>>()
     })?;
-    device_results.extend(shared_results);
-    device_results.sort_by_key(|(device, _, _)| *device);
+    series_results.extend(shared_results);
+    series_results.sort_by(|a, b| a.0.cmp(&b.0));
     progress.finish();
     let mut entries = Vec::new();
     let mut failed = Vec::new();
     let mut rows = 0;
-    for (device, n, result) in device_results {
+    for (key, n, result) in series_results {
         rows += n;
         match result {
             Ok(entry) => entries.push(entry),
-            Err(reason) => failed.push((device, reason)),
+            Err(reason) => {
+                let name = match &key.1 {
+                    None => key.0.to_string(),
+                    Some(sensor) => format!("{}.{sensor}", key.0),
+                };
+                failed.push((name, reason));
+            }
         }
     }
     let trained = entries.len() as u64;
@@ -177,15 +230,15 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
     })
 }
 
-/// A device's training outcome: its rows, and its index entry or why it has none.
-type DeviceResult = (i64, u64, Result<IndexEntry, String>);
+/// A series' training outcome: its rows, and its index entry or why it has none.
+type SeriesResult = (Key, u64, Result<IndexEntry, String>);
 
-/// What a unit produced: models of its own devices, rows of devices it shares with others.
-type UnitResult = (Vec<DeviceResult>, Vec<SharedRows>);
+/// What a unit produced: models of its own series, rows of series it shares with others.
+type UnitResult = (Vec<SeriesResult>, Vec<SharedRows>);
 
-/// Rows of a device that spans units, set aside by one unit.
+/// Rows of a series whose device spans units, set aside by one unit.
 struct SharedRows {
-    device: i64,
+    key: Key,
     timestamp_us: Vec<i64>,
     /// One column per feature.
     columns: Vec<Vec<f64>>,
@@ -211,42 +264,53 @@ impl SharedRows {
     }
 }
 
-/// Fits and stores one device's model.
+/// Fits and stores one series' model.
 struct Trainer<'a> {
     spec: &'a TrainSpec,
-    features: &'a [String],
+    /// Wide layout: the feature names of every model; long: `None` (the sensor's name).
+    features: Option<&'a [String]>,
     registry: &'a Registry,
 }
 
 impl Trainer<'_> {
-    /// Trains and writes a device's model; a device-level problem is an `Err` inside the result,
+    /// Trains and writes a series' model; a series-level problem is an `Err` inside the result,
     /// only a retry-worthy storage fault stops the job.
     fn train(
         &self,
-        device: i64,
+        key: Key,
         columns: &[&[f64]],
         first_us: Option<i64>,
         last_us: Option<i64>,
-    ) -> Result<DeviceResult, SchedulerError> {
+    ) -> Result<SeriesResult, SchedulerError> {
         let rows = columns.first().map_or(0, |c| c.len() as u64);
-        match fit_one(self.spec, device, self.features, columns, first_us, last_us) {
+        let fitted = match &key.1 {
+            None => Ok((ModelKey::device(key.0), self.features.unwrap_or_default().to_vec())),
+            Some(sensor) => ModelKey::series(key.0, sensor)
+                .map(|k| (k, vec![sensor.clone()]))
+                .map_err(|e| error_chain(&e)),
+        }
+        .and_then(|(model_key, features)| {
+            let series = (key.0, key.1.as_deref());
+            fit_one(self.spec, model_key, series, features, columns, (first_us, last_us))
+        });
+        match fitted {
             Ok(model) => match self.registry.write_model(&model) {
-                Ok(entry) => Ok((device, rows, Ok(entry))),
+                Ok(entry) => Ok((key, rows, Ok(entry))),
                 Err(e) if e.is_retryable() => Err(SchedulerError::Registry(e)),
-                Err(e) => Ok((device, rows, Err(error_chain(&e)))),
+                Err(e) => Ok((key, rows, Err(error_chain(&e)))),
             },
-            Err(reason) => Ok((device, rows, Err(reason))),
+            Err(reason) => Ok((key, rows, Err(reason))),
         }
     }
 }
 
 fn fit_one(
     spec: &TrainSpec,
-    device: i64,
-    features: &[String],
+    key: ModelKey,
+    (device, sensor): (i64, Option<&str>),
+    features: Vec<String>,
     columns: &[&[f64]],
-    from_us: Option<i64>,
-    to_us: Option<i64>,
+    (from_us, to_us): (Option<i64>, Option<i64>),
 ) -> Result<Model, String> {
     let training = TrainingInfo {
         rows: columns.first().map_or(0, |c| c.len() as u64),
@@ -254,21 +318,20 @@ fn fit_one(
         to_us,
         summaries: columns.iter().map(|c| FeatureSummary::of(c)).collect(),
     };
-    let key = ModelKey::device(device);
     match &spec.params {
         TrainParams::IsolationForest(valid) => {
             let mut params = valid.params().clone();
-            params.seed = device_seed(params.seed, device);
+            params.seed = series_seed(params.seed, device, sensor);
             let valid = params.clone().check().map_err(|e| e.to_string())?;
             let forest = valid.fit(columns).map_err(|e| e.to_string())?;
             let created_at = spec.created_at.clone();
-            Model::isolation_forest(key, &params, features.to_vec(), training, forest, created_at)
+            Model::isolation_forest(key, &params, features, training, forest, created_at)
         }
         TrainParams::Pca(valid) => {
             let pca = valid.fit(columns).map_err(|e| e.to_string())?;
             let params = serde_json::to_string(valid.params()).map_err(|e| e.to_string())?;
             let detector = batchscore_registry::DetectorModel::Pca(pca);
-            Model::new(key, params, features.to_vec(), training, detector, spec.created_at.clone())
+            Model::new(key, params, features, training, detector, spec.created_at.clone())
         }
     }
     .map_err(|e| error_chain(&e))

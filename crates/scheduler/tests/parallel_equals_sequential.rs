@@ -2,21 +2,20 @@
 //! plain sequential reference computes (read everything, score each device with its model).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
-use batchscore_detectors::{Detector, IsolationForestParams};
+use batchscore_detectors::Detector;
 use batchscore_io::{Location, Storage, decode_parquet, hive_value};
 use batchscore_registry::{ModelKey, Registry};
-use batchscore_scheduler::{
-    DeviceSelection, InputColumns, MaxFailed, NoProgress, RunSpec, Shard, TimeWindow, TrainSpec,
-    run, train,
-};
+use batchscore_scheduler::{DeviceSelection, RunSpec};
 use batchscore_synth::{GenerateSpec, Partitioning, generate};
 use proptest::prelude::*;
 
-type Rows = BTreeMap<(i64, i64), (u64, u64, bool)>;
+type Rows = BTreeMap<(i64, i64), common::Outcome>;
 
 /// Reads every input file whole and scores each device's rows, sorted by time, in one call.
 fn reference(input: &Location, registry: &Registry, selection: &DeviceSelection) -> Rows {
@@ -83,31 +82,18 @@ fn reference(input: &Location, registry: &Registry, selection: &DeviceSelection)
     out
 }
 
-/// Reads a completed run's output through its `_SUCCESS` manifest.
+/// Reads a completed run's output through its `_SUCCESS` manifest; fails on a row written
+/// twice.
 fn output_rows(out: &Location, run_id: &str) -> Rows {
-    let run = out.join(run_id).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&run.get("_SUCCESS").unwrap()).unwrap();
     let mut rows = Rows::new();
-    for part in manifest["parts"].as_array().unwrap() {
-        let path = part["path"].as_str().unwrap();
-        for batch in decode_parquet(path, run.get(path).unwrap()).unwrap() {
-            let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
-            let ts = batch
-                .column_by_name("timestamp")
-                .unwrap()
-                .as_primitive::<TimestampMicrosecondType>();
-            let score = batch.column_by_name("score").unwrap().as_primitive::<Float64Type>();
-            let decision = batch.column_by_name("decision").unwrap().as_primitive::<Float64Type>();
-            let anomaly = batch.column_by_name("is_anomaly").unwrap().as_boolean();
-            for i in 0..batch.num_rows() {
-                assert!(!device.is_null(i));
-                let previous = rows.insert(
-                    (device.value(i), ts.value(i)),
-                    (score.value(i).to_bits(), decision.value(i).to_bits(), anomaly.value(i)),
-                );
-                assert!(previous.is_none(), "row written twice");
-            }
+    for batch in common::run_batches(out, run_id) {
+        let device = batch.column_by_name("device_id").unwrap().as_primitive::<Int64Type>();
+        let ts =
+            batch.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
+        for (i, outcome) in common::outcomes(&batch).into_iter().enumerate() {
+            assert!(!device.is_null(i));
+            let previous = rows.insert((device.value(i), ts.value(i)), outcome);
+            assert!(previous.is_none(), "row written twice");
         }
     }
     rows
@@ -145,44 +131,20 @@ proptest! {
         generate(&spec, &root).unwrap();
         let input = root.join("readings").unwrap();
         let registry_location = root.join("registry").unwrap();
-        let params = IsolationForestParams { n_estimators: 5, seed, ..Default::default() }.check().unwrap();
-        train(&TrainSpec {
-            input: input.clone(),
-            registry: registry_location.clone(),
-            selection: DeviceSelection::All,
-            window: TimeWindow::default(),
-            columns: InputColumns::default(),
-            features: None,
-            params: batchscore_scheduler::TrainParams::IsolationForest(params),
-            threads: 1,
-            unit_rows: 500_000,
-            created_at: "2026-01-01T00:00:00Z".into(),
-        }, &NoProgress).unwrap();
+        common::train_forests(&input, &registry_location, seed, 500_000);
 
         let chosen: Vec<String> = (0..devices).filter(|d| selection_mask & (1 << (d % 8)) != 0).map(|d| d.to_string()).collect();
         prop_assume!(!chosen.is_empty());
         let selection = DeviceSelection::parse(&chosen.join(",")).unwrap();
         let output = root.join("out").unwrap();
-        let mut run_id = String::new();
-        for shard in 0..shards {
-            let report = run(&RunSpec {
-                input: input.clone(),
-                registry: registry_location.clone(),
-                output: output.clone(),
-                run_id: None,
-                selection: selection.clone(),
-                window: TimeWindow::default(),
-                columns: InputColumns::default(),
-                threads,
-                shard: Shard::new(shard, shards).unwrap(),
-                max_failed: MaxFailed::Count(0),
-                min_part_rows,
-                max_part_rows: min_part_rows * 3,
-                settings: serde_json::Value::Null,
-            }, &NoProgress).unwrap();
-            prop_assert_eq!(report.complete, shard + 1 == shards);
-            run_id = report.run_id;
-        }
+        let spec = RunSpec {
+            selection: selection.clone(),
+            threads,
+            min_part_rows,
+            max_part_rows: min_part_rows * 3,
+            ..common::run_spec(&input, &registry_location, &output)
+        };
+        let run_id = common::run_shards(&spec, shards);
         let registry = Registry::open(registry_location).unwrap();
         let expected = reference(&input, &registry, &selection);
         prop_assert_eq!(expected.len(), chosen.len() * rows_per_device);

@@ -6,7 +6,8 @@ use batchscore_detectors::IsolationForestParams;
 use batchscore_io::Storage;
 use batchscore_registry::Registry;
 use batchscore_scheduler::{
-    DeviceSelection, InputColumns, NoProgress, TimeWindow, TrainParams, TrainSpec, train,
+    DeviceSelection, InputColumns, NoProgress, SensorSelection, TimeWindow, TrainParams, TrainSpec,
+    train,
 };
 use batchscore_synth::{GenerateSpec, Partitioning, generate};
 use proptest::prelude::*;
@@ -43,6 +44,7 @@ proptest! {
                 input: input.clone(),
                 registry: registry.clone(),
                 selection: DeviceSelection::All,
+                sensors: SensorSelection::All,
                 window: TimeWindow::default(),
                 columns: InputColumns::default(),
                 features: None,
