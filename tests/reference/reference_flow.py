@@ -11,12 +11,16 @@ Writes into OUT:
                             (device, tag) order
   injected.csv              the (TS, Device, Tag) of the injected outliers
 
-Usage: python reference_flow.py OUT
+Usage: python reference_flow.py OUT [--devices 3] [--tags 5] [--hours 3]
+
+Prints the time the reference's scoring step took for all models, in this one process (a lower
+bound for the reference system, which starts one container job per model).
 """
 
+import argparse
 import os
 import pickle
-import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -24,19 +28,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
-DEVICES = [1, 2, 3]
-TAGS = [1, 2, 3, 4, 5]
 STEP_S = 5
-HOURS = 3
 
 
-def readings(rng):
-    times = pd.date_range("2018-08-28 23:00:05", periods=HOURS * 3600 // STEP_S, freq=f"{STEP_S}s")
+def readings(rng, devices, tags, hours):
+    times = pd.date_range("2018-08-28 23:00:05", periods=hours * 3600 // STEP_S, freq=f"{STEP_S}s")
     rows, injected = [], []
     for t_index, ts in enumerate(times):
         stamp = ts.strftime("%Y-%m-%d %H:%M:%S.000")
-        for device in DEVICES:
-            for tag in TAGS:
+        for device in devices:
+            for tag in tags:
                 mean, sd = 10.0 * tag + device, 0.5 + 0.1 * tag
                 value = round(rng.normal(mean, sd), 2)
                 # A few clear outliers after the training hour, one series at a time.
@@ -48,9 +49,9 @@ def readings(rng):
     return data, pd.DataFrame(injected, columns=["TS", "Device", "Tag"])
 
 
-def main(out):
+def main(out, devices, tags, hours):
     rng = np.random.default_rng(20180828)
-    data, injected = readings(rng)
+    data, injected = readings(rng, devices, tags, hours)
     for sub in ("data", "data_parquet", "models"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     data.to_csv(os.path.join(out, "data", "sensor_data.csv"), index=False)
@@ -60,9 +61,9 @@ def main(out):
 
     # Training, as the reference's create_model.py: one pipeline per (device, tag), fitted on
     # the values alone.
-    first_hour = data.iloc[: 3600 // STEP_S * len(DEVICES) * len(TAGS)]
-    for device in DEVICES:
-        for tag in TAGS:
+    first_hour = data.iloc[: 3600 // STEP_S * len(devices) * len(tags)]
+    for device in devices:
+        for tag in tags:
             series = first_hour[(first_hour.Device == device) & (first_hour.Tag == tag)]
             model = Pipeline([
                 ("scaler", StandardScaler()),
@@ -72,12 +73,14 @@ def main(out):
             with open(os.path.join(out, "models", f"model_{device}_{tag}.pkl"), "wb") as f:
                 pickle.dump(model, f)
 
-    # Scoring, as the reference's predict.py: read the whole CSV, keep one series, predict,
-    # map sklearn's -1 (outlier) to 1 and +1 to 0, write TS, Device, Tag, Val, Prediction.
-    data = pd.read_csv(os.path.join(out, "data", "sensor_data.csv"))
+    # Scoring, as the reference's predict.py, once per model: read the whole CSV, keep one
+    # series, predict, map sklearn's -1 (outlier) to 1 and +1 to 0, write TS, Device, Tag, Val,
+    # Prediction.
+    started = time.perf_counter()
     results = []
-    for device in DEVICES:
-        for tag in TAGS:
+    for device in devices:
+        for tag in tags:
+            data = pd.read_csv(os.path.join(out, "data", "sensor_data.csv"))
             with open(os.path.join(out, "models", f"model_{device}_{tag}.pkl"), "rb") as f:
                 model = pickle.load(f)
             series = data[(data.Device == device) & (data.Tag == tag)]
@@ -89,8 +92,18 @@ def main(out):
                 "Val": series["Value"].values,
                 "Prediction": np.where(predictions == -1, 1, 0),
             }))
+            results[-1].to_csv(os.path.join(out, f"preds_{device}_{tag}.csv"), index=False)
+    elapsed = time.perf_counter() - started
     pd.concat(results).to_csv(os.path.join(out, "expected.csv"), index=False)
+    print(f"reference scoring: {elapsed:.3f} s for {len(devices) * len(tags)} models, "
+          f"{len(data)} rows")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--devices", type=int, default=3)
+    parser.add_argument("--tags", type=int, default=5)
+    parser.add_argument("--hours", type=int, default=3)
+    a = parser.parse_args()
+    main(a.out, list(range(1, a.devices + 1)), list(range(1, a.tags + 1)), a.hours)
