@@ -268,4 +268,21 @@ fn pca_models_train_score_and_find_the_anomalies() {
     let args = ["train", "--input", &f.readings(), "--registry", &two, "--detector", "pca"];
     expect_code(&[&args[..], &["--components", "2", "--contamination", "0.05"]].concat(), 0);
     expect_code(&[&args[..], &["--components", "1.5"]].concat(), 2);
+
+    // Standardised features: a scaler before each PCA, stored as one pipeline model.
+    let scaled = dir.path().join("scaled").display().to_string();
+    let args = ["train", "--input", &f.readings(), "--registry", &scaled, "--detector", "pca"];
+    expect_code(&[&args[..], &["--standardize"]].concat(), 0);
+    let shown = expect_code(&["models", "show", "3", "--registry", &scaled], 0);
+    assert!(shown.contains("\"kind\": \"standard_scaler+pca\""), "{shown}");
+    assert!(shown.contains("\"standardize\": true"), "{shown}");
+    let out = dir.path().join("out-scaled");
+    run_job(&f.readings(), &scaled, out.to_str().unwrap(), &[], 0);
+    let auc = roc_auc(&run_dir(&out), Path::new(&f.data()));
+    assert!(auc >= 0.65, "ROC-AUC {auc:.4}");
+    eprintln!("standardised PCA ROC-AUC on generated data: {auc:.4}");
+    // An IsolationForest is scale-invariant: standardising is refused, not ignored.
+    let text =
+        expect_code(&["train", "--input", &f.readings(), "--registry", &two, "--standardize"], 2);
+    assert!(text.contains("standardize"), "{text}");
 }

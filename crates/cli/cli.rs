@@ -159,6 +159,10 @@ pub struct TrainArgs {
     /// the default).
     #[arg(long, value_name = "N|F")]
     pub components: Option<String>,
+    /// PCA: standardise each feature (training mean and standard deviation) first, so that
+    /// sensors on large scales do not own the components.
+    #[arg(long)]
+    pub standardize: bool,
     /// Trees per forest.
     #[arg(long, value_name = "N")]
     pub n_estimators: Option<usize>,

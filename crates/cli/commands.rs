@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
-use batchscore_detectors::{Detector, IsolationForest, OneClassSvm};
+use batchscore_detectors::{Detector, IsolationForest, OneClassSvm, Pca};
 use batchscore_io::Storage;
 use batchscore_registry::{DetectorModel, KeyPattern, ModelKey, Registry};
 use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, error_chain};
@@ -179,14 +179,14 @@ fn detector_view(detector: &DetectorModel) -> serde_json::Value {
         })
     };
     let svm = |s: &OneClassSvm| serde_json::json!({ "support_vectors": s.n_support(), "kernel": s.kernel() });
+    let pca = |p: &Pca| serde_json::json!({ "components": p.n_components(), "explained_variance": p.explained_variance() });
     let mut view = match detector {
         DetectorModel::IsolationForest(f) => forest(f),
         DetectorModel::ScaledIsolationForest(p) => forest(p.detector()),
         DetectorModel::OneClassSvm(s) => svm(s),
         DetectorModel::ScaledOneClassSvm(p) => svm(p.detector()),
-        DetectorModel::Pca(p) => serde_json::json!({
-            "components": p.n_components(), "explained_variance": p.explained_variance(),
-        }),
+        DetectorModel::Pca(p) => pca(p),
+        DetectorModel::ScaledPca(p) => pca(p.detector()),
     };
     view["kind"] = detector.kind().into();
     view["offset"] = detector.offset().into();
@@ -319,6 +319,7 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
             },
             detector: None,
             components: None,
+            standardize: false,
             n_estimators: None,
             max_samples: None,
             max_features: None,

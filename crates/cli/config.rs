@@ -66,6 +66,8 @@ pub struct TrainSection {
     pub detector: Option<String>,
     /// PCA components: a count or a variance share.
     pub components: Option<String>,
+    /// PCA: standardise features first.
+    pub standardize: Option<bool>,
     pub n_estimators: Option<usize>,
     pub max_samples: Option<String>,
     pub max_features: Option<String>,

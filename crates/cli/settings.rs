@@ -427,9 +427,17 @@ pub fn train_spec(
                 // PCA has no natural offset: "auto" (the IsolationForest default) means 1 %.
                 Contamination::Auto => PcaParams::default().contamination,
             };
-            TrainParams::Pca(PcaParams { components, contamination }.check().map_err(usage)?)
+            let standardize = args.standardize || t.standardize.unwrap_or(false);
+            let params = PcaParams { components, contamination, standardize };
+            TrainParams::Pca(params.check().map_err(usage)?)
         }
     };
+    if detector == DetectorArg::Iforest && (args.standardize || t.standardize == Some(true)) {
+        // Trees split each feature on its own scale: standardising changes nothing.
+        return Err(UsageError(
+            "standardize applies to --detector pca (an IsolationForest is scale-invariant)".into(),
+        ));
+    }
     Ok(TrainSpec {
         input: storage.open(&c.input).map_err(usage)?,
         registry: storage.open(&c.registry).map_err(usage)?,

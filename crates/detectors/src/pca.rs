@@ -17,7 +17,7 @@ use smartcore::linalg::basic::matrix::DenseMatrix;
 
 use crate::detector::batch_rows;
 use crate::iforest::percentile_linear;
-use crate::{Detector, DetectorError};
+use crate::{Detector, DetectorError, Scaled, StandardScaler};
 
 /// How many principal components a model keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -35,11 +35,15 @@ pub struct PcaParams {
     pub components: PcaComponents,
     /// Share of training rows expected to be anomalies, in (0, 0.5]: sets the offset.
     pub contamination: f64,
+    /// Standardise each feature (training mean and standard deviation) before the PCA, so
+    /// that sensors on large scales do not own the components ([`ValidPcaParams::fit_standardized`]).
+    #[serde(default)]
+    pub standardize: bool,
 }
 
 impl Default for PcaParams {
     fn default() -> Self {
-        Self { components: PcaComponents::Variance(0.95), contamination: 0.01 }
+        Self { components: PcaComponents::Variance(0.95), contamination: 0.01, standardize: false }
     }
 }
 
@@ -69,6 +73,15 @@ impl ValidPcaParams {
     /// The parameters.
     pub fn params(&self) -> &PcaParams {
         &self.0
+    }
+
+    /// Fits a StandardScaler on the training rows, then the PCA on the scaled rows: the
+    /// pipeline `Pipeline(StandardScaler(), PCA)` of scikit-learn terms.
+    pub fn fit_standardized(&self, columns: &[&[f64]]) -> Result<Scaled<Pca>, DetectorError> {
+        let scaler = StandardScaler::fit(columns)?;
+        let scaled = scaler.transform_columns(columns)?;
+        let views: Vec<&[f64]> = scaled.iter().map(Vec::as_slice).collect();
+        Scaled::new(scaler, self.fit(&views)?)
     }
 
     /// Fits on the rows without NaN or infinite values.
@@ -279,7 +292,11 @@ mod tests {
     #[test]
     fn off_plane_rows_are_anomalies_and_scores_do_not_depend_on_the_batch() {
         let cols = plane(500);
-        let params = PcaParams { components: PcaComponents::Variance(0.99), contamination: 0.01 };
+        let params = PcaParams {
+            components: PcaComponents::Variance(0.99),
+            contamination: 0.01,
+            standardize: false,
+        };
         let pca = params.check().unwrap().fit(&refs(&cols)).unwrap();
         assert_eq!(pca.n_components(), 2);
         // Rows (1, 1, 2) on the plane, (2, NaN, 1), and (4, 3, 10) off it; given as columns.
@@ -301,16 +318,35 @@ mod tests {
     }
 
     #[test]
+    fn standardized_pca_scales_each_feature_before_the_components() {
+        // The plane, with z in thousandths: unscaled, z's share of the variance is negligible.
+        let mut cols = plane(500);
+        cols[2].iter_mut().for_each(|z| *z *= 1000.0);
+        let params = PcaParams { components: PcaComponents::Count(2), ..PcaParams::default() };
+        let pipeline = params.check().unwrap().fit_standardized(&refs(&cols)).unwrap();
+        assert_eq!(pipeline.kind(), "standard_scaler+pca");
+        // The pipeline scores what its PCA scores on the scaled rows, offset included.
+        let test: Vec<Vec<f64>> = vec![vec![1.0, 4.0], vec![1.0, 3.0], vec![2000.0, 10000.0]];
+        let scaler = StandardScaler::fit(&refs(&cols)).unwrap();
+        let scaled = scaler.transform_columns(&refs(&test)).unwrap();
+        let direct = pipeline.detector().score(&refs(&scaled)).unwrap();
+        let piped = pipeline.score(&refs(&test)).unwrap();
+        assert_eq!(piped.score, direct.score);
+        assert_eq!(pipeline.offset(), pipeline.detector().offset());
+        assert!(!piped.is_anomaly[0] && piped.is_anomaly[1], "on and off the scaled plane");
+    }
+
+    #[test]
     fn parameters_and_models_are_validated() {
         let bad = [
-            PcaParams { components: PcaComponents::Count(0), contamination: 0.1 },
-            PcaParams { components: PcaComponents::Variance(1.5), contamination: 0.1 },
-            PcaParams { components: PcaComponents::Variance(0.9), contamination: 0.0 },
+            PcaParams { components: PcaComponents::Count(0), ..PcaParams::default() },
+            PcaParams { components: PcaComponents::Variance(1.5), ..PcaParams::default() },
+            PcaParams { contamination: 0.0, ..PcaParams::default() },
         ];
         for p in bad {
             assert!(p.check().is_err(), "{p:?}");
         }
-        let three = PcaParams { components: PcaComponents::Count(4), contamination: 0.1 };
+        let three = PcaParams { components: PcaComponents::Count(4), ..PcaParams::default() };
         assert!(three.check().unwrap().fit(&refs(&plane(50))).is_err());
         assert!(
             Pca::try_from(RawPca {

@@ -63,6 +63,39 @@ impl From<StandardScaler> for RawStandardScaler {
 }
 
 impl StandardScaler {
+    /// Fits `mean_` and `scale_` (the population standard deviation, as scikit-learn's
+    /// `StandardScaler()`) on the finite values of each column; a feature without spread, or
+    /// without finite values, gets mean 0 and scale 1, so it passes through unscaled.
+    pub fn fit(columns: &[&[f64]]) -> Result<Self, DetectorError> {
+        batch_rows(columns, columns.len())?;
+        let mut mean = Vec::with_capacity(columns.len());
+        let mut scale = Vec::with_capacity(columns.len());
+        for column in columns {
+            let finite: Vec<f64> = column.iter().copied().filter(|x| x.is_finite()).collect();
+            let n = finite.len() as f64;
+            let m = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / n };
+            let var = if finite.is_empty() {
+                0.0
+            } else {
+                finite.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n
+            };
+            let sd = var.sqrt();
+            mean.push(if m.is_finite() { m } else { 0.0 });
+            scale.push(if sd.is_finite() && sd > 0.0 { sd } else { 1.0 });
+        }
+        Self::try_from(RawStandardScaler {
+            n_features: u32::try_from(columns.len()).unwrap_or(u32::MAX),
+            mean: Some(mean),
+            scale: Some(scale),
+        })
+    }
+
+    /// Transforms every column, as a pipeline's first step does.
+    pub fn transform_columns(&self, columns: &[&[f64]]) -> Result<Vec<Vec<f64>>, DetectorError> {
+        batch_rows(columns, self.n_features())?;
+        Ok(columns.iter().enumerate().map(|(f, c)| self.transform(f, c)).collect())
+    }
+
     /// Number of features it transforms.
     pub fn n_features(&self) -> usize {
         self.raw.n_features as usize
@@ -129,8 +162,7 @@ impl<D: Detector> Scaled<D> {
     }
 
     fn scaled(&self, columns: &[&[f64]]) -> Result<Vec<Vec<f64>>, DetectorError> {
-        batch_rows(columns, self.scaler.n_features())?;
-        Ok(columns.iter().enumerate().map(|(f, c)| self.scaler.transform(f, c)).collect())
+        self.scaler.transform_columns(columns)
     }
 }
 
@@ -139,6 +171,7 @@ impl<D: Detector> Detector for Scaled<D> {
         match self.detector.kind() {
             "isolation_forest" => "standard_scaler+isolation_forest",
             "one_class_svm" => "standard_scaler+one_class_svm",
+            "pca" => "standard_scaler+pca",
             _ => "standard_scaler+detector",
         }
     }
@@ -188,6 +221,16 @@ mod tests {
         })
         .unwrap();
         assert_eq!(no_mean.transform(0, &[2.0]), vec![0.5]);
+        // Fitting: population standard deviation over finite values; no spread or no finite
+        // value scales by 1; ragged columns are an error.
+        let nan = f64::NAN;
+        let fitted =
+            StandardScaler::fit(&[&[1.0, 5.0, nan], &[5.0, 5.0, 5.0], &[nan, nan, nan]]).unwrap();
+        assert_eq!(fitted.raw.mean, Some(vec![3.0, 5.0, 0.0]));
+        assert_eq!(fitted.raw.scale, Some(vec![2.0, 1.0, 1.0]));
+        let columns = fitted.transform_columns(&[&[7.0], &[6.0], &[2.0]]).unwrap();
+        assert_eq!(columns, vec![vec![2.0], vec![1.0], vec![2.0]]);
+        assert!(StandardScaler::fit(&[&[1.0, 2.0], &[1.0]]).is_err());
         for bad in [
             RawStandardScaler { n_features: 2, mean: Some(vec![1.0]), scale: None },
             RawStandardScaler { n_features: 1, mean: None, scale: Some(vec![0.0]) },

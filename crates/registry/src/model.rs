@@ -152,6 +152,8 @@ pub enum DetectorModel {
     ScaledOneClassSvm(Scaled<OneClassSvm>),
     /// PCA reconstruction error.
     Pca(Pca),
+    /// PCA reconstruction error of standardised features.
+    ScaledPca(Scaled<Pca>),
 }
 
 impl DetectorModel {
@@ -162,6 +164,7 @@ impl DetectorModel {
             DetectorModel::ScaledIsolationForest(d) => d,
             DetectorModel::ScaledOneClassSvm(d) => d,
             DetectorModel::Pca(d) => d,
+            DetectorModel::ScaledPca(d) => d,
         }
     }
 }

@@ -328,9 +328,15 @@ fn fit_one(
             Model::isolation_forest(key, &params, features, training, forest, created_at)
         }
         TrainParams::Pca(valid) => {
-            let pca = valid.fit(columns).map_err(|e| e.to_string())?;
+            use batchscore_registry::DetectorModel;
+            let detector = if valid.params().standardize {
+                DetectorModel::ScaledPca(
+                    valid.fit_standardized(columns).map_err(|e| e.to_string())?,
+                )
+            } else {
+                DetectorModel::Pca(valid.fit(columns).map_err(|e| e.to_string())?)
+            };
             let params = serde_json::to_string(valid.params()).map_err(|e| e.to_string())?;
-            let detector = batchscore_registry::DetectorModel::Pca(pca);
             Model::new(key, params, features, training, detector, spec.created_at.clone())
         }
     }
