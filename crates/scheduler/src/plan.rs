@@ -13,7 +13,8 @@ pub struct Unit {
     pub index: usize,
     pub lo: i64,
     pub hi: i64,
-    /// Rows in the unit's row groups (an upper bound on the rows it scores).
+    /// Rows in the unit's row groups (an upper bound on the rows it scores; for CSV chunks an
+    /// estimate from the file's head).
     pub rows: u64,
     #[serde(skip)]
     pub(crate) slices: Vec<usize>,

@@ -113,7 +113,7 @@ pub struct PlanSummary {
     /// Row groups in those files, and those left after statistics pruning.
     pub row_groups_total: usize,
     pub row_groups_read: usize,
-    /// Rows in the row groups to read (an upper bound on the rows scored).
+    /// Rows in the row groups to read (an upper bound on the rows scored; for CSV an estimate).
     pub rows: u64,
     pub models_in_registry: usize,
     /// Every unit of the plan, and the indices this shard would run.
