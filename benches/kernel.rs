@@ -1,11 +1,12 @@
 //! Criterion benches of the hot paths: IsolationForest scoring and fitting, model decoding.
 //!
 //! `cargo bench --bench kernel` prints rows/s (throughput) for scoring 100 trees of 256 samples
-//! over 8 features, the reference shape of the performance targets.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! over 8 features, the reference shape of the performance targets, the time to load one such
+//! model from a registry (the scoring path), and its file size.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use batchscore_detectors::{Detector, IsolationForestParams};
-use batchscore_registry::{FeatureSummary, Model, ModelKey, TrainingInfo};
+use batchscore_registry::{FeatureSummary, Model, ModelKey, Registry, TrainingInfo};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -52,6 +53,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("model_decode_100_trees", |b| {
         b.iter(|| Model::decode("bench", &bytes).unwrap())
     });
+    // The scoring path's load: fetch from the store, structural checks, no re-hashing (the
+    // index's checksum vouches for the file). This is the per-model load the targets name.
+    let storage = batchscore_io::Storage::new().unwrap();
+    let mut registry = Registry::open(storage.open("memory://bench/registry").unwrap()).unwrap();
+    let entry = registry.write_model(&model).unwrap();
+    registry.commit(vec![entry]).unwrap();
+    let key = ModelKey::device(1);
+    c.bench_function("model_load_100_trees", |b| b.iter(|| registry.load(&key).unwrap()));
+    eprintln!("model file: {} bytes for 100 trees", bytes.len());
 }
 
 criterion_group!(benches, bench);

@@ -303,8 +303,18 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
     }
     let registry =
         config.location(&config.paths.registry).context("the sample needs paths.registry")?;
-    if Registry::open(storage.open(&registry)?)?.is_empty() {
-        printer.note(&format!("first use: training the sample's models into {registry}"));
+    let existing = Registry::open(storage.open(&registry)?)?;
+    // Models written by an older build (another model format) are retrained, once.
+    let outdated = existing.entries().next().is_some_and(|e| {
+        matches!(
+            existing.load(&e.key),
+            Err(batchscore_registry::RegistryError::FormatVersion { .. })
+        )
+    });
+    if existing.is_empty() || outdated {
+        let why =
+            if outdated { "the sample's models are from an older build" } else { "first use" };
+        printer.note(&format!("{why}: training the sample's models into {registry}"));
         let args = TrainArgs {
             input: InputArgs {
                 input: None,

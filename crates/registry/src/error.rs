@@ -11,6 +11,12 @@ pub enum RegistryError {
     /// The model file is not a valid model (truncated, corrupted, hostile or from a newer version).
     #[error("corrupt model file {url}: {reason}")]
     Corrupt { url: String, reason: String },
+    /// The model file was written in another format version: retrain or re-import it.
+    #[error(
+        "model file {url} is in format version {found}; this build reads version {supported} \
+         (retrain or re-import the model)"
+    )]
+    FormatVersion { url: String, found: u32, supported: u32 },
     /// The file holds another key's model than the index says.
     #[error("model file {url} holds key `{found}`, expected `{expected}`")]
     KeyMismatch { url: String, expected: String, found: String },

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "BSMODEL\0"
-//! 8       4     format version, u32 little-endian (currently 1)
+//! 8       4     format version, u32 little-endian (currently 2)
 //! 12      8     payload length, u64 little-endian
 //! 20      32    SHA-256 of the payload
 //! 52      n     payload: bincode 2 (standard config) of `Model` via serde
@@ -18,8 +18,10 @@ use crate::{Model, RegistryError};
 
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"BSMODEL\0";
-/// The format version this build writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes and reads. Version 2 stores IsolationForests in their
+/// compact pre-order form (f32 thresholds); version 1 files are refused with a message naming
+/// both versions (retrain or re-import those models).
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// No model is bigger; a larger length field is corruption, and the bound caps allocations.
 const MAX_PAYLOAD: u64 = 512 << 20;
@@ -63,9 +65,11 @@ impl Model {
         }
         let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
         if version != FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {version}, this build reads version {FORMAT_VERSION}"
-            )));
+            return Err(RegistryError::FormatVersion {
+                url: url.into(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let mut len = [0u8; 8];
         len.copy_from_slice(&header[12..20]);
@@ -169,12 +173,19 @@ pub(crate) mod tests {
         let crate::DetectorModel::IsolationForest(forest) = &model.detector else {
             panic!("small_model is an IsolationForest")
         };
-        let mut raw: batchscore_detectors::RawForest = forest.clone().into();
-        raw.trees[0][0].left = 1000;
-        // Serialise the raw (invalid) forest in place of the valid one: same serde shape.
+        // The forest's stored form is a byte string; take it out of a valid encoding and point
+        // the root (after its 28 header bytes) at a feature the model does not have.
+        let config = bincode::config::standard();
+        let encoded = bincode::serde::encode_to_vec(forest, config).unwrap();
+        let (mut stored, _): (Vec<u8>, usize) =
+            bincode::serde::decode_from_slice(&encoded, config).unwrap();
+        stored[28..30].copy_from_slice(&1000u16.to_le_bytes());
         #[derive(serde::Serialize)]
         enum Shadow {
-            IsolationForest(batchscore_detectors::RawForest),
+            IsolationForest(#[serde(serialize_with = "as_bytes")] Vec<u8>),
+        }
+        fn as_bytes<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(v)
         }
         #[derive(serde::Serialize)]
         struct ShadowModel<'a> {
@@ -182,8 +193,8 @@ pub(crate) mod tests {
             detector: Shadow,
         }
         let payload = bincode::serde::encode_to_vec(
-            ShadowModel { meta: &model.meta, detector: Shadow::IsolationForest(raw) },
-            bincode::config::standard(),
+            ShadowModel { meta: &model.meta, detector: Shadow::IsolationForest(stored) },
+            config,
         )
         .unwrap();
         let mut file = Vec::new();
@@ -193,7 +204,7 @@ pub(crate) mod tests {
         file.extend_from_slice(&Sha256::digest(&payload));
         file.extend_from_slice(&payload);
         let err = Model::decode("hostile", &file).unwrap_err().to_string();
-        assert!(err.contains("child"), "{err}");
+        assert!(err.contains("feature 1000"), "{err}");
     }
 
     proptest! {
