@@ -18,7 +18,6 @@ A model this format cannot represent is an error naming the class or parameter.
 
 import argparse
 import json
-import math
 import os
 import pickle
 import platform
@@ -34,11 +33,20 @@ class ExportError(Exception):
 
 
 def _floats(values):
-    out = [float(v) for v in values]
-    for v in out:
-        if not math.isfinite(v):
-            raise ExportError(f"non-finite value {v} in the fitted state")
-    return out
+    import numpy
+
+    # numpy's tolist() makes the Python floats in C: a 100-tree forest has ~60,000 of them.
+    array = numpy.asarray(values, dtype=numpy.float64).ravel()
+    bad = array[~numpy.isfinite(array)]
+    if bad.size:
+        raise ExportError(f"non-finite value {bad[0]} in the fitted state")
+    return array.tolist()
+
+
+def _ints(values):
+    import numpy
+
+    return numpy.asarray(values).astype(numpy.int64).ravel().tolist()
 
 
 def _params(est):
@@ -58,14 +66,14 @@ def export_isolation_forest(est):
         t = tree.tree_
         missing = getattr(t, "missing_go_to_left", None)
         trees.append({
-            "features": [int(f) for f in features],
-            "children_left": [int(c) for c in t.children_left],
-            "children_right": [int(c) for c in t.children_right],
-            "feature": [int(f) for f in t.feature],
+            "features": _ints(features),
+            "children_left": _ints(t.children_left),
+            "children_right": _ints(t.children_right),
+            "feature": _ints(t.feature),
             # Leaves hold -2 as threshold (TREE_UNDEFINED); finite, kept as is.
             "threshold": _floats(t.threshold),
-            "n_node_samples": [int(n) for n in t.n_node_samples],
-            "missing_go_to_left": [int(m) for m in missing] if missing is not None
+            "n_node_samples": _ints(t.n_node_samples),
+            "missing_go_to_left": _ints(missing) if missing is not None
             else [0] * t.node_count,
         })
     return {

@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -18,6 +18,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use parquet::file::statistics::Statistics;
+use parquet::schema::types::ColumnPath;
 
 use crate::{Entry, IoError, Location};
 
@@ -225,7 +226,7 @@ pub fn encode_parquet(
 ) -> Result<Bytes, IoError> {
     let encode =
         |source: ParquetError| IoError::Encode { what: "Parquet".into(), source: Box::new(source) };
-    let props = writer_properties(options).map_err(encode)?;
+    let props = writer_properties(options, schema).map_err(encode)?;
     let mut buffer = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props)).map_err(encode)?;
@@ -237,14 +238,33 @@ pub fn encode_parquet(
 }
 
 /// The writer settings of every Parquet file batchscore writes.
-pub(crate) fn writer_properties(options: &WriteOptions) -> Result<WriterProperties, ParquetError> {
+///
+/// Dictionary encoding is on only for string and integer columns (device ids, sensors, model
+/// versions), where values repeat. Floats and timestamps are nearly all distinct: a dictionary
+/// would hash every value only to fall back to plain encoding (measured: a tenth of a scoring
+/// run's CPU went to the dictionary's hash table).
+pub(crate) fn writer_properties(
+    options: &WriteOptions,
+    schema: &SchemaRef,
+) -> Result<WriterProperties, ParquetError> {
     let kv: Vec<KeyValue> =
         options.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
-    Ok(WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
         .set_key_value_metadata((!kv.is_empty()).then_some(kv))
-        .build())
+        .set_dictionary_enabled(false);
+    for field in schema.fields() {
+        let repeats = matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Dictionary(..)
+        ) || field.data_type().is_integer();
+        if repeats {
+            builder = builder
+                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
+        }
+    }
+    Ok(builder.build())
 }
 
 /// Decodes a whole Parquet file held in memory.

@@ -168,7 +168,7 @@ impl Location {
             source: Box::new(source),
         };
         let sink = ObjectSink::new(self, rel)?;
-        let props = writer_properties(options).map_err(encode)?;
+        let props = writer_properties(options, schema).map_err(encode)?;
         let mut writer = ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(encode)?;
         let mut outcome = Ok(());
         for batch in batches {

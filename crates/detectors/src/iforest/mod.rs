@@ -6,6 +6,7 @@
 //! row's sum in tree order, where the root counts as one node. The score is
 //! `-(2^(-sum / (n_trees * c(max_samples))))`.
 
+mod dense;
 mod model;
 mod params;
 mod train;

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::detector::batch_rows;
+use crate::iforest::dense::{self, DenseBlock, DenseTree};
 use crate::iforest::params::{MAX_ESTIMATORS, MAX_SAMPLES_PER_TREE};
 use crate::{Detector, DetectorError};
 
@@ -125,6 +126,9 @@ pub struct IsolationForest {
     leaf_samples: Vec<u64>,
     /// `n_trees * c(max_samples)`, the normaliser of the path-length sum.
     denominator: f64,
+    /// The same trees in the complete-tree layout (see `dense.rs`), when every tree is shallow
+    /// enough and the features few enough: the faster kernel.
+    dense: Option<Vec<DenseTree>>,
 }
 
 /// Euler's constant as numpy spells it (`np.euler_gamma`).
@@ -181,17 +185,33 @@ struct TreeBuilder<'a> {
     forest: &'a mut IsolationForest,
     lengths: &'a mut PathLengths,
     tree: usize,
-    /// Internal nodes waiting for their right child, with their depth in path nodes.
-    waiting: Vec<(usize, u32)>,
+    /// Internal nodes waiting for their right child, with their depth in path nodes and their
+    /// slot in the complete-tree layout.
+    waiting: Vec<(usize, u32, usize)>,
     /// Path nodes from the root to the next node; 0 once the tree is complete.
     next_depth: u32,
+    /// The next node's slot in the complete-tree layout (heap order).
+    next_slot: usize,
     height: u32,
 }
 
 impl<'a> TreeBuilder<'a> {
     fn new(forest: &'a mut IsolationForest, lengths: &'a mut PathLengths, tree: usize) -> Self {
         forest.roots.push(forest.nodes.len() as u32);
-        Self { forest, lengths, tree, waiting: Vec::new(), next_depth: 1, height: 0 }
+        if let Some(trees) = &mut forest.dense {
+            trees.push(DenseTree::new());
+        }
+        Self { forest, lengths, tree, waiting: Vec::new(), next_depth: 1, next_slot: 0, height: 0 }
+    }
+
+    /// The tree's complete-tree layout, while the forest still fits it: a node `depth` path
+    /// nodes deep fits if it is a leaf at most `HEIGHT` edges down, or a split above that.
+    fn dense_tree(&mut self, depth: u32, leaf: bool) -> Option<&mut DenseTree> {
+        let edges = depth - 1;
+        if edges > dense::HEIGHT || (!leaf && edges == dense::HEIGHT) {
+            self.forest.dense = None;
+        }
+        self.forest.dense.as_mut().and_then(|trees| trees.last_mut())
     }
 
     fn invalid<T>(&self, msg: String) -> Result<T, DetectorError> {
@@ -222,12 +242,17 @@ impl<'a> TreeBuilder<'a> {
         if threshold.is_nan() {
             return self.invalid(format!("node {at} has a NaN threshold"));
         }
+        let slot = self.next_slot;
+        if let Some(tree) = self.dense_tree(depth, false) {
+            tree.set_split(slot, feature, threshold, nan_left);
+        }
         let feature = feature | if nan_left { NAN_LEFT } else { 0 };
         // The right child is not known yet: filled in when the left subtree ends.
         let children = [(at + 1) as u32, at as u32];
         self.forest.nodes.push(Node { threshold, feature, children });
-        self.waiting.push((at, depth));
+        self.waiting.push((at, depth, slot));
         self.next_depth = depth + 1;
+        self.next_slot = 2 * slot + 1;
         Ok(())
     }
 
@@ -236,15 +261,19 @@ impl<'a> TreeBuilder<'a> {
         let children = [self.forest.leaf_values.len() as u32, at as u32];
         self.forest.nodes.push(Node { threshold: f32::NAN, feature: 0, children });
         let value = (f64::from(depth) + self.lengths.get(samples)) - 1.0;
+        let slot = self.next_slot;
+        if let Some(tree) = self.dense_tree(depth, true) {
+            tree.set_leaf(slot, depth - 1, value);
+        }
         self.forest.leaf_values.push(value);
         self.forest.leaf_samples.push(samples);
         self.height = self.height.max(depth - 1);
-        self.next_depth = match self.waiting.pop() {
-            Some((parent, parent_depth)) => {
+        (self.next_depth, self.next_slot) = match self.waiting.pop() {
+            Some((parent, parent_depth, parent_slot)) => {
                 self.forest.nodes[parent].children[1] = (at + 1) as u32;
-                parent_depth + 1
+                (parent_depth + 1, 2 * parent_slot + 2)
             }
-            None => 0,
+            None => (0, 0),
         };
         Ok(())
     }
@@ -289,6 +318,8 @@ impl IsolationForest {
             leaf_values: Vec::new(),
             leaf_samples: Vec::new(),
             denominator: trees as f64 * average_path_length(max_samples as f64),
+            // Filled by the builder while every tree fits the layout (see `dense.rs`).
+            dense: (n_features as usize <= dense::FEATURES).then(|| Vec::with_capacity(trees)),
         })
     }
 }
@@ -616,6 +647,18 @@ impl IsolationForest {
     /// a tree, LANES rows advance together for `height` steps (leaves point to themselves),
     /// which turns a chain of dependent loads per row into LANES independent chains.
     fn path_sums(&self, columns: &[&[f64]], sums: &mut [f64]) {
+        if let Some(trees) = &self.dense {
+            let mut block = DenseBlock::new(sums.len().min(BLOCK_ROWS));
+            for (b, block_sums) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
+                block_sums.fill(0.0);
+                if block.load(columns, b * BLOCK_ROWS, block_sums.len()) {
+                    block.walk::<true>(trees, block_sums);
+                } else {
+                    block.walk::<false>(trees, block_sums);
+                }
+            }
+            return;
+        }
         let n_features = columns.len();
         let mut block = vec![0f32; n_features * BLOCK_ROWS];
         for (b, block_sums) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
@@ -999,10 +1042,84 @@ mod tests {
                 .unwrap();
             let columns: Vec<Vec<f64>> = (0..3).map(|f| rows.iter().map(|r| r[f]).collect()).collect();
             let column_refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
-            let got = forest.score(&column_refs).unwrap().score;
             let expected = reference_scores(&forest.clone().into(), &rows);
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            // Both kernels: the complete-tree one (these forests are shallow) and the pre-order one.
+            proptest::prop_assert!(forest.dense.is_some());
+            let got = forest.score(&column_refs).unwrap().score;
+            proptest::prop_assert_eq!(bits(&got), bits(&expected));
+            let general = IsolationForest { dense: None, ..forest };
+            let got = general.score(&column_refs).unwrap().score;
             proptest::prop_assert_eq!(bits(&got), bits(&expected));
         }
+    }
+
+    /// Over several blocks (and a partial last one), the complete-tree kernel and the pre-order
+    /// kernel agree bit for bit; NaN rows in some blocks take the NaN-aware step there only.
+    #[test]
+    fn kernels_agree_over_many_blocks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let train: Vec<Vec<f64>> =
+            (0..5).map(|_| (0..2000).map(|_| rng.random::<f64>() * 10.0).collect()).collect();
+        let refs: Vec<&[f64]> = train.iter().map(Vec::as_slice).collect();
+        let forest = crate::IsolationForestParams { n_estimators: 20, ..Default::default() }
+            .check()
+            .unwrap()
+            .fit(&refs)
+            .unwrap();
+        let n = 3 * BLOCK_ROWS + 77;
+        let mut columns: Vec<Vec<f64>> =
+            (0..5).map(|_| (0..n).map(|_| rng.random::<f64>() * 12.0 - 1.0).collect()).collect();
+        columns[2][BLOCK_ROWS + 3] = f64::NAN;
+        columns[4][n - 1] = f64::NAN;
+        let column_refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+        assert!(forest.dense.is_some());
+        let dense = forest.score(&column_refs).unwrap().score;
+        let general = IsolationForest { dense: None, ..forest }.score(&column_refs).unwrap().score;
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&dense), bits(&general));
+    }
+
+    /// Deep trees and wide models keep the pre-order layout only.
+    #[test]
+    fn deep_or_wide_forests_use_the_general_kernel() {
+        // A chain of HEIGHT + 1 splits: one leaf deeper than the complete layout holds.
+        let depth = dense::HEIGHT + 1;
+        let mut tree = Vec::new();
+        for d in 0..depth {
+            let i = 2 * d;
+            tree.push(split(0, f64::from(d), i + 1, i + 2, false));
+            tree.push(leaf(1));
+        }
+        tree.pop();
+        tree.push(leaf(1));
+        tree.push(leaf(1));
+        let raw = RawForest { n_features: 1, max_samples: 1024, offset: -0.5, trees: vec![tree] };
+        let deep = IsolationForest::try_from(raw).unwrap();
+        assert_eq!(deep.heights, vec![depth]);
+        assert!(deep.dense.is_none());
+        let wide = RawForest {
+            n_features: dense::FEATURES as u32 + 1,
+            max_samples: 8,
+            offset: -0.5,
+            trees: vec![vec![split(dense::FEATURES as u32, 0.5, 1, 2, false), leaf(1), leaf(2)]],
+        };
+        assert!(IsolationForest::try_from(wide).unwrap().dense.is_none());
+        let narrow = IsolationForest::try_from(RawForest {
+            n_features: dense::FEATURES as u32,
+            max_samples: 8,
+            offset: -0.5,
+            trees: vec![vec![split(dense::FEATURES as u32 - 1, 0.5, 1, 2, true), leaf(1), leaf(2)]],
+        })
+        .unwrap();
+        assert!(narrow.dense.is_some());
+        // The last feature, NaN going left, through the complete-tree kernel.
+        let mut columns = vec![vec![0.0; 3]; dense::FEATURES];
+        columns[dense::FEATURES - 1] = vec![0.25, 0.75, f64::NAN];
+        let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+        let got = narrow.score(&refs).unwrap().score;
+        assert_eq!(got[0], got[2]);
+        assert_ne!(got[0], got[1]);
     }
 }
