@@ -11,8 +11,8 @@ environment first. For each configuration (devices x rows per device, 8 sensors)
    same forests into a batchscore registry;
 3. runs the peer and batchscore alternately (peer first on even repeats, batchscore first on odd
    ones), each into a fresh output directory, measuring wall time and the peak RSS of the whole
-   process tree (the sum over the process and all its descendants, sampled every 50 ms, and
-   never below the kernel's own high-water mark of the top process);
+   process tree (the sum of VmRSS over the process and all its descendants, sampled every
+   50 ms, and never below the largest VmHWM, the kernel's own per-process high-water mark);
 4. checks on the first repeat that both outputs hold the same rows with the same scores and
    the same anomalies;
 5. prints a Markdown table of the medians.
@@ -72,24 +72,31 @@ def _children_map():
 
 
 def _rss_kb(pid):
+    """(VmRSS, VmHWM) of one process in KiB: its resident size now and its peak since exec."""
+    rss = hwm = 0
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return rss, hwm
 
 
 def tree_rss_kb(root):
+    """The tree's summed RSS now, and the largest single-process peak (VmHWM) in it."""
     children = _children_map()
-    total, stack = 0, [root]
+    total, top, stack = 0, 0, [root]
     while stack:
         pid = stack.pop()
-        total += _rss_kb(pid)
+        rss, hwm = _rss_kb(pid)
+        total += rss
+        top = max(top, hwm)
         stack.extend(children.get(pid, ()))
-    return total
+    return max(total, top)
 
 
 def measure(cmd, env=None):
@@ -106,14 +113,16 @@ def measure(cmd, env=None):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    # Not the rusage's ru_maxrss: it survives exec, so it would count the forked benchmark
+    # driver's own memory. VmHWM (sampled above) starts afresh at exec.
+    _, status, _ = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
     sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
-    return wall, max(peak[0], usage.ru_maxrss) * 1024, out.decode()
+    return wall, peak[0] * 1024, out.decode()
 
 
 # --- data and models ---------------------------------------------------------------------------
