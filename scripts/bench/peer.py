@@ -43,9 +43,14 @@ def discover(input_dir):
     return False, sorted(devices), files
 
 
-def score_device(model, table):
+def sensor_matrix(table):
+    """(sensor names, rows x sensors array): the feature order of training and of scoring."""
     sensors = [n for n in table.column_names if n not in ("device_id", "timestamp")]
-    x = np.column_stack([table.column(n).to_numpy() for n in sensors])
+    return sensors, np.column_stack([table.column(n).to_numpy() for n in sensors])
+
+
+def score_device(model, table):
+    _, x = sensor_matrix(table)
     score = model.score_samples(x)
     decision = score - model.offset_
     return table.append_column("score", pa.array(score)) \

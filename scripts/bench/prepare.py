@@ -24,6 +24,7 @@ from sklearn.ensemble import IsolationForest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import export_sklearn  # noqa: E402
+from peer import sensor_matrix  # noqa: E402  (this script's directory is on sys.path)
 
 
 def train(devices, args):
@@ -31,8 +32,7 @@ def train(devices, args):
     sensors = None
     for d in devices:
         table = pq.read_table(os.path.join(args.input, f"device_id={d}"))
-        sensors = [n for n in table.column_names if n not in ("device_id", "timestamp")]
-        x = np.column_stack([table.column(n).to_numpy() for n in sensors])
+        sensors, x = sensor_matrix(table)
         model = IsolationForest(n_estimators=100, max_samples=256, contamination="auto",
                                 random_state=d).fit(x)
         path = os.path.join(args.models, f"model_{d}.joblib")
