@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -13,9 +13,13 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::Type as PhysicalType;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::FOOTER_SIZE;
+use parquet::file::metadata::{
+    ColumnChunkMetaData, FooterTail, KeyValue, ParquetMetaData, ParquetMetaDataReader,
+};
 use parquet::file::properties::WriterProperties;
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
@@ -30,20 +34,38 @@ const FOOTER_PREFETCH: usize = 64 * 1024;
 const READ_BATCH_ROWS: usize = 64 * 1024;
 
 /// A Parquet object whose footer has been read: schema, row groups and their statistics.
+///
+/// Planning keeps every input file's source at once, so a source holds only what planning asks
+/// (row counts and the ranges of integer columns) and the footer's raw bytes, which `read`
+/// decodes again. A decoded footer takes about six times its encoded size (measured: 12.5 KB
+/// against 2.1 KB for an 11-column file), which made the footers of 10,000 files the largest
+/// part of a run's memory.
 #[derive(Debug, Clone)]
 pub struct ParquetSource {
     location: Location,
     path: String,
     size: u64,
-    meta: ArrowReaderMetadata,
+    schema: SchemaRef,
+    /// Top-level integer columns whose statistics `int_range` answers from.
+    int_columns: Arc<[String]>,
+    row_groups: Vec<RowGroupSummary>,
+    /// The footer's Thrift bytes (without the 8-byte tail).
+    footer: Bytes,
 }
 
-/// Reads byte ranges of one object; the footer is fetched once and then reused.
+/// What planning reads of one row group.
+#[derive(Debug, Clone)]
+struct RowGroupSummary {
+    rows: u64,
+    /// `(min, max)` of each of the file's `int_columns`, when the statistics hold them.
+    int_ranges: Box<[Option<(i64, i64)>]>,
+}
+
+/// Reads byte ranges of one object for the Parquet reader, with its footer already decoded.
 struct ObjectReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
-    size: u64,
-    metadata: Option<Arc<ParquetMetaData>>,
+    metadata: Arc<ParquetMetaData>,
 }
 
 fn external(e: object_store::Error) -> ParquetError {
@@ -67,21 +89,47 @@ impl AsyncFileReader for ObjectReader {
         &'a mut self,
         _options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        async move {
-            if let Some(metadata) = &self.metadata {
-                return Ok(metadata.clone());
-            }
-            let size = self.size;
-            let metadata = ParquetMetaDataReader::new()
-                .with_prefetch_hint(Some(FOOTER_PREFETCH))
-                .load_and_finish(&mut *self, size)
-                .await?;
-            let metadata = Arc::new(metadata);
-            self.metadata = Some(metadata.clone());
-            Ok(metadata)
-        }
-        .boxed()
+        async move { Ok(self.metadata.clone()) }.boxed()
     }
+}
+
+/// Fetches the footer's Thrift bytes of a `size`-byte object: one request when the footer fits
+/// in the last `FOOTER_PREFETCH` bytes (nearly always), two otherwise.
+async fn fetch_footer(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    size: u64,
+) -> Result<Bytes, ParquetError> {
+    let tail_len = FOOTER_SIZE as u64;
+    if size < tail_len + 4 {
+        return Err(ParquetError::General(format!("{size} bytes is too small for a Parquet file")));
+    }
+    let prefetch = (FOOTER_PREFETCH as u64).min(size);
+    let tail = store.get_range(path, size - prefetch..size).await.map_err(external)?;
+    let mut last = [0u8; FOOTER_SIZE];
+    last.copy_from_slice(&tail[tail.len() - FOOTER_SIZE..]);
+    let footer_tail = FooterTail::try_new(&last)?;
+    if footer_tail.is_encrypted_footer() {
+        return Err(ParquetError::General("encrypted footers are not supported".into()));
+    }
+    let len = footer_tail.metadata_length() as u64;
+    if len + tail_len + 4 > size {
+        return Err(ParquetError::General(format!(
+            "the footer announces {len} bytes, more than the file's {size}"
+        )));
+    }
+    if len + tail_len <= prefetch {
+        let end = tail.len() - FOOTER_SIZE;
+        // A copy, not a slice: a slice would keep the whole prefetched range alive.
+        return Ok(Bytes::copy_from_slice(&tail[end - len as usize..end]));
+    }
+    store.get_range(path, size - tail_len - len..size - tail_len).await.map_err(external)
+}
+
+/// The Arrow view of decoded footer bytes.
+fn arrow_metadata(footer: &[u8]) -> Result<ArrowReaderMetadata, ParquetError> {
+    let metadata = ParquetMetaDataReader::decode_metadata(footer)?;
+    ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
 }
 
 impl ParquetSource {
@@ -92,26 +140,74 @@ impl ParquetSource {
             let entry = entry.clone();
             async move {
                 let (store, path) = location.resolve(&entry.path)?;
-                let mut reader = ObjectReader { store, path, size: entry.size, metadata: None };
                 let url = location.url_of(&entry.path);
-                let metadata = reader.get_metadata(None).await.map_err(|source| match source {
-                    ParquetError::External(e) => match e.downcast::<object_store::Error>() {
-                        Ok(store_error) => IoError::storage(url.clone(), *store_error),
-                        Err(other) => IoError::Parquet {
-                            url: url.clone(),
-                            source: ParquetError::External(other),
+                let footer =
+                    fetch_footer(&store, &path, entry.size).await.map_err(
+                        |source| match source {
+                            ParquetError::External(e) => {
+                                match e.downcast::<object_store::Error>() {
+                                    Ok(store_error) => IoError::storage(url.clone(), *store_error),
+                                    Err(other) => IoError::Parquet {
+                                        url: url.clone(),
+                                        source: ParquetError::External(other),
+                                    },
+                                }
+                            }
+                            source => IoError::Parquet { url: url.clone(), source },
                         },
-                    },
-                    source => IoError::Parquet { url: url.clone(), source },
-                })?;
-                let meta = ArrowReaderMetadata::try_new(metadata, ArrowReaderOptions::new())
-                    .map_err(|source| IoError::Parquet { url, source })?;
-                Ok(ParquetSource { location, path: entry.path, size: entry.size, meta })
+                    )?;
+                Ok::<_, IoError>((location, entry, footer, url))
             }
         });
-        location.block_on(
+        let fetched = location.block_on(
             futures::stream::iter(futures).buffered(FOOTER_CONCURRENCY).try_collect::<Vec<_>>(),
-        )
+        )?;
+        let mut sources: Vec<ParquetSource> = Vec::with_capacity(fetched.len());
+        for (location, entry, footer, url) in fetched {
+            let meta =
+                arrow_metadata(&footer).map_err(|source| IoError::Parquet { url, source })?;
+            let metadata = meta.metadata();
+            let mut int_columns = Vec::new();
+            let mut indices = Vec::new();
+            for (i, column) in metadata.file_metadata().schema_descr().columns().iter().enumerate()
+            {
+                if column.path().parts().len() == 1
+                    && matches!(column.physical_type(), PhysicalType::INT32 | PhysicalType::INT64)
+                {
+                    int_columns.push(column.path().string());
+                    indices.push(i);
+                }
+            }
+            let row_groups = metadata
+                .row_groups()
+                .iter()
+                .map(|rg| RowGroupSummary {
+                    rows: rg.num_rows().max(0) as u64,
+                    int_ranges: indices.iter().map(|&i| int_statistics(rg.column(i))).collect(),
+                })
+                .collect();
+            // Files of one dataset nearly always share their fields: share their memory too.
+            // (The file's key-value metadata, which differs from file to file, is not kept.)
+            let fields = meta.schema().fields();
+            let (schema, int_columns) = match sources.last() {
+                Some(prev)
+                    if prev.schema.fields() == fields && *prev.int_columns == int_columns[..] =>
+                {
+                    (prev.schema.clone(), prev.int_columns.clone())
+                }
+                _ => (Arc::new(Schema::new(fields.clone())), Arc::from(int_columns)),
+            };
+            sources.push(ParquetSource {
+                location,
+                path: entry.path,
+                size: entry.size,
+                schema,
+                int_columns,
+                row_groups,
+                footer,
+            });
+        }
+        Ok(sources)
     }
 
     /// Relative path of the file below the location it was opened from.
@@ -129,37 +225,27 @@ impl ParquetSource {
         self.size
     }
 
-    /// The file's Arrow schema.
+    /// The file's Arrow schema: its fields, without the file's key-value metadata.
     pub fn schema(&self) -> &SchemaRef {
-        self.meta.schema()
+        &self.schema
     }
 
     /// Number of row groups.
     pub fn num_row_groups(&self) -> usize {
-        self.meta.metadata().num_row_groups()
+        self.row_groups.len()
     }
 
     /// Rows in row group `rg`.
     pub fn row_group_rows(&self, rg: usize) -> u64 {
-        self.meta.metadata().row_group(rg).num_rows().max(0) as u64
+        self.row_groups.get(rg).map_or(0, |g| g.rows)
     }
 
     /// `(min, max)` of an integer or timestamp column in row group `rg`, from its statistics.
     ///
     /// `None` when the file has no statistics for it; callers must then read the row group.
     pub fn int_range(&self, rg: usize, column: &str) -> Option<(i64, i64)> {
-        let metadata = self.meta.metadata();
-        let index = metadata
-            .file_metadata()
-            .schema_descr()
-            .columns()
-            .iter()
-            .position(|c| c.path().string() == column)?;
-        match metadata.row_group(rg).column(index).statistics()? {
-            Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
-            Statistics::Int32(s) => Some((i64::from(*s.min_opt()?), i64::from(*s.max_opt()?))),
-            _ => None,
-        }
+        let index = self.int_columns.iter().position(|c| c == column)?;
+        *self.row_groups.get(rg)?.int_ranges.get(index)?
     }
 
     /// Decodes the given row groups, keeping only the named top-level columns.
@@ -171,33 +257,36 @@ impl ParquetSource {
         columns: &[&str],
     ) -> Result<Vec<RecordBatch>, IoError> {
         let url = self.url();
-        let schema = self.schema();
         let mut indices = Vec::with_capacity(columns.len());
         for column in columns {
-            let index = schema.index_of(column).map_err(|_| IoError::MissingColumn {
+            let index = self.schema.index_of(column).map_err(|_| IoError::MissingColumn {
                 url: url.clone(),
                 column: (*column).to_string(),
             })?;
             indices.push(index);
         }
+        let parquet_error = |source| IoError::Parquet { url: url.clone(), source };
+        let meta = arrow_metadata(&self.footer).map_err(parquet_error)?;
         let (store, path) = self.location.resolve(&self.path)?;
-        let reader = ObjectReader {
-            store,
-            path,
-            size: self.size,
-            metadata: Some(self.meta.metadata().clone()),
-        };
-        let mask =
-            ProjectionMask::roots(self.meta.metadata().file_metadata().schema_descr(), indices);
-        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, self.meta.clone())
+        let reader = ObjectReader { store, path, metadata: meta.metadata().clone() };
+        let mask = ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
+        let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta)
             .with_row_groups(row_groups.to_vec())
             .with_projection(mask)
             .with_batch_size(READ_BATCH_ROWS);
-        let parquet_error = |source| IoError::Parquet { url: url.clone(), source };
         self.location.block_on(async {
             let stream = builder.build().map_err(parquet_error)?;
             stream.try_collect::<Vec<_>>().await.map_err(parquet_error)
         })
+    }
+}
+
+/// `(min, max)` of an integer column chunk, from its statistics.
+fn int_statistics(column: &ColumnChunkMetaData) -> Option<(i64, i64)> {
+    match column.statistics()? {
+        Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
+        Statistics::Int32(s) => Some((i64::from(*s.min_opt()?), i64::from(*s.max_opt()?))),
+        _ => None,
     }
 }
 
@@ -367,6 +456,32 @@ mod tests {
         assert!(matches!(source.read(&[0], &["nope"]), Err(IoError::MissingColumn { .. })));
     }
 
+    /// A footer larger than the first request's prefetch takes a second request; files of one
+    /// schema share it.
+    #[test]
+    fn large_footers_and_shared_schemas() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://footers").unwrap();
+        let b = batch((0..10).collect());
+        let big = WriteOptions {
+            row_group_rows: 5,
+            metadata: vec![("padding".into(), "x".repeat(2 * FOOTER_PREFETCH))],
+        };
+        let bytes = encode_parquet(&b.schema(), std::slice::from_ref(&b), &big).unwrap();
+        loc.put("big.parquet", bytes).unwrap();
+        let small = encode_parquet(&b.schema(), &[b], &WriteOptions::default()).unwrap();
+        loc.put("small.parquet", small).unwrap();
+        let sources = ParquetSource::open_all(&loc, &loc.list("").unwrap()).unwrap();
+        assert!(sources[0].footer.len() > FOOTER_PREFETCH, "{}", sources[0].footer.len());
+        assert_eq!(sources[0].num_row_groups(), 2);
+        assert_eq!(sources[0].int_range(1, "device_id"), Some((5, 9)));
+        let rows: usize =
+            sources[0].read(&[1], &["device_id"]).unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 5);
+        assert!(Arc::ptr_eq(sources[0].schema(), sources[1].schema()));
+        assert_eq!(sources[1].row_group_rows(0), 10);
+    }
+
     #[test]
     fn truncated_files_are_errors_naming_the_file() {
         let storage = Storage::new().unwrap();
@@ -375,7 +490,8 @@ mod tests {
         let bytes = encode_parquet(&b.schema(), &[b], &WriteOptions::default()).unwrap();
         loc.put("t.parquet", bytes.slice(0..bytes.len() / 2)).unwrap();
         loc.put("x.parquet", Bytes::from_static(b"not parquet at all")).unwrap();
-        for name in ["t.parquet", "x.parquet"] {
+        loc.put("y.parquet", Bytes::from_static(b"PAR1")).unwrap();
+        for name in ["t.parquet", "x.parquet", "y.parquet"] {
             let entries: Vec<Entry> =
                 loc.list("").unwrap().into_iter().filter(|e| e.path == name).collect();
             let err = ParquetSource::open_all(&loc, &entries).unwrap_err();

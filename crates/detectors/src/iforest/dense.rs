@@ -57,8 +57,8 @@ impl DenseTree {
         // The leftmost descendant at the last level, and how many leaf slots the leaf covers.
         let first = ((slot + 1) << below) - 1 - SPLITS;
         let count = 1usize << below;
-        for leaf in self.leaves.iter_mut().skip(first).take(count) {
-            *leaf = value;
+        if let Some(slots) = self.leaves.get_mut(first..first + count) {
+            slots.fill(value);
         }
     }
 }

@@ -54,7 +54,7 @@ pub struct RawForest {
     pub trees: Vec<Vec<RawNode>>,
 }
 
-/// A node of the scoring layout: 16 bytes, four to a cache line.
+/// A node of the pre-order scoring layout: 16 bytes, four to a cache line.
 ///
 /// Trees are kept in pre-order (a node's left child is the next node). A leaf names itself as
 /// both children and has a NaN threshold, so every input "goes right" and stays: rows can all
@@ -70,30 +70,9 @@ struct Node {
     /// Feature index, with [`NAN_LEFT`] set when a NaN goes left.
     feature: u32,
     /// Absolute indices of the left and right child. A leaf: its number among the forest's
-    /// leaves (an index into the leaf arrays; traversal never takes a leaf's left child), then
+    /// leaves (an index into `leaf_values`; traversal never takes a leaf's left child), then
     /// itself.
     children: [u32; 2],
-}
-
-impl Node {
-    /// The right child's index (a leaf: itself).
-    fn right(&self) -> u32 {
-        self.children[1]
-    }
-
-    /// The leaf number of a leaf (see `children`).
-    fn leaf_number(&self) -> usize {
-        self.children[0] as usize
-    }
-}
-
-/// Bitwise equality: leaves hold NaN thresholds, which `==` on floats would never match.
-impl PartialEq for Node {
-    fn eq(&self, other: &Self) -> bool {
-        self.threshold.to_bits() == other.threshold.to_bits()
-            && self.feature == other.feature
-            && self.children == other.children
-    }
 }
 
 /// Set in [`Node::feature`] when a NaN input goes left at the node.
@@ -106,29 +85,56 @@ const BLOCK_ROWS: usize = 512;
 
 /// A validated IsolationForest, ready to score.
 ///
-/// It is stored in a compact binary form (see `encode`), not field by field: a model of 100
-/// trees decodes in one pass over about 230 KB, straight into the scoring layout.
-#[derive(Debug, Clone, PartialEq)]
+/// The stored form (see `stored`) is the forest's one source of truth: the model keeps those
+/// bytes (equality, re-encoding and the raw layout read them) beside a single scoring layout
+/// decoded from them in one pass. That layout is the complete-tree one (`dense.rs`) when every
+/// tree fits it, which scikit-learn's default forests do, and the pre-order one otherwise.
+/// Keeping one layout, not both, halves the work of loading a model.
+#[derive(Debug, Clone)]
 pub struct IsolationForest {
     n_features: u32,
     max_samples: u64,
     offset: f64,
-    /// Absolute index of each tree's root; tree `t` spans `roots[t]..roots[t + 1]`.
+    n_trees: usize,
+    n_nodes: usize,
+    /// `n_trees * c(max_samples)`, the normaliser of the path-length sum.
+    denominator: f64,
+    /// The stored form these fields and the layout were decoded from, little-endian:
+    /// `n_features: u32, max_samples: u64, offset: f64, n_trees: u32`, then per tree
+    /// `n_nodes: u32` and its nodes in pre-order: an internal node is `code: u16` (the feature,
+    /// plus bit 15 when a NaN goes left) and `threshold: f32`; a leaf is `0xFFFF` and its
+    /// training rows as LEB128. About 6 bytes per internal node and 3 per leaf.
+    stored: Vec<u8>,
+    scoring: Scoring,
+}
+
+/// Two forests are equal when their stored forms are: everything else is decoded from them.
+impl PartialEq for IsolationForest {
+    fn eq(&self, other: &Self) -> bool {
+        self.stored == other.stored
+    }
+}
+
+/// The scoring layout of a forest.
+#[derive(Debug, Clone)]
+enum Scoring {
+    /// Every tree at most `dense::HEIGHT` deep, at most `dense::FEATURES` features.
+    Dense(Vec<DenseTree>),
+    /// Any forest.
+    PreOrder(PreOrder),
+}
+
+/// The general layout: all trees' nodes in one array, each tree in pre-order.
+#[derive(Debug, Clone, Default)]
+struct PreOrder {
+    /// Absolute index of each tree's root.
     roots: Vec<u32>,
-    /// Edges on each tree's longest root-to-leaf path.
+    /// Edges on each tree's longest root-to-leaf path: the steps every row takes.
     heights: Vec<u32>,
     nodes: Vec<Node>,
     /// Per leaf: its path term `(path_nodes + c(n_node_samples)) - 1`, as scikit-learn
     /// computes it.
     leaf_values: Vec<f64>,
-    /// Per leaf: the training rows that reached it, kept so that the model re-encodes to the
-    /// same bytes.
-    leaf_samples: Vec<u64>,
-    /// `n_trees * c(max_samples)`, the normaliser of the path-length sum.
-    denominator: f64,
-    /// The same trees in the complete-tree layout (see `dense.rs`), when every tree is shallow
-    /// enough and the features few enough: the faster kernel.
-    dense: Option<Vec<DenseTree>>,
 }
 
 /// Euler's constant as numpy spells it (`np.euler_gamma`).
@@ -175,192 +181,337 @@ impl PathLengths {
     }
 }
 
-/// Builds the scoring layout one pre-order node at a time, checking the structure as it goes.
+/// Where the next node of a tree sits, as the pre-order walk of the stored form tracks it.
 ///
-/// A full binary tree is determined by its pre-order sequence of "internal" and "leaf" marks:
-/// after an internal node comes its left child; after a leaf, the right child of the nearest
-/// ancestor whose right subtree has not started. The builder keeps those ancestors on a stack,
-/// which gives each node its depth and each internal node its right child.
-struct TreeBuilder<'a> {
-    forest: &'a mut IsolationForest,
-    lengths: &'a mut PathLengths,
-    tree: usize,
-    /// Internal nodes waiting for their right child, with their depth in path nodes and their
-    /// slot in the complete-tree layout.
-    waiting: Vec<(usize, u32, usize)>,
-    /// Path nodes from the root to the next node; 0 once the tree is complete.
-    next_depth: u32,
-    /// The next node's slot in the complete-tree layout (heap order).
-    next_slot: usize,
-    height: u32,
+/// A full binary tree is determined by its pre-order sequence of "split" and "leaf" marks:
+/// after a split comes its left child; after a leaf, the right child of the nearest split whose
+/// right subtree has not started. The walk keeps those splits' right children on a stack, which
+/// gives every node its depth, its heap slot and, for a right child, its parent.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    /// Edges from the root.
+    depth: u32,
+    /// The slot in heap order (children of `i` at `2i + 1`, `2i + 2`); wraps, and means
+    /// nothing, below the depth the complete-tree layout holds.
+    slot: usize,
+    /// For a right child: the forest-wide index of its parent split.
+    right_of: Option<u32>,
 }
 
-impl<'a> TreeBuilder<'a> {
-    fn new(forest: &'a mut IsolationForest, lengths: &'a mut PathLengths, tree: usize) -> Self {
-        forest.roots.push(forest.nodes.len() as u32);
-        if let Some(trees) = &mut forest.dense {
-            trees.push(DenseTree::new());
-        }
-        Self { forest, lengths, tree, waiting: Vec::new(), next_depth: 1, next_slot: 0, height: 0 }
+impl Position {
+    fn children(self, index: u32) -> (Position, Position) {
+        let depth = self.depth + 1;
+        let left = self.slot.wrapping_mul(2).wrapping_add(1);
+        (
+            Position { depth, slot: left, right_of: None },
+            Position { depth, slot: left.wrapping_add(1), right_of: Some(index) },
+        )
+    }
+}
+
+/// A split as the walk hands it to a [`Sink`]: its feature (checked below the model's
+/// feature count), f32 threshold (not NaN) and NaN direction.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    feature: u32,
+    threshold: f32,
+    nan_left: bool,
+}
+
+/// A scoring (or export) layout, built node by node by [`walk_stored`] in pre-order.
+/// `index` is the node's forest-wide pre-order index. `split` and `leaf` return `false` when
+/// the layout cannot hold the node; the walk then stops (and the caller picks another layout).
+trait Sink {
+    fn start_tree(&mut self, first: u32);
+    fn split(&mut self, at: Position, index: u32, split: Split) -> bool;
+    fn leaf(&mut self, at: Position, index: u32, value: f64, samples: u64) -> bool;
+    fn end_tree(&mut self, height: u32);
+}
+
+impl Sink for Vec<DenseTree> {
+    fn start_tree(&mut self, _first: u32) {
+        self.push(DenseTree::new());
     }
 
-    /// The tree's complete-tree layout, while the forest still fits it: a node `depth` path
-    /// nodes deep fits if it is a leaf at most `HEIGHT` edges down, or a split above that.
-    fn dense_tree(&mut self, depth: u32, leaf: bool) -> Option<&mut DenseTree> {
-        let edges = depth - 1;
-        if edges > dense::HEIGHT || (!leaf && edges == dense::HEIGHT) {
-            self.forest.dense = None;
+    fn split(&mut self, at: Position, _: u32, split: Split) -> bool {
+        let Split { feature, threshold, nan_left } = split;
+        // A split at the last level would put its children beyond the layout.
+        if at.depth >= dense::HEIGHT {
+            return false;
         }
-        self.forest.dense.as_mut().and_then(|trees| trees.last_mut())
+        if let Some(tree) = self.last_mut() {
+            tree.set_split(at.slot, feature, threshold, nan_left);
+        }
+        true
     }
 
-    fn invalid<T>(&self, msg: String) -> Result<T, DetectorError> {
-        Err(DetectorError::InvalidModel(format!("tree {}: {msg}", self.tree)))
+    fn leaf(&mut self, at: Position, _: u32, value: f64, _: u64) -> bool {
+        if at.depth > dense::HEIGHT {
+            return false;
+        }
+        if let Some(tree) = self.last_mut() {
+            tree.set_leaf(at.slot, at.depth, value);
+        }
+        true
     }
 
-    fn start_node(&mut self) -> Result<(usize, u32), DetectorError> {
-        if self.next_depth == 0 {
-            return self.invalid("nodes after the last leaf".into());
+    fn end_tree(&mut self, _height: u32) {}
+}
+
+impl PreOrder {
+    /// Points a right child's parent at it (the parent was pushed with a placeholder).
+    fn link(&mut self, at: Position, index: u32) {
+        if let Some(parent) = at.right_of.and_then(|p| self.nodes.get_mut(p as usize)) {
+            parent.children[1] = index;
         }
-        if self.forest.nodes.len() >= MAX_NODES_PER_FOREST {
-            return self.invalid(format!("more than {MAX_NODES_PER_FOREST} nodes in the forest"));
-        }
-        Ok((self.forest.nodes.len(), self.next_depth))
+    }
+}
+
+impl Sink for PreOrder {
+    fn start_tree(&mut self, first: u32) {
+        self.roots.push(first);
     }
 
-    fn internal(
-        &mut self,
-        feature: u32,
-        threshold: f32,
-        nan_left: bool,
-    ) -> Result<(), DetectorError> {
-        let (at, depth) = self.start_node()?;
-        if feature >= self.forest.n_features {
-            let n = self.forest.n_features;
-            return self.invalid(format!("node {at} splits on feature {feature} of {n}"));
-        }
-        if threshold.is_nan() {
-            return self.invalid(format!("node {at} has a NaN threshold"));
-        }
-        let slot = self.next_slot;
-        if let Some(tree) = self.dense_tree(depth, false) {
-            tree.set_split(slot, feature, threshold, nan_left);
-        }
+    fn split(&mut self, at: Position, index: u32, split: Split) -> bool {
+        let Split { feature, threshold, nan_left } = split;
+        self.link(at, index);
         let feature = feature | if nan_left { NAN_LEFT } else { 0 };
-        // The right child is not known yet: filled in when the left subtree ends.
-        let children = [(at + 1) as u32, at as u32];
-        self.forest.nodes.push(Node { threshold, feature, children });
-        self.waiting.push((at, depth, slot));
-        self.next_depth = depth + 1;
-        self.next_slot = 2 * slot + 1;
-        Ok(())
+        // The right child is not known yet: `link` fills it in when the left subtree ends.
+        self.nodes.push(Node { threshold, feature, children: [index + 1, index] });
+        true
     }
 
-    fn leaf(&mut self, samples: u64) -> Result<(), DetectorError> {
-        let (at, depth) = self.start_node()?;
-        let children = [self.forest.leaf_values.len() as u32, at as u32];
-        self.forest.nodes.push(Node { threshold: f32::NAN, feature: 0, children });
-        let value = (f64::from(depth) + self.lengths.get(samples)) - 1.0;
-        let slot = self.next_slot;
-        if let Some(tree) = self.dense_tree(depth, true) {
-            tree.set_leaf(slot, depth - 1, value);
-        }
-        self.forest.leaf_values.push(value);
-        self.forest.leaf_samples.push(samples);
-        self.height = self.height.max(depth - 1);
-        (self.next_depth, self.next_slot) = match self.waiting.pop() {
-            Some((parent, parent_depth, parent_slot)) => {
-                self.forest.nodes[parent].children[1] = (at + 1) as u32;
-                (parent_depth + 1, 2 * parent_slot + 2)
-            }
-            None => (0, 0),
-        };
-        Ok(())
+    fn leaf(&mut self, at: Position, index: u32, value: f64, _: u64) -> bool {
+        self.link(at, index);
+        let children = [self.leaf_values.len() as u32, index];
+        self.nodes.push(Node { threshold: f32::NAN, feature: 0, children });
+        self.leaf_values.push(value);
+        true
     }
 
-    fn finish(self) -> Result<(), DetectorError> {
-        if self.next_depth != 0 {
-            return self.invalid("ends before every internal node has two children".into());
-        }
-        self.forest.heights.push(self.height);
-        Ok(())
+    fn end_tree(&mut self, height: u32) {
+        self.heights.push(height);
     }
 }
 
-impl IsolationForest {
-    /// An empty forest with checked header fields, for the builders.
-    fn empty(
-        n_features: u32,
-        max_samples: u64,
-        offset: f64,
-        trees: usize,
-    ) -> Result<Self, DetectorError> {
-        let invalid = |msg: String| Err(DetectorError::InvalidModel(msg));
-        if n_features == 0 || n_features > MAX_FEATURES {
-            return invalid(format!("n_features {n_features} is outside 1..={MAX_FEATURES}"));
+/// scikit-learn's layout, rebuilt from the stored form (for [`RawForest::from`]).
+struct RawSink {
+    trees: Vec<Vec<RawNode>>,
+    /// Forest-wide index of the current tree's root.
+    root: u32,
+}
+
+impl RawSink {
+    fn push(&mut self, at: Position, index: u32, node: RawNode) {
+        if let Some(tree) = self.trees.last_mut() {
+            if let Some(parent) = at.right_of.and_then(|p| tree.get_mut((p - self.root) as usize)) {
+                parent.right = index - self.root;
+            }
+            tree.push(node);
         }
-        if trees == 0 || trees > MAX_ESTIMATORS {
-            return invalid(format!("{trees} trees is outside 1..={MAX_ESTIMATORS}"));
+    }
+}
+
+impl Sink for RawSink {
+    fn start_tree(&mut self, first: u32) {
+        self.root = first;
+        self.trees.push(Vec::new());
+    }
+
+    fn split(&mut self, at: Position, index: u32, split: Split) -> bool {
+        let Split { feature, threshold, nan_left } = split;
+        let left = index + 1 - self.root;
+        let node = RawNode {
+            feature,
+            threshold: f64::from(threshold),
+            left,
+            right: left,
+            missing_go_to_left: nan_left,
+            n_node_samples: 0,
+        };
+        self.push(at, index, node);
+        true
+    }
+
+    fn leaf(&mut self, at: Position, index: u32, _: f64, samples: u64) -> bool {
+        let node = RawNode {
+            feature: 0,
+            threshold: -2.0,
+            left: LEAF,
+            right: LEAF,
+            missing_go_to_left: false,
+            n_node_samples: samples,
+        };
+        self.push(at, index, node);
+        true
+    }
+
+    fn end_tree(&mut self, _height: u32) {}
+}
+
+#[cold]
+fn invalid(msg: String) -> DetectorError {
+    DetectorError::InvalidModel(msg)
+}
+
+#[cold]
+fn invalid_tree(t: usize, msg: &str) -> DetectorError {
+    DetectorError::InvalidModel(format!("tree {t}: {msg}"))
+}
+
+/// The stored form's header: `n_features: u32, max_samples: u64, offset: f64, n_trees: u32`.
+const HEADER_LEN: usize = 24;
+/// Where the offset sits in the header.
+const OFFSET_AT: std::ops::Range<usize> = 12..20;
+
+/// The stored form's header fields, checked.
+struct Header {
+    n_features: u32,
+    max_samples: u64,
+    offset: f64,
+    n_trees: usize,
+}
+
+impl Header {
+    fn check(self) -> Result<Self, DetectorError> {
+        let Header { n_features, max_samples, offset, n_trees } = self;
+        if n_features == 0 || n_features > MAX_FEATURES {
+            return Err(invalid(format!("n_features {n_features} is outside 1..={MAX_FEATURES}")));
+        }
+        if n_trees == 0 || n_trees > MAX_ESTIMATORS {
+            return Err(invalid(format!("{n_trees} trees is outside 1..={MAX_ESTIMATORS}")));
         }
         if max_samples == 0 {
-            return invalid("max_samples is 0".into());
+            return Err(invalid("max_samples is 0".into()));
         }
         if !offset.is_finite() {
-            return invalid(format!("offset {offset} is not finite"));
+            return Err(invalid(format!("offset {offset} is not finite")));
         }
-        Ok(Self {
-            n_features,
-            max_samples,
-            offset,
-            roots: Vec::with_capacity(trees),
-            heights: Vec::with_capacity(trees),
-            nodes: Vec::new(),
-            leaf_values: Vec::new(),
-            leaf_samples: Vec::new(),
-            denominator: trees as f64 * average_path_length(max_samples as f64),
-            // Filled by the builder while every tree fits the layout (see `dense.rs`).
-            dense: (n_features as usize <= dense::FEATURES).then(|| Vec::with_capacity(trees)),
-        })
+        Ok(self)
     }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.n_features.to_le_bytes());
+        out.extend_from_slice(&self.max_samples.to_le_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&(self.n_trees as u32).to_le_bytes());
+    }
+}
+
+/// Walks the trees of a stored form (after its header) into `sink`, checking the structure as
+/// it goes: node counts in bounds, features below `n_features`, no NaN threshold, every split
+/// with two children, no node after a tree's last leaf. Returns the forest's node count, or
+/// `None` when the sink cannot hold a node.
+fn walk_stored<S: Sink>(
+    r: &mut Reader<'_>,
+    n_trees: usize,
+    n_features: u32,
+    sink: &mut S,
+) -> Result<Option<usize>, DetectorError> {
+    let mut lengths = PathLengths::new();
+    let mut pending: Vec<Position> = Vec::with_capacity(64);
+    let mut index: u32 = 0;
+    for t in 0..n_trees {
+        let n_nodes = r.u32()? as usize;
+        if n_nodes == 0 || n_nodes > MAX_NODES_PER_TREE {
+            let msg = format!("{n_nodes} nodes is outside 1..={MAX_NODES_PER_TREE}");
+            return Err(invalid_tree(t, &msg));
+        }
+        if index as usize + n_nodes > MAX_NODES_PER_FOREST {
+            let msg = format!("more than {MAX_NODES_PER_FOREST} nodes in the forest");
+            return Err(invalid_tree(t, &msg));
+        }
+        sink.start_tree(index);
+        pending.clear();
+        let mut next = Some(Position { depth: 0, slot: 0, right_of: None });
+        let mut height = 0;
+        for _ in 0..n_nodes {
+            let Some(at) = next else {
+                return Err(invalid_tree(t, "nodes after the last leaf"));
+            };
+            match r.node()? {
+                StoredNode::Leaf(samples) => {
+                    // The root counts as one path node.
+                    let value = (f64::from(at.depth + 1) + lengths.get(samples)) - 1.0;
+                    if !sink.leaf(at, index, value, samples) {
+                        return Ok(None);
+                    }
+                    height = height.max(at.depth);
+                    next = pending.pop();
+                }
+                StoredNode::Split(code, threshold) => {
+                    let feature = u32::from(code & !CODE_NAN_LEFT);
+                    if feature >= n_features {
+                        let msg =
+                            format!("node {index} splits on feature {feature} of {n_features}");
+                        return Err(invalid_tree(t, &msg));
+                    }
+                    if threshold.is_nan() {
+                        let msg = format!("node {index} has a NaN threshold");
+                        return Err(invalid_tree(t, &msg));
+                    }
+                    let split = Split { feature, threshold, nan_left: code & CODE_NAN_LEFT != 0 };
+                    if !sink.split(at, index, split) {
+                        return Ok(None);
+                    }
+                    let (left, right) = at.children(index);
+                    pending.push(right);
+                    next = Some(left);
+                }
+            }
+            index += 1;
+        }
+        if next.is_some() {
+            return Err(invalid_tree(t, "ends before every internal node has two children"));
+        }
+        sink.end_tree(height);
+    }
+    Ok(Some(index as usize))
 }
 
 impl TryFrom<RawForest> for IsolationForest {
     type Error = DetectorError;
 
     /// Validates scikit-learn's layout (children after their parent and in range, one parent
-    /// per node, features in range, finite thresholds) and re-lays each tree out in pre-order.
+    /// per node, features in range, finite thresholds), writes each tree in pre-order into the
+    /// stored form and decodes that: one path builds every forest.
     fn try_from(raw: RawForest) -> Result<Self, Self::Error> {
         let total: usize = raw.trees.iter().map(Vec::len).sum();
         if total > MAX_NODES_PER_FOREST {
-            return Err(DetectorError::InvalidModel(format!(
+            return Err(invalid(format!(
                 "{total} nodes exceed the limit of {MAX_NODES_PER_FOREST}"
             )));
         }
-        let mut forest =
-            IsolationForest::empty(raw.n_features, raw.max_samples, raw.offset, raw.trees.len())?;
-        forest.nodes.reserve(total);
-        forest.leaf_values.reserve(total / 2 + 1);
-        forest.leaf_samples.reserve(total / 2 + 1);
-        let mut lengths = PathLengths::new();
+        let header = Header {
+            n_features: raw.n_features,
+            max_samples: raw.max_samples,
+            offset: raw.offset,
+            n_trees: raw.trees.len(),
+        }
+        .check()?;
+        let mut out = Vec::with_capacity(HEADER_LEN + raw.trees.len() * 4 + total * 5);
+        header.write(&mut out);
         for (t, tree) in raw.trees.iter().enumerate() {
             check_raw_tree(t, tree, raw.n_features)?;
-            let mut builder = TreeBuilder::new(&mut forest, &mut lengths, t);
+            out.extend_from_slice(&(tree.len() as u32).to_le_bytes());
             // Pre-order: a node, then its left subtree, then its right subtree.
             let mut stack = vec![0usize];
             while let Some(i) = stack.pop() {
                 let node = &tree[i];
                 if node.left == LEAF {
-                    builder.leaf(node.n_node_samples)?;
+                    out.extend_from_slice(&CODE_LEAF.to_le_bytes());
+                    push_varint(&mut out, node.n_node_samples);
                 } else {
-                    let threshold = floor_f32(node.threshold);
-                    builder.internal(node.feature, threshold, node.missing_go_to_left)?;
+                    // Below 2^15: `check_raw_tree` and the header check bound it.
+                    let nan = if node.missing_go_to_left { CODE_NAN_LEFT } else { 0 };
+                    out.extend_from_slice(&(node.feature as u16 | nan).to_le_bytes());
+                    out.extend_from_slice(&floor_f32(node.threshold).to_le_bytes());
                     stack.push(node.right as usize);
                     stack.push(node.left as usize);
                 }
             }
-            builder.finish()?;
         }
-        Ok(forest)
+        Self::decode_owned(out)
     }
 }
 
@@ -410,35 +561,16 @@ impl From<IsolationForest> for RawForest {
     /// against (they split every f32 input as the original thresholds did). Internal nodes do
     /// not keep their sample counts, which scoring never reads.
     fn from(forest: IsolationForest) -> Self {
-        let mut trees = Vec::with_capacity(forest.roots.len());
-        for t in 0..forest.roots.len() {
-            let span = forest.tree_span(t);
-            let root = span.start;
-            let tree = span
-                .map(|i| {
-                    let node = &forest.nodes[i];
-                    let leaf = node.right() as usize == i;
-                    RawNode {
-                        feature: if leaf { 0 } else { node.feature & !NAN_LEFT },
-                        threshold: if leaf { -2.0 } else { f64::from(node.threshold) },
-                        left: if leaf { LEAF } else { (i + 1 - root) as u32 },
-                        right: if leaf { LEAF } else { node.right() - root as u32 },
-                        missing_go_to_left: !leaf && node.feature & NAN_LEFT != 0,
-                        n_node_samples: if leaf {
-                            forest.leaf_samples[node.leaf_number()]
-                        } else {
-                            0
-                        },
-                    }
-                })
-                .collect();
-            trees.push(tree);
-        }
+        let mut sink = RawSink { trees: Vec::with_capacity(forest.n_trees), root: 0 };
+        let mut r = Reader { bytes: &forest.stored, at: HEADER_LEN };
+        // The stored form decoded once already, so this walk cannot fail; if it somehow did,
+        // the trees walked so far are returned and converting them back reports the damage.
+        let _ = walk_stored(&mut r, forest.n_trees, forest.n_features, &mut sink);
         RawForest {
             n_features: forest.n_features,
             max_samples: forest.max_samples,
             offset: forest.offset,
-            trees,
+            trees: sink.trees,
         }
     }
 }
@@ -447,6 +579,12 @@ impl From<IsolationForest> for RawForest {
 const CODE_LEAF: u16 = u16::MAX;
 const CODE_NAN_LEFT: u16 = 1 << 15;
 
+/// A node as stored: a leaf's training rows, or a split's code and f32 threshold.
+enum StoredNode {
+    Leaf(u64),
+    Split(u16, f32),
+}
+
 /// Reads the stored form; every read is bounds-checked and every failure names what is wrong.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -454,18 +592,18 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    #[inline]
     fn take<const N: usize>(&mut self) -> Result<[u8; N], DetectorError> {
-        let end = self.at.checked_add(N).filter(|&e| e <= self.bytes.len());
-        let Some(end) = end else {
-            return Err(DetectorError::InvalidModel(format!(
+        match self.bytes.get(self.at..).and_then(|rest| rest.first_chunk::<N>()) {
+            Some(out) => {
+                self.at += N;
+                Ok(*out)
+            }
+            None => Err(invalid(format!(
                 "forest data ends at byte {} of a {N}-byte field",
                 self.bytes.len()
-            )));
-        };
-        let mut out = [0u8; N];
-        out.copy_from_slice(&self.bytes[self.at..end]);
-        self.at = end;
-        Ok(out)
+            ))),
+        }
     }
 
     fn u16(&mut self) -> Result<u16, DetectorError> {
@@ -480,7 +618,30 @@ impl Reader<'_> {
         self.take().map(u64::from_le_bytes)
     }
 
+    /// The next node: a leaf's training rows, or a split's code and threshold.
+    #[inline(always)]
+    fn node(&mut self) -> Result<StoredNode, DetectorError> {
+        // Fast path: a split, or a leaf of fewer than 128 rows (nearly every leaf), with the
+        // node's largest size left in the input: one bounds check instead of three.
+        if let Some(&[c0, c1, b2, b3, b4, b5]) = self.bytes.get(self.at..self.at + 6) {
+            let code = u16::from_le_bytes([c0, c1]);
+            if code != CODE_LEAF {
+                self.at += 6;
+                return Ok(StoredNode::Split(code, f32::from_le_bytes([b2, b3, b4, b5])));
+            }
+            if b2 < 0x80 {
+                self.at += 3;
+                return Ok(StoredNode::Leaf(u64::from(b2)));
+            }
+        }
+        match self.u16()? {
+            CODE_LEAF => Ok(StoredNode::Leaf(self.varint()?)),
+            code => Ok(StoredNode::Split(code, f32::from_bits(self.u32()?))),
+        }
+    }
+
     /// An unsigned LEB128 value of at most 10 bytes.
+    #[inline]
     fn varint(&mut self) -> Result<u64, DetectorError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -490,7 +651,7 @@ impl Reader<'_> {
                 return Ok(value);
             }
         }
-        Err(DetectorError::InvalidModel("a leaf size runs over 10 bytes".into()))
+        Err(invalid("a leaf size runs over 10 bytes".into()))
     }
 }
 
@@ -503,80 +664,72 @@ fn push_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 impl IsolationForest {
-    /// The stored form, little-endian:
-    /// `n_features: u32, max_samples: u64, offset: f64, n_trees: u32`, then per tree
-    /// `n_nodes: u32` and its nodes in pre-order: an internal node is `code: u16` (the feature,
-    /// plus bit 15 when a NaN goes left) and `threshold: f32`; a leaf is `0xFFFF` and its
-    /// training rows as LEB128. About 6 bytes per internal node and 3 per leaf.
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24 + self.nodes.len() * 5);
-        out.extend_from_slice(&self.n_features.to_le_bytes());
-        out.extend_from_slice(&self.max_samples.to_le_bytes());
-        out.extend_from_slice(&self.offset.to_le_bytes());
-        out.extend_from_slice(&(self.roots.len() as u32).to_le_bytes());
-        for t in 0..self.roots.len() {
-            let span = self.tree_span(t);
-            out.extend_from_slice(&(span.len() as u32).to_le_bytes());
-            for i in span {
-                let node = &self.nodes[i];
-                if node.right() as usize == i {
-                    out.extend_from_slice(&CODE_LEAF.to_le_bytes());
-                    push_varint(&mut out, self.leaf_samples[node.leaf_number()]);
-                } else {
-                    let nan = if node.feature & NAN_LEFT != 0 { CODE_NAN_LEFT } else { 0 };
-                    let code = (node.feature & !NAN_LEFT) as u16 | nan;
-                    out.extend_from_slice(&code.to_le_bytes());
-                    out.extend_from_slice(&node.threshold.to_le_bytes());
-                }
-            }
-        }
-        out
-    }
-
     /// Decodes and validates the stored form in one pass, straight into the scoring layout.
     fn decode(bytes: &[u8]) -> Result<Self, DetectorError> {
-        let mut r = Reader { bytes, at: 0 };
-        let n_features = r.u32()?;
-        let max_samples = r.u64()?;
-        let offset = f64::from_bits(r.u64()?);
-        let n_trees = r.u32()? as usize;
-        let mut forest = IsolationForest::empty(n_features, max_samples, offset, n_trees)?;
-        // Each node takes at least 3 bytes: a size hint that a hostile length cannot inflate.
-        let hint = bytes.len() / 3;
-        forest.nodes.reserve(hint);
-        forest.leaf_values.reserve(hint / 2);
-        forest.leaf_samples.reserve(hint / 2);
-        let mut lengths = PathLengths::new();
-        for t in 0..n_trees {
-            let n_nodes = r.u32()? as usize;
-            if n_nodes == 0 || n_nodes > MAX_NODES_PER_TREE {
-                let msg = format!("tree {t}: {n_nodes} nodes is outside 1..={MAX_NODES_PER_TREE}");
-                return Err(DetectorError::InvalidModel(msg));
-            }
-            let mut builder = TreeBuilder::new(&mut forest, &mut lengths, t);
-            for _ in 0..n_nodes {
-                match r.u16()? {
-                    CODE_LEAF => builder.leaf(r.varint()?)?,
-                    code => {
-                        let threshold = f32::from_bits(r.u32()?);
-                        let feature = u32::from(code & !CODE_NAN_LEFT);
-                        builder.internal(feature, threshold, code & CODE_NAN_LEFT != 0)?;
-                    }
-                }
-            }
-            builder.finish()?;
+        Self::decode_owned(bytes.to_vec())
+    }
+
+    fn decode_owned(stored: Vec<u8>) -> Result<Self, DetectorError> {
+        Self::decode_as(stored, true)
+    }
+
+    /// Decodes `stored`; `dense` allows the complete-tree layout (tests turn it off to compare
+    /// the kernels).
+    fn decode_as(stored: Vec<u8>, dense: bool) -> Result<Self, DetectorError> {
+        let mut r = Reader { bytes: &stored, at: 0 };
+        let header = Header {
+            n_features: r.u32()?,
+            max_samples: r.u64()?,
+            offset: f64::from_bits(r.u64()?),
+            n_trees: r.u32()? as usize,
         }
-        if r.at != bytes.len() {
-            let extra = bytes.len() - r.at;
-            return Err(DetectorError::InvalidModel(format!("{extra} bytes after the last tree")));
+        .check()?;
+        let trees_at = r.at;
+        let mut walked = None;
+        if dense && header.n_features as usize <= dense::FEATURES {
+            let mut trees = Vec::with_capacity(header.n_trees);
+            if let Some(n) = walk_stored(&mut r, header.n_trees, header.n_features, &mut trees)? {
+                walked = Some((n, Scoring::Dense(trees)));
+            }
         }
-        Ok(forest)
+        let (n_nodes, scoring) = match walked {
+            Some(walked) => walked,
+            None => {
+                // A deep tree: start over in the general layout. Each node takes at least 3
+                // bytes, a size hint that a hostile length cannot inflate.
+                r.at = trees_at;
+                let hint = stored.len() / 3;
+                let mut layout = PreOrder {
+                    roots: Vec::with_capacity(header.n_trees),
+                    heights: Vec::with_capacity(header.n_trees),
+                    nodes: Vec::with_capacity(hint),
+                    leaf_values: Vec::with_capacity(hint / 2),
+                };
+                let n = walk_stored(&mut r, header.n_trees, header.n_features, &mut layout)?;
+                (n.unwrap_or(layout.nodes.len()), Scoring::PreOrder(layout))
+            }
+        };
+        if r.at != stored.len() {
+            let extra = stored.len() - r.at;
+            return Err(invalid(format!("{extra} bytes after the last tree")));
+        }
+        let Header { n_features, max_samples, offset, n_trees } = header;
+        Ok(Self {
+            n_features,
+            max_samples,
+            offset,
+            n_trees,
+            n_nodes,
+            denominator: n_trees as f64 * average_path_length(max_samples as f64),
+            stored,
+            scoring,
+        })
     }
 }
 
 impl Serialize for IsolationForest {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.encode())
+        serializer.serialize_bytes(&self.stored)
     }
 }
 
@@ -594,6 +747,10 @@ impl<'de> Deserialize<'de> for IsolationForest {
                 IsolationForest::decode(v).map_err(E::custom)
             }
 
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                IsolationForest::decode_owned(v).map_err(E::custom)
+            }
+
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
@@ -603,7 +760,7 @@ impl<'de> Deserialize<'de> for IsolationForest {
                 while let Some(b) = seq.next_element::<u8>()? {
                     bytes.push(b);
                 }
-                IsolationForest::decode(&bytes).map_err(serde::de::Error::custom)
+                IsolationForest::decode_owned(bytes).map_err(serde::de::Error::custom)
             }
         }
         deserializer.deserialize_bytes(Bytes)
@@ -613,12 +770,12 @@ impl<'de> Deserialize<'de> for IsolationForest {
 impl IsolationForest {
     /// Number of trees.
     pub fn n_trees(&self) -> usize {
-        self.roots.len()
+        self.n_trees
     }
 
     /// Total number of nodes over all trees.
     pub fn n_nodes(&self) -> usize {
-        self.nodes.len()
+        self.n_nodes
     }
 
     /// scikit-learn's `max_samples_`.
@@ -629,14 +786,10 @@ impl IsolationForest {
     /// Returns the same forest with another offset (used when the offset is fitted afterwards).
     pub(crate) fn with_offset(mut self, offset: f64) -> Self {
         self.offset = offset;
+        if let Some(field) = self.stored.get_mut(OFFSET_AT) {
+            field.copy_from_slice(&offset.to_le_bytes());
+        }
         self
-    }
-
-    /// The node indices of tree `t`.
-    fn tree_span(&self, t: usize) -> std::ops::Range<usize> {
-        let start = self.roots[t] as usize;
-        let end = self.roots.get(t + 1).map_or(self.nodes.len(), |&r| r as usize);
-        start..end
     }
 
     /// Sum over trees of each row's path term, in tree order, into `sums`.
@@ -647,18 +800,21 @@ impl IsolationForest {
     /// a tree, LANES rows advance together for `height` steps (leaves point to themselves),
     /// which turns a chain of dependent loads per row into LANES independent chains.
     fn path_sums(&self, columns: &[&[f64]], sums: &mut [f64]) {
-        if let Some(trees) = &self.dense {
-            let mut block = DenseBlock::new(sums.len().min(BLOCK_ROWS));
-            for (b, block_sums) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
-                block_sums.fill(0.0);
-                if block.load(columns, b * BLOCK_ROWS, block_sums.len()) {
-                    block.walk::<true>(trees, block_sums);
-                } else {
-                    block.walk::<false>(trees, block_sums);
+        let layout = match &self.scoring {
+            Scoring::Dense(trees) => {
+                let mut block = DenseBlock::new(sums.len().min(BLOCK_ROWS));
+                for (b, block_sums) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
+                    block_sums.fill(0.0);
+                    if block.load(columns, b * BLOCK_ROWS, block_sums.len()) {
+                        block.walk::<true>(trees, block_sums);
+                    } else {
+                        block.walk::<false>(trees, block_sums);
+                    }
                 }
+                return;
             }
-            return;
-        }
+            Scoring::PreOrder(layout) => layout,
+        };
         let n_features = columns.len();
         let mut block = vec![0f32; n_features * BLOCK_ROWS];
         for (b, block_sums) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
@@ -677,13 +833,15 @@ impl IsolationForest {
             let has_nan =
                 block[..].chunks(BLOCK_ROWS).any(|c| c[..rows].iter().any(|x| x.is_nan()));
             if has_nan {
-                self.walk_block::<true>(&block, block_sums);
+                layout.walk_block::<true>(&block, block_sums);
             } else {
-                self.walk_block::<false>(&block, block_sums);
+                layout.walk_block::<false>(&block, block_sums);
             }
         }
     }
+}
 
+impl PreOrder {
     /// Adds every tree's path term to the sums of one block's rows (`block` holds each feature's
     /// f32 inputs at a stride of `BLOCK_ROWS`). `NAN` selects the kernel that checks for NaN
     /// inputs; without NaN both kernels take the same paths.
@@ -709,7 +867,8 @@ impl IsolationForest {
                     }
                 }
                 for (sum, &i) in lane_sums.iter_mut().zip(&at) {
-                    *sum += self.leaf_values[self.nodes[i].leaf_number()];
+                    // A leaf's left child is its number among the leaves.
+                    *sum += self.leaf_values[self.nodes[i].children[0] as usize];
                 }
             }
         }
@@ -747,6 +906,19 @@ impl Detector for IsolationForest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl IsolationForest {
+        fn is_dense(&self) -> bool {
+            matches!(self.scoring, Scoring::Dense(_))
+        }
+
+        /// The same forest in the general pre-order layout.
+        fn general(&self) -> Self {
+            let general = Self::decode_as(self.stored.clone(), false).unwrap();
+            assert!(!general.is_dense());
+            general
+        }
+    }
 
     fn leaf(n: u64) -> RawNode {
         RawNode {
@@ -924,7 +1096,7 @@ mod tests {
     #[test]
     fn stored_form_round_trips_and_rejects_damage() {
         let forest = hand_forest();
-        let bytes = forest.encode();
+        let bytes = forest.stored.clone();
         // 24 header bytes, 4 for the node count, 2 internal nodes of 6 bytes, 3 leaves of 3.
         assert_eq!(bytes.len(), 24 + 4 + 2 * 6 + 3 * 3);
         assert_eq!(IsolationForest::decode(&bytes).unwrap(), forest);
@@ -978,7 +1150,7 @@ mod tests {
                 .unwrap()
                 .fit(&refs)
                 .unwrap();
-            proptest::prop_assert_eq!(&IsolationForest::decode(&forest.encode()).unwrap(), &forest);
+            proptest::prop_assert_eq!(&IsolationForest::decode(&forest.stored.clone()).unwrap(), &forest);
             let raw: RawForest = forest.clone().into();
             proptest::prop_assert_eq!(&IsolationForest::try_from(raw).unwrap(), &forest);
         }
@@ -1045,10 +1217,10 @@ mod tests {
             let expected = reference_scores(&forest.clone().into(), &rows);
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             // Both kernels: the complete-tree one (these forests are shallow) and the pre-order one.
-            proptest::prop_assert!(forest.dense.is_some());
+            proptest::prop_assert!(forest.is_dense());
             let got = forest.score(&column_refs).unwrap().score;
             proptest::prop_assert_eq!(bits(&got), bits(&expected));
-            let general = IsolationForest { dense: None, ..forest };
+            let general = forest.general();
             let got = general.score(&column_refs).unwrap().score;
             proptest::prop_assert_eq!(bits(&got), bits(&expected));
         }
@@ -1074,9 +1246,9 @@ mod tests {
         columns[2][BLOCK_ROWS + 3] = f64::NAN;
         columns[4][n - 1] = f64::NAN;
         let column_refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
-        assert!(forest.dense.is_some());
+        assert!(forest.is_dense());
         let dense = forest.score(&column_refs).unwrap().score;
-        let general = IsolationForest { dense: None, ..forest }.score(&column_refs).unwrap().score;
+        let general = forest.general().score(&column_refs).unwrap().score;
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&dense), bits(&general));
     }
@@ -1097,15 +1269,15 @@ mod tests {
         tree.push(leaf(1));
         let raw = RawForest { n_features: 1, max_samples: 1024, offset: -0.5, trees: vec![tree] };
         let deep = IsolationForest::try_from(raw).unwrap();
-        assert_eq!(deep.heights, vec![depth]);
-        assert!(deep.dense.is_none());
+        let Scoring::PreOrder(layout) = &deep.scoring else { panic!("a deep tree is not dense") };
+        assert_eq!(layout.heights, vec![depth]);
         let wide = RawForest {
             n_features: dense::FEATURES as u32 + 1,
             max_samples: 8,
             offset: -0.5,
             trees: vec![vec![split(dense::FEATURES as u32, 0.5, 1, 2, false), leaf(1), leaf(2)]],
         };
-        assert!(IsolationForest::try_from(wide).unwrap().dense.is_none());
+        assert!(!IsolationForest::try_from(wide).unwrap().is_dense());
         let narrow = IsolationForest::try_from(RawForest {
             n_features: dense::FEATURES as u32,
             max_samples: 8,
@@ -1113,7 +1285,7 @@ mod tests {
             trees: vec![vec![split(dense::FEATURES as u32 - 1, 0.5, 1, 2, true), leaf(1), leaf(2)]],
         })
         .unwrap();
-        assert!(narrow.dense.is_some());
+        assert!(narrow.is_dense());
         // The last feature, NaN going left, through the complete-tree kernel.
         let mut columns = vec![vec![0.0; 3]; dense::FEATURES];
         columns[dense::FEATURES - 1] = vec![0.25, 0.75, f64::NAN];
