@@ -48,6 +48,9 @@ pub struct Location {
     remote: bool,
 }
 
+/// Threads of the runtime's blocking pool (local file IO).
+const BLOCKING_THREADS: usize = 4;
+
 /// Tries of a create-only write that failed with a retry-worthy error.
 const CREATE_ATTEMPTS: u32 = 4;
 
@@ -71,6 +74,10 @@ impl Storage {
     pub fn with_options(options: StorageOptions) -> Result<Self, IoError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Local files are read and written on blocking threads. A few keep up with a disk;
+            // tokio's default (up to 512) let 16 concurrent footer reads start 16 threads, and
+            // each thread's allocator arena kept its own freed buffers resident.
+            .max_blocking_threads(BLOCKING_THREADS)
             .thread_name("batchscore-io")
             .enable_all()
             .build()

@@ -10,7 +10,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Type as PhysicalType;
@@ -30,16 +32,21 @@ use crate::{Entry, IoError, Location};
 const FOOTER_CONCURRENCY: usize = 16;
 /// Bytes fetched from the end of a file in the first request: most footers fit, so one request.
 const FOOTER_PREFETCH: usize = 64 * 1024;
+/// Files up to this size are read whole, in one request, and their footers are not kept
+/// between planning and reading: small files are the ones that come by the thousand.
+const SMALL_FILE: u64 = 1 << 20;
 /// Rows per decoded batch.
 const READ_BATCH_ROWS: usize = 64 * 1024;
 
 /// A Parquet object whose footer has been read: schema, row groups and their statistics.
 ///
 /// Planning keeps every input file's source at once, so a source holds only what planning asks
-/// (row counts and the ranges of integer columns) and the footer's raw bytes, which `read`
-/// decodes again. A decoded footer takes about six times its encoded size (measured: 12.5 KB
-/// against 2.1 KB for an 11-column file), which made the footers of 10,000 files the largest
-/// part of a run's memory.
+/// (row counts and the ranges of integer columns), and `read` decodes the footer again: a
+/// decoded footer takes about six times its encoded size (measured: 12.5 KB against 2.1 KB for
+/// an 11-column file), which made the footers of 10,000 files the largest part of a run's
+/// memory. A large file keeps its footer's raw bytes and reads only the projected column
+/// chunks; a small one (up to `SMALL_FILE`) keeps nothing and is read whole, in the one
+/// request its column chunks would have taken anyway.
 #[derive(Debug, Clone)]
 pub struct ParquetSource {
     location: Location,
@@ -49,8 +56,8 @@ pub struct ParquetSource {
     /// Top-level integer columns whose statistics `int_range` answers from.
     int_columns: Arc<[String]>,
     row_groups: Vec<RowGroupSummary>,
-    /// The footer's Thrift bytes (without the 8-byte tail).
-    footer: Bytes,
+    /// A large file's footer Thrift bytes (without the 8-byte tail); `None` for a small file.
+    footer: Option<Bytes>,
 }
 
 /// What planning reads of one row group.
@@ -93,6 +100,35 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
+/// The length of the footer's Thrift bytes, from a `size`-byte file's last 8 bytes.
+fn footer_len(last: &[u8], size: u64) -> Result<u64, ParquetError> {
+    let tail_len = FOOTER_SIZE as u64;
+    let last: &[u8; FOOTER_SIZE] = last.try_into().map_err(|_| {
+        ParquetError::General(format!("{size} bytes is too small for a Parquet file"))
+    })?;
+    let footer_tail = FooterTail::try_new(last)?;
+    if footer_tail.is_encrypted_footer() {
+        return Err(ParquetError::General("encrypted footers are not supported".into()));
+    }
+    let len = footer_tail.metadata_length() as u64;
+    // The leading magic, the footer and its tail must fit.
+    if len + tail_len + 4 > size {
+        return Err(ParquetError::General(format!(
+            "the footer announces {len} bytes, more than the file's {size}"
+        )));
+    }
+    Ok(len)
+}
+
+/// The footer's Thrift bytes inside a whole file.
+fn footer_of(file: &[u8]) -> Result<&[u8], ParquetError> {
+    let size = file.len();
+    let last = file.get(size.saturating_sub(FOOTER_SIZE)..).unwrap_or_default();
+    let len = footer_len(last, size as u64)? as usize;
+    let end = size - FOOTER_SIZE;
+    Ok(&file[end - len..end])
+}
+
 /// Fetches the footer's Thrift bytes of a `size`-byte object: one request when the footer fits
 /// in the last `FOOTER_PREFETCH` bytes (nearly always), two otherwise.
 async fn fetch_footer(
@@ -106,18 +142,8 @@ async fn fetch_footer(
     }
     let prefetch = (FOOTER_PREFETCH as u64).min(size);
     let tail = store.get_range(path, size - prefetch..size).await.map_err(external)?;
-    let mut last = [0u8; FOOTER_SIZE];
-    last.copy_from_slice(&tail[tail.len() - FOOTER_SIZE..]);
-    let footer_tail = FooterTail::try_new(&last)?;
-    if footer_tail.is_encrypted_footer() {
-        return Err(ParquetError::General("encrypted footers are not supported".into()));
-    }
-    let len = footer_tail.metadata_length() as u64;
-    if len + tail_len + 4 > size {
-        return Err(ParquetError::General(format!(
-            "the footer announces {len} bytes, more than the file's {size}"
-        )));
-    }
+    let len =
+        footer_len(tail.get(tail.len().saturating_sub(FOOTER_SIZE)..).unwrap_or_default(), size)?;
     if len + tail_len <= prefetch {
         let end = tail.len() - FOOTER_SIZE;
         // A copy, not a slice: a slice would keep the whole prefetched range alive.
@@ -156,58 +182,61 @@ impl ParquetSource {
                             source => IoError::Parquet { url: url.clone(), source },
                         },
                     )?;
-                Ok::<_, IoError>((location, entry, footer, url))
+                let source = Self::from_footer(location, entry, footer)
+                    .map_err(|source| IoError::Parquet { url, source })?;
+                Ok::<_, IoError>(source)
             }
         });
-        let fetched = location.block_on(
+        // Each footer is summarised as it arrives, so at most FOOTER_CONCURRENCY decoded
+        // footers exist at once.
+        let mut sources = location.block_on(
             futures::stream::iter(futures).buffered(FOOTER_CONCURRENCY).try_collect::<Vec<_>>(),
         )?;
-        let mut sources: Vec<ParquetSource> = Vec::with_capacity(fetched.len());
-        for (location, entry, footer, url) in fetched {
-            let meta =
-                arrow_metadata(&footer).map_err(|source| IoError::Parquet { url, source })?;
-            let metadata = meta.metadata();
-            let mut int_columns = Vec::new();
-            let mut indices = Vec::new();
-            for (i, column) in metadata.file_metadata().schema_descr().columns().iter().enumerate()
-            {
-                if column.path().parts().len() == 1
-                    && matches!(column.physical_type(), PhysicalType::INT32 | PhysicalType::INT64)
-                {
-                    int_columns.push(column.path().string());
-                    indices.push(i);
-                }
+        // Files of one dataset nearly always share their fields: share their memory too.
+        for i in 1..sources.len() {
+            let (before, after) = sources.split_at_mut(i);
+            let (prev, this) = (&before[i - 1], &mut after[0]);
+            if prev.schema == this.schema && prev.int_columns == this.int_columns {
+                this.schema = prev.schema.clone();
+                this.int_columns = prev.int_columns.clone();
             }
-            let row_groups = metadata
-                .row_groups()
-                .iter()
-                .map(|rg| RowGroupSummary {
-                    rows: rg.num_rows().max(0) as u64,
-                    int_ranges: indices.iter().map(|&i| int_statistics(rg.column(i))).collect(),
-                })
-                .collect();
-            // Files of one dataset nearly always share their fields: share their memory too.
-            // (The file's key-value metadata, which differs from file to file, is not kept.)
-            let fields = meta.schema().fields();
-            let (schema, int_columns) = match sources.last() {
-                Some(prev)
-                    if prev.schema.fields() == fields && *prev.int_columns == int_columns[..] =>
-                {
-                    (prev.schema.clone(), prev.int_columns.clone())
-                }
-                _ => (Arc::new(Schema::new(fields.clone())), Arc::from(int_columns)),
-            };
-            sources.push(ParquetSource {
-                location,
-                path: entry.path,
-                size: entry.size,
-                schema,
-                int_columns,
-                row_groups,
-                footer,
-            });
         }
         Ok(sources)
+    }
+
+    /// A source from its footer's Thrift bytes: the summary planning reads, and the bytes
+    /// themselves only for a large file.
+    fn from_footer(location: Location, entry: Entry, footer: Bytes) -> Result<Self, ParquetError> {
+        let meta = arrow_metadata(&footer)?;
+        let metadata = meta.metadata();
+        let mut int_columns = Vec::new();
+        let mut indices = Vec::new();
+        for (i, column) in metadata.file_metadata().schema_descr().columns().iter().enumerate() {
+            if column.path().parts().len() == 1
+                && matches!(column.physical_type(), PhysicalType::INT32 | PhysicalType::INT64)
+            {
+                int_columns.push(column.path().string());
+                indices.push(i);
+            }
+        }
+        let row_groups = metadata
+            .row_groups()
+            .iter()
+            .map(|rg| RowGroupSummary {
+                rows: rg.num_rows().max(0) as u64,
+                int_ranges: indices.iter().map(|&i| int_statistics(rg.column(i))).collect(),
+            })
+            .collect();
+        Ok(ParquetSource {
+            location,
+            path: entry.path,
+            size: entry.size,
+            // The file's key-value metadata, which differs from file to file, is not kept.
+            schema: Arc::new(Schema::new(meta.schema().fields().clone())),
+            int_columns: Arc::from(int_columns),
+            row_groups,
+            footer: (entry.size > SMALL_FILE).then_some(footer),
+        })
     }
 
     /// Relative path of the file below the location it was opened from.
@@ -266,7 +295,29 @@ impl ParquetSource {
             indices.push(index);
         }
         let parquet_error = |source| IoError::Parquet { url: url.clone(), source };
-        let meta = arrow_metadata(&self.footer).map_err(parquet_error)?;
+        let Some(footer) = &self.footer else {
+            let file = self.location.get(&self.path)?;
+            if file.len() as u64 != self.size {
+                return Err(parquet_error(ParquetError::General(format!(
+                    "the file is {} bytes, it was {} when the run was planned",
+                    file.len(),
+                    self.size
+                ))));
+            }
+            let meta = footer_of(&file).and_then(arrow_metadata).map_err(parquet_error)?;
+            let mask =
+                ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
+                .with_row_groups(row_groups.to_vec())
+                .with_projection(mask)
+                .with_batch_size(READ_BATCH_ROWS)
+                .build()
+                .map_err(parquet_error)?;
+            return reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())));
+        };
+        let meta = arrow_metadata(footer).map_err(parquet_error)?;
         let (store, path) = self.location.resolve(&self.path)?;
         let reader = ObjectReader { store, path, metadata: meta.metadata().clone() };
         let mask = ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
@@ -436,24 +487,45 @@ mod tests {
         }
     }
 
+    /// Both read paths: a small file (read whole, footer not kept) and one above `SMALL_FILE`
+    /// (footer kept, projected column chunks fetched by range).
     fn statistics_prune_and_projection_reads(loc: &Location) {
-        let b = batch((0..1000).collect());
-        let options =
-            WriteOptions { row_group_rows: 100, metadata: vec![("k".into(), "v".into())] };
-        let schema = b.schema();
-        let bytes = encode_parquet(&schema, std::slice::from_ref(&b), &options).unwrap();
-        assert_eq!(bytes, encode_parquet(&schema, &[b], &options).unwrap());
-        loc.put("f.parquet", bytes).unwrap();
-        let sources = ParquetSource::open_all(loc, &loc.list("").unwrap()).unwrap();
-        let source = &sources[0];
-        assert_eq!(source.num_row_groups(), 10);
-        assert_eq!(source.int_range(3, "device_id"), Some((300, 399)));
-        assert_eq!(source.int_range(3, "v"), None);
-        let read = source.read(&[3, 7], &["v"]).unwrap();
-        let rows: usize = read.iter().map(|b| b.num_rows()).sum();
-        assert_eq!(rows, 200);
-        assert_eq!(read[0].num_columns(), 1);
-        assert!(matches!(source.read(&[0], &["nope"]), Err(IoError::MissingColumn { .. })));
+        for (name, rows) in [("small.parquet", 1_000i64), ("large.parquet", 300_000)] {
+            // Scrambled values, so that the large file stays large once compressed.
+            let b = batch((0..rows).collect());
+            let noise: Vec<f64> =
+                (0..rows).map(|i| (i * 2_654_435_761 % 1_000_003) as f64).collect();
+            let b = RecordBatch::try_new(
+                b.schema(),
+                vec![b.column(0).clone(), Arc::new(Float64Array::from(noise))],
+            )
+            .unwrap();
+            let options = WriteOptions {
+                row_group_rows: rows as usize / 10,
+                metadata: vec![("k".into(), "v".into())],
+            };
+            let schema = b.schema();
+            let bytes = encode_parquet(&schema, std::slice::from_ref(&b), &options).unwrap();
+            assert_eq!(bytes, encode_parquet(&schema, &[b], &options).unwrap());
+            assert_eq!(bytes.len() as u64 > SMALL_FILE, rows > 1_000, "{name}: {}", bytes.len());
+            loc.put(name, bytes).unwrap();
+            let entries: Vec<Entry> =
+                loc.list("").unwrap().into_iter().filter(|e| e.path == name).collect();
+            let sources = ParquetSource::open_all(loc, &entries).unwrap();
+            let source = &sources[0];
+            assert_eq!(source.footer.is_some(), rows > 1_000);
+            let group = rows / 10;
+            assert_eq!(source.num_row_groups(), 10);
+            assert_eq!(source.int_range(3, "device_id"), Some((3 * group, 4 * group - 1)));
+            assert_eq!(source.int_range(3, "v"), None);
+            let read = source.read(&[3, 7], &["v"]).unwrap();
+            let got: usize = read.iter().map(|b| b.num_rows()).sum();
+            assert_eq!(got as i64, 2 * group);
+            assert_eq!(read[0].num_columns(), 1);
+            let first = read[0].column(0).as_any().downcast_ref::<Float64Array>().unwrap().value(0);
+            assert_eq!(first, (3 * group * 2_654_435_761 % 1_000_003) as f64);
+            assert!(matches!(source.read(&[0], &["nope"]), Err(IoError::MissingColumn { .. })));
+        }
     }
 
     /// A footer larger than the first request's prefetch takes a second request; files of one
@@ -472,7 +544,8 @@ mod tests {
         let small = encode_parquet(&b.schema(), &[b], &WriteOptions::default()).unwrap();
         loc.put("small.parquet", small).unwrap();
         let sources = ParquetSource::open_all(&loc, &loc.list("").unwrap()).unwrap();
-        assert!(sources[0].footer.len() > FOOTER_PREFETCH, "{}", sources[0].footer.len());
+        // Small files keep no footer; this one is over FOOTER_PREFETCH, under SMALL_FILE.
+        assert!(sources[0].footer.is_none() && sources[0].size() > FOOTER_PREFETCH as u64);
         assert_eq!(sources[0].num_row_groups(), 2);
         assert_eq!(sources[0].int_range(1, "device_id"), Some((5, 9)));
         let rows: usize =
@@ -480,6 +553,12 @@ mod tests {
         assert_eq!(rows, 5);
         assert!(Arc::ptr_eq(sources[0].schema(), sources[1].schema()));
         assert_eq!(sources[1].row_group_rows(0), 10);
+        // A small file replaced after planning is an error naming it, not a misread.
+        let other = encode_parquet(&batch(vec![1]).schema(), &[batch(vec![1])], &big).unwrap();
+        loc.put("small.parquet", other).unwrap();
+        let err = sources[1].read(&[0], &["v"]).unwrap_err();
+        let cause = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+        assert!(err.to_string().contains("small.parquet") && cause.contains("planned"), "{cause}");
     }
 
     #[test]
