@@ -201,11 +201,7 @@ fn interactive(printer: Printer) -> bool {
 }
 
 fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool> {
-    let threads = settings::threads(threads)?;
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .context("cannot start worker threads")
+    Ok(batchscore_scheduler::worker_pool(settings::threads(threads)?)?)
 }
 
 pub fn generate(args: &GenerateArgs, storage: &Storage, printer: Printer) -> Result<u8> {

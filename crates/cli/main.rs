@@ -15,7 +15,7 @@ mod settings;
 
 use std::process::ExitCode;
 
-use batchscore_io::{IoError, Storage};
+use batchscore_io::{ErrorClass, IoError, Storage};
 use batchscore_registry::RegistryError;
 use batchscore_scheduler::SchedulerError;
 use batchscore_synth::SynthError;
@@ -100,63 +100,44 @@ fn dispatch(cli: &Cli, printer: Printer, slot: &mut Option<Storage>) -> anyhow::
     }
 }
 
-fn io_code(e: &IoError) -> u8 {
-    match e {
-        e if e.is_retryable() => EXIT_RETRY,
-        IoError::Parquet { .. } | IoError::MissingColumn { .. } | IoError::ColumnType { .. } => {
-            EXIT_BAD_INPUT
-        }
-        IoError::Encode { .. } => EXIT_INTERNAL,
-        // Missing objects, bad URLs, permission problems: fix the configuration.
-        _ => EXIT_USAGE,
+/// The exit code of an error class: the one place the binary decides it.
+fn class_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Usage => EXIT_USAGE,
+        ErrorClass::BadInput => EXIT_BAD_INPUT,
+        ErrorClass::Unavailable => EXIT_RETRY,
+        ErrorClass::Internal => EXIT_INTERNAL,
     }
 }
 
-/// Maps the first typed error in the chain to an exit code.
-fn exit_code(error: &anyhow::Error) -> u8 {
+/// The class of the first typed error in the chain; an error none of the crates typed is a
+/// defect of ours.
+fn error_class(error: &anyhow::Error) -> ErrorClass {
     for cause in error.chain() {
         if cause.downcast_ref::<UsageError>().is_some()
             || cause.downcast_ref::<clap::Error>().is_some()
         {
-            return EXIT_USAGE;
+            return ErrorClass::Usage;
         }
         if let Some(e) = cause.downcast_ref::<SchedulerError>() {
-            return match e {
-                SchedulerError::InvalidSetting { .. } | SchedulerError::RunConflict { .. } => {
-                    EXIT_USAGE
-                }
-                SchedulerError::Input(_)
-                | SchedulerError::NoInput { .. }
-                | SchedulerError::CorruptRecord { .. } => EXIT_BAD_INPUT,
-                SchedulerError::Io(e) => io_code(e),
-                SchedulerError::Registry(e) => registry_code(e),
-                SchedulerError::ThreadPool { .. } | SchedulerError::Arrow { .. } => EXIT_INTERNAL,
-            };
+            return e.class();
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
-            return registry_code(e);
+            return e.class();
         }
         if let Some(e) = cause.downcast_ref::<SynthError>() {
-            return match e {
-                SynthError::Invalid(_) => EXIT_USAGE,
-                SynthError::Io(e) => io_code(e),
-                SynthError::Arrow { .. } => EXIT_INTERNAL,
-            };
+            return e.class();
         }
         if let Some(e) = cause.downcast_ref::<IoError>() {
-            return io_code(e);
+            return e.class();
         }
     }
-    EXIT_INTERNAL
+    ErrorClass::Internal
 }
 
-fn registry_code(e: &RegistryError) -> u8 {
-    match e {
-        RegistryError::Io(e) => io_code(e),
-        RegistryError::InvalidKey { .. } | RegistryError::NotARegistry { .. } => EXIT_USAGE,
-        RegistryError::Encode { .. } => EXIT_INTERNAL,
-        _ => EXIT_BAD_INPUT,
-    }
+/// Maps an error chain to its documented exit code.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    class_code(error_class(error))
 }
 
 #[cfg(test)]
@@ -168,10 +149,18 @@ mod tests {
     }
 
     #[test]
+    fn every_class_has_its_documented_code() {
+        assert_eq!(class_code(ErrorClass::Usage), 2);
+        assert_eq!(class_code(ErrorClass::BadInput), 4);
+        assert_eq!(class_code(ErrorClass::Unavailable), 75);
+        assert_eq!(class_code(ErrorClass::Internal), 1);
+    }
+
+    #[test]
     fn errors_map_to_documented_exit_codes() {
         let unavailable = || object_store::Error::Generic {
-            store: "test",
-            source: "connection reset by peer".into(),
+            store: "MicrosoftAzure",
+            source: "Server returned non-2xx status code: 503 Service Unavailable".into(),
         };
         let storage = |source| IoError::Storage { url: "u".into(), source };
         assert_eq!(code(storage(unavailable())), EXIT_RETRY);
@@ -196,7 +185,13 @@ mod tests {
             code(RegistryError::CorruptIndex { url: "u".into(), reason: "r".into() }),
             EXIT_BAD_INPUT
         );
+        assert_eq!(
+            code(SchedulerError::InputMissing { url: "u".into() }),
+            EXIT_USAGE,
+            "a missing --input is a usage error"
+        );
         assert_eq!(code(UsageError("bad".into())), EXIT_USAGE);
+        assert_eq!(code(SynthError::Invalid("x".into())), EXIT_USAGE);
         assert_eq!(code(std::io::Error::other("unexpected")), EXIT_INTERNAL);
     }
 }

@@ -73,7 +73,11 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, UsageError> {
     )))
 }
 
-/// Parses a period such as `90s`, `15m`, `1h` or `1d` into seconds.
+/// The longest `--last` period: ten years. Longer periods reach back before any telemetry, and
+/// a bound keeps the window arithmetic far from overflow.
+const MAX_PERIOD_SECONDS: i64 = 3650 * 86_400;
+
+/// Parses a period such as `90s`, `15m`, `1h` or `1d` into seconds (at most ten years).
 pub fn parse_period(text: &str) -> Result<i64, UsageError> {
     let (n, unit) = number_and_unit(text);
     let n: i64 = n.parse().map_err(|_| UsageError(format!("`{text}` is not a period like 1h")))?;
@@ -89,7 +93,27 @@ pub fn parse_period(text: &str) -> Result<i64, UsageError> {
     if n <= 0 {
         return Err(UsageError(format!("`{text}` must be positive")));
     }
-    Ok(n * seconds)
+    match n.checked_mul(seconds) {
+        Some(total) if total <= MAX_PERIOD_SECONDS => Ok(total),
+        _ => Err(UsageError(format!("`{text}` is longer than the longest period, 3650d"))),
+    }
+}
+
+/// A count (`256`) or a fraction (`0.5`): scikit-learn's convention for `max_samples`,
+/// `max_features` and (for PCA) `n_components`, told apart by a decimal point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CountOrFraction {
+    Count(usize),
+    Fraction(f64),
+}
+
+fn count_or_fraction(name: &str, text: &str) -> Result<CountOrFraction, UsageError> {
+    let bad = || UsageError(format!("{name} `{text}`: give a count (256) or a fraction (0.5)"));
+    if text.contains('.') {
+        text.parse().map(CountOrFraction::Fraction).map_err(|_| bad())
+    } else {
+        text.parse().map(CountOrFraction::Count).map_err(|_| bad())
+    }
 }
 
 fn window(
@@ -342,28 +366,22 @@ pub fn run_spec(
 
 fn max_samples(text: &str) -> Result<MaxSamples, UsageError> {
     if text == "auto" {
-        Ok(MaxSamples::Auto)
-    } else if text.contains('.') {
-        text.parse()
-            .map(MaxSamples::Fraction)
-            .map_err(|_| UsageError(format!("max_samples `{text}`")))
-    } else {
-        text.parse().map(MaxSamples::Count).map_err(|_| UsageError(format!("max_samples `{text}`")))
+        return Ok(MaxSamples::Auto);
     }
+    Ok(match count_or_fraction("max_samples", text)? {
+        CountOrFraction::Count(n) => MaxSamples::Count(n),
+        CountOrFraction::Fraction(f) => MaxSamples::Fraction(f),
+    })
 }
 
 fn max_features(text: &str) -> Result<MaxFeatures, UsageError> {
     if text == "all" {
-        Ok(MaxFeatures::All)
-    } else if text.contains('.') {
-        text.parse()
-            .map(MaxFeatures::Fraction)
-            .map_err(|_| UsageError(format!("max_features `{text}`")))
-    } else {
-        text.parse()
-            .map(MaxFeatures::Count)
-            .map_err(|_| UsageError(format!("max_features `{text}`")))
+        return Ok(MaxFeatures::All);
     }
+    Ok(match count_or_fraction("max_features", text)? {
+        CountOrFraction::Count(n) => MaxFeatures::Count(n),
+        CountOrFraction::Fraction(f) => MaxFeatures::Fraction(f),
+    })
 }
 
 fn contamination(text: &str) -> Result<Contamination, UsageError> {
@@ -415,12 +433,10 @@ pub fn train_spec(
         DetectorArg::Pca => {
             let components = match args.components.as_ref().or(t.components.as_ref()) {
                 None => PcaParams::default().components,
-                Some(text) if text.contains('.') => PcaComponents::Variance(
-                    text.parse().map_err(|_| UsageError(format!("components `{text}`")))?,
-                ),
-                Some(text) => PcaComponents::Count(
-                    text.parse().map_err(|_| UsageError(format!("components `{text}`")))?,
-                ),
+                Some(text) => match count_or_fraction("components", text)? {
+                    CountOrFraction::Count(n) => PcaComponents::Count(n),
+                    CountOrFraction::Fraction(f) => PcaComponents::Variance(f),
+                },
             };
             let contamination = match params.contamination {
                 Contamination::Fraction(f) => f,

@@ -18,6 +18,12 @@ pub enum DetectorError {
     /// Training needs at least one row without NaN or infinite values.
     #[error("no usable training rows: {rows} rows given, none without NaN or infinite values")]
     NoTrainingRows { rows: usize },
+    /// Training values of a feature are so large that its statistics overflow f64.
+    #[error(
+        "training values of feature {feature} are too large: their squares overflow f64 \
+         (values near ±1e308)"
+    )]
+    Overflow { feature: usize },
     /// A stored or imported model breaks an invariant of its detector.
     #[error("invalid model: {0}")]
     InvalidModel(String),

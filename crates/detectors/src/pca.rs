@@ -105,6 +105,15 @@ impl ValidPcaParams {
                 reason: format!("{k} components for {d} features"),
             });
         }
+        // A covariance entry is bounded by the product of its features' root sums of squares
+        // (Cauchy-Schwarz): where every sum of squares is finite, so is the whole covariance.
+        // Values near f64's limits (±1e308) overflow it, and the eigen decomposition of an
+        // infinite matrix is meaningless (smartcore panicked on it).
+        for (feature, column) in columns.iter().enumerate() {
+            if !keep.iter().map(|&r| column[r] * column[r]).sum::<f64>().is_finite() {
+                return Err(DetectorError::Overflow { feature });
+            }
+        }
         // Column-major, as the columns arrive.
         let values: Vec<f64> = columns.iter().flat_map(|c| keep.iter().map(|&r| c[r])).collect();
         let fit_error = |e: smartcore::error::Failed| DetectorError::InvalidModel(e.to_string());
@@ -315,6 +324,25 @@ mod tests {
         let train = pca.score(&refs(&cols)).unwrap();
         let flagged = train.is_anomaly.iter().filter(|a| **a).count();
         assert!(flagged <= 10, "{flagged}");
+    }
+
+    /// Regression: values near f64's limits made smartcore panic inside the fit, taking every
+    /// other device's training down with it.
+    #[test]
+    fn values_near_the_f64_limit_are_an_error_not_a_panic() {
+        let mut cols = plane(50);
+        cols[1][3] = 1e308;
+        cols[1][4] = -1e308;
+        let params = PcaParams::default().check().unwrap();
+        assert_eq!(params.fit(&refs(&cols)).unwrap_err(), DetectorError::Overflow { feature: 1 });
+        assert!(matches!(
+            params.fit_standardized(&refs(&cols)).unwrap_err(),
+            DetectorError::Overflow { .. }
+        ));
+        // Large but representable values still fit.
+        let big: Vec<Vec<f64>> =
+            plane(50).into_iter().map(|c| c.into_iter().map(|v| v * 1e100).collect()).collect();
+        assert!(params.fit(&refs(&big)).is_ok());
     }
 
     #[test]

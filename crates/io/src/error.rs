@@ -1,4 +1,23 @@
-//! Typed IO errors: each names the URL (and column) it is about.
+//! Typed IO errors: each names the URL (and column) it is about; and [`ErrorClass`], the one
+//! classification every error of the engine maps to (the binary turns it into exit codes).
+
+/// How whoever started a job should meet an error: what every error type of the engine maps
+/// to through its `class()` method, and what the binary turns into its exit codes (2, 4, 75,
+/// 1). A scheduler retries some classes and not others, so a wrong class is a defect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The call is wrong: a flag, a setting, a URL or credential, a location that does not
+    /// exist or cannot be used, a permanent refusal of storage. Fix the call; do not retry.
+    Usage,
+    /// The data is wrong: a malformed, truncated or inconsistent file, a missing or mistyped
+    /// column, a corrupt model or index. Fix the data; do not retry.
+    BadInput,
+    /// Storage is unavailable for now (5xx, 429, timeouts, dropped connections after the
+    /// configured retries). Retry later.
+    Unavailable,
+    /// A defect of ours.
+    Internal,
+}
 
 /// What can go wrong reading or writing storage and files.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +72,30 @@ pub enum IoError {
 }
 
 impl IoError {
+    /// The class of this error (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            e if e.is_retryable() => ErrorClass::Unavailable,
+            IoError::Parquet { .. }
+            | IoError::Csv { .. }
+            | IoError::MissingColumn { .. }
+            | IoError::ColumnType { .. } => ErrorClass::BadInput,
+            IoError::Encode { .. } => ErrorClass::Internal,
+            // A bad URL or option, a missing object, a permanent refusal (permissions, a local
+            // path that is a file or loops): fix the call.
+            IoError::InvalidUrl { .. }
+            | IoError::InvalidOption { .. }
+            | IoError::NotFound { .. }
+            | IoError::Storage { .. }
+            | IoError::Runtime(_) => ErrorClass::Usage,
+        }
+    }
+
     /// True for faults worth retrying later (storage unavailable), false for permanent ones
-    /// (bad URL, missing object, malformed file, permission denied).
+    /// (bad URL, missing object, malformed file, permission denied, a local disk problem).
     pub fn is_retryable(&self) -> bool {
         match self {
-            IoError::Storage { source, .. } => is_retryable_store_error(source),
+            IoError::Storage { source, .. } => is_transient(source),
             IoError::Runtime(_) => true,
             _ => false,
         }
@@ -70,35 +108,67 @@ impl IoError {
             source => IoError::Storage { url, source },
         }
     }
+
+    /// A Parquet error of the file at `url`. A storage failure met while the Parquet reader was
+    /// fetching bytes arrives wrapped as `ParquetError::External`: it stays a storage error
+    /// (retry-worthy or not on its own terms), not a malformed file.
+    pub(crate) fn parquet(url: impl Into<String>, source: parquet::errors::ParquetError) -> Self {
+        use parquet::errors::ParquetError;
+        let url = url.into();
+        match source {
+            ParquetError::External(e) => match e.downcast::<object_store::Error>() {
+                Ok(store_error) => IoError::storage(url, *store_error),
+                Err(other) => IoError::Parquet { url, source: ParquetError::External(other) },
+            },
+            source => IoError::Parquet { url, source },
+        }
+    }
 }
 
-fn is_retryable_store_error(error: &object_store::Error) -> bool {
+/// Whether an object_store error is a passing fault of a remote service.
+///
+/// Transient: an HTTP status of 5xx, 408 or 429, or a transport failure (connect, request,
+/// timeout, interrupted or truncated response) after object_store's own retries. Permanent:
+/// everything local (disk, permissions, symlink loops, a directory where a file should be), any
+/// other status, refusals (401/403, preconditions) and whatever cannot be told apart: a
+/// scheduler retries transient exits, so a guess of "transient" would retry a permanent
+/// problem forever.
+fn is_transient(error: &object_store::Error) -> bool {
     use object_store::Error as E;
     match error {
-        E::Generic { source, .. } => {
-            // Remote backends report exhausted retries (5xx, 429, timeouts, resets) here, but
-            // also other 4xx answers, and the local store its disk and permission problems:
-            // those are permanent. object_store's retry error is not nameable outside the
-            // crate, so the status it carries is read from its message.
+        E::Generic { store, source } => {
+            if LOCAL_STORES.contains(store) {
+                return false;
+            }
             let mut text = String::new();
+            let mut transport = false;
             let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
             while let Some(e) = cause {
                 text.push_str(&e.to_string());
                 text.push('\n');
+                if let Some(http) = e.downcast_ref::<object_store::client::HttpError>() {
+                    use object_store::client::HttpErrorKind as K;
+                    transport |= matches!(
+                        http.kind(),
+                        K::Connect | K::Request | K::Timeout | K::Interrupted | K::Decode
+                    );
+                }
                 cause = e.source();
             }
-            if text.to_ascii_lowercase().contains("permission denied") {
-                return false;
-            }
+            // object_store's retry error, which carries the status, is not nameable outside
+            // the crate: the status is read from its message.
             match http_status_in(&text) {
                 Some(status) => status >= 500 || status == 408 || status == 429,
-                None => true,
+                None => transport,
             }
         }
         E::JoinError { .. } => true,
         _ => false,
     }
 }
+
+/// The `store` names of object_store's local backends, whose errors are never passing faults.
+const LOCAL_STORES: [&str; 2] = ["LocalFileSystem", "InMemory"];
 
 /// The HTTP status in object_store's "Server returned non-2xx status code: 503 ..." messages.
 fn http_status_in(text: &str) -> Option<u16> {
@@ -109,29 +179,66 @@ fn http_status_in(text: &str) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    use object_store::client::{HttpError, HttpErrorKind};
+
     use super::*;
 
-    fn generic(message: &str) -> IoError {
+    fn generic(store: &'static str, source: Box<dyn std::error::Error + Send + Sync>) -> IoError {
         IoError::Storage {
             url: "az://c/p".into(),
-            source: object_store::Error::Generic {
-                store: "MicrosoftAzure",
-                source: message.into(),
-            },
+            source: object_store::Error::Generic { store, source },
         }
     }
 
+    fn remote(message: &str) -> IoError {
+        generic("MicrosoftAzure", message.into())
+    }
+
+    fn transport(kind: HttpErrorKind) -> IoError {
+        generic("MicrosoftAzure", Box::new(HttpError::new(kind, std::io::Error::other("reset"))))
+    }
+
     #[test]
-    fn retryable_faults_are_told_from_permanent_ones() {
+    fn statuses_decide_when_present() {
         assert!(
-            generic("Server returned non-2xx status code: 503 Service Unavailable").is_retryable()
+            remote("Server returned non-2xx status code: 503 Service Unavailable").is_retryable()
         );
+        assert!(remote("Server returned non-2xx status code: 500 Internal").is_retryable());
         assert!(
-            generic("Server returned non-2xx status code: 429 Too Many Requests").is_retryable()
+            remote("Server returned non-2xx status code: 429 Too Many Requests").is_retryable()
         );
-        assert!(generic("error sending request: connection reset").is_retryable());
-        assert!(!generic("Server returned non-2xx status code: 400 Bad Request: x").is_retryable());
-        assert!(!generic("Permission denied (os error 13)").is_retryable());
+        assert!(remote("Server returned non-2xx status code: 408 Request Timeout").is_retryable());
+        assert!(!remote("Server returned non-2xx status code: 400 Bad Request: x").is_retryable());
+        assert!(
+            !remote("Server returned non-2xx status code: 416 Range Not Satisfiable")
+                .is_retryable()
+        );
+    }
+
+    #[test]
+    fn transport_failures_are_transient_and_unknown_errors_are_not() {
+        for kind in [
+            HttpErrorKind::Connect,
+            HttpErrorKind::Request,
+            HttpErrorKind::Timeout,
+            HttpErrorKind::Interrupted,
+            HttpErrorKind::Decode,
+        ] {
+            assert!(transport(kind).is_retryable(), "{kind:?}");
+        }
+        assert!(!transport(HttpErrorKind::Unknown).is_retryable());
+        // No status and no transport failure: a guess of "transient" would make a scheduler
+        // retry a permanent problem forever.
+        assert!(!remote("error decoding listing XML").is_retryable());
+    }
+
+    #[test]
+    fn local_and_refused_errors_are_permanent() {
+        let local = |e: std::io::Error| generic("LocalFileSystem", Box::new(e));
+        assert!(!local(std::io::Error::other("Too many levels of symbolic links")).is_retryable());
+        assert!(!local(std::io::Error::from(std::io::ErrorKind::PermissionDenied)).is_retryable());
+        assert!(!local(std::io::Error::from(std::io::ErrorKind::TimedOut)).is_retryable());
+        assert!(!generic("InMemory", "out of range".into()).is_retryable());
         assert!(!IoError::NotFound { url: "u".into() }.is_retryable());
         let denied = IoError::Storage {
             url: "u".into(),
@@ -141,5 +248,30 @@ mod tests {
             },
         };
         assert!(!denied.is_retryable());
+        let precondition = IoError::Storage {
+            url: "u".into(),
+            source: object_store::Error::Precondition { path: "p".into(), source: "412".into() },
+        };
+        assert!(!precondition.is_retryable());
+    }
+
+    #[test]
+    fn storage_errors_inside_parquet_errors_stay_storage_errors() {
+        let outage = object_store::Error::Generic {
+            store: "MicrosoftAzure",
+            source: "Server returned non-2xx status code: 503 Service Unavailable".into(),
+        };
+        let e = IoError::parquet(
+            "az://c/f.parquet",
+            parquet::errors::ParquetError::External(Box::new(outage)),
+        );
+        assert!(matches!(e, IoError::Storage { .. }), "{e:?}");
+        assert!(e.is_retryable());
+        let malformed = IoError::parquet(
+            "f.parquet",
+            parquet::errors::ParquetError::General("bad magic".into()),
+        );
+        assert!(matches!(malformed, IoError::Parquet { .. }));
+        assert!(!malformed.is_retryable());
     }
 }

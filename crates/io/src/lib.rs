@@ -18,7 +18,7 @@ mod parquet_io;
 mod upload;
 
 pub use csv_io::CsvSource;
-pub use error::IoError;
+pub use error::{ErrorClass, IoError};
 pub use hive::hive_value;
 pub use location::{Entry, Location, Storage};
 pub use options::{

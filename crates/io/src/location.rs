@@ -46,6 +46,8 @@ pub struct Location {
     retry_backoff: std::time::Duration,
     /// True for network stores, where each request costs a round trip.
     remote: bool,
+    /// True for local disk, where `root` is an absolute file-system path.
+    local: bool,
 }
 
 /// Threads of the runtime's blocking pool (local file IO).
@@ -162,6 +164,7 @@ impl Storage {
             multipart_part_size: self.options.multipart_part_size,
             retry_backoff: self.options.retry().initial_backoff,
             remote,
+            local: backend == Backend::Local,
         })
     }
 
@@ -239,6 +242,16 @@ fn local_root(
     Ok((Backend::Local, "file".into(), root, abs.display().to_string()))
 }
 
+/// object_store's local staging names: `NAME#DIGITS` (it refuses such names for objects).
+fn is_staging_name(name: &str) -> bool {
+    match name.rsplit_once('#') {
+        Some((stem, suffix)) => {
+            !stem.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
 /// The kind of store a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -297,6 +310,7 @@ impl Location {
             multipart_part_size: self.multipart_part_size,
             retry_backoff: self.retry_backoff,
             remote: self.remote,
+            local: self.local,
         })
     }
 
@@ -434,6 +448,45 @@ impl Location {
         }
     }
 
+    /// Removes the staging files (`NAME#N`) that object_store's local backend writes before
+    /// renaming them into place, below `rel`; returns how many. A process killed between the
+    /// write and the rename leaves one behind, invisible to listings through object_store but
+    /// not to other readers. Other backends have no such files (an unfinished upload is not an
+    /// object): nothing to do there.
+    pub fn remove_staging_files(&self, rel: &str) -> Result<usize, IoError> {
+        if !self.local {
+            return Ok(0);
+        }
+        let dir = std::path::Path::new("/").join(self.path(rel)?.as_ref());
+        let io_error = |e: std::io::Error| IoError::Storage {
+            url: self.url_of(rel),
+            source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) },
+        };
+        let mut removed = 0;
+        let mut pending = vec![dir];
+        while let Some(dir) = pending.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_error)?;
+                let kind = entry.file_type().map_err(io_error)?;
+                if kind.is_dir() {
+                    pending.push(entry.path());
+                } else if kind.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_error(e)),
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes the object at `rel`; a missing object is not an error.
     pub fn delete(&self, rel: &str) -> Result<(), IoError> {
         let path = self.path(rel)?;
@@ -480,6 +533,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("other").display());
         contract(&storage.open(&url).unwrap());
+    }
+
+    #[test]
+    fn staging_files_of_killed_local_writes_are_removed() {
+        assert!(is_staging_name("part-00000.parquet#1") && is_staging_name("x#12"));
+        assert!(!is_staging_name("part#a") && !is_staging_name("#1") && !is_staging_name("p#"));
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::new().unwrap();
+        let loc = storage.open(&dir.path().display().to_string()).unwrap();
+        loc.put("run/part-00000.parquet", Bytes::from_static(b"part")).unwrap();
+        // What a kill between object_store's staging write and its rename leaves.
+        std::fs::write(dir.path().join("run/part-00001.parquet#1"), b"half").unwrap();
+        std::fs::create_dir_all(dir.path().join("run/_receipts")).unwrap();
+        std::fs::write(dir.path().join("run/_receipts/part-00001.json#3"), b"{").unwrap();
+        std::fs::write(dir.path().join("run/keep#me"), b"not staging").unwrap();
+        assert_eq!(loc.remove_staging_files("run").unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["_receipts", "keep#me", "part-00000.parquet"]);
+        assert_eq!(loc.remove_staging_files("missing").unwrap(), 0);
+        let memory = storage.open("memory://staging").unwrap();
+        assert_eq!(memory.remove_staging_files("").unwrap(), 0);
     }
 
     #[test]

@@ -137,7 +137,11 @@ async fn fetch_footer(
     size: u64,
 ) -> Result<Bytes, ParquetError> {
     let tail_len = FOOTER_SIZE as u64;
-    // `footer_len` refuses a file too short to hold a footer.
+    // A file too short for the magic and a footer (an empty file, say) is refused before any
+    // request: asking a store for an empty range is an error of the store, not of the file.
+    if size < tail_len + 4 {
+        return Err(ParquetError::General(format!("{size} bytes is too small for a Parquet file")));
+    }
     let prefetch = (FOOTER_PREFETCH as u64).min(size);
     let tail = store.get_range(path, size - prefetch..size).await.map_err(external)?;
     let len =
@@ -165,23 +169,11 @@ impl ParquetSource {
             async move {
                 let (store, path) = location.resolve(&entry.path)?;
                 let url = location.url_of(&entry.path);
-                let footer =
-                    fetch_footer(&store, &path, entry.size).await.map_err(
-                        |source| match source {
-                            ParquetError::External(e) => {
-                                match e.downcast::<object_store::Error>() {
-                                    Ok(store_error) => IoError::storage(url.clone(), *store_error),
-                                    Err(other) => IoError::Parquet {
-                                        url: url.clone(),
-                                        source: ParquetError::External(other),
-                                    },
-                                }
-                            }
-                            source => IoError::Parquet { url: url.clone(), source },
-                        },
-                    )?;
+                let footer = fetch_footer(&store, &path, entry.size)
+                    .await
+                    .map_err(|source| IoError::parquet(url.clone(), source))?;
                 let source = Self::from_footer(location, entry, footer)
-                    .map_err(|source| IoError::Parquet { url, source })?;
+                    .map_err(|source| IoError::parquet(url, source))?;
                 Ok::<_, IoError>(source)
             }
         });
@@ -292,7 +284,7 @@ impl ParquetSource {
             })?;
             indices.push(index);
         }
-        let parquet_error = |source| IoError::Parquet { url: url.clone(), source };
+        let parquet_error = |source| IoError::parquet(url.clone(), source);
         let Some(footer) = &self.footer else {
             let file = self.location.get(&self.path)?;
             if file.len() as u64 != self.size {
@@ -407,7 +399,7 @@ pub(crate) fn writer_properties(
 
 /// Decodes a whole Parquet file held in memory.
 pub fn decode_parquet(url: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, IoError> {
-    let parquet_error = |source| IoError::Parquet { url: url.into(), source };
+    let parquet_error = |source| IoError::parquet(url, source);
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(parquet_error)?
         .build()

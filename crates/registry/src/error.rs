@@ -1,6 +1,6 @@
 //! Registry errors, each naming the model key or file it is about.
 
-use batchscore_io::IoError;
+use batchscore_io::{ErrorClass, IoError};
 
 /// What can go wrong reading or writing models.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +41,56 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// The class of this error (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            RegistryError::Io(e) => e.class(),
+            RegistryError::InvalidKey { .. } | RegistryError::NotARegistry { .. } => {
+                ErrorClass::Usage
+            }
+            RegistryError::Encode { .. } => ErrorClass::Internal,
+            RegistryError::NoModel { .. }
+            | RegistryError::Corrupt { .. }
+            | RegistryError::FormatVersion { .. }
+            | RegistryError::KeyMismatch { .. }
+            | RegistryError::CorruptIndex { .. }
+            | RegistryError::Interchange { .. } => ErrorClass::BadInput,
+        }
+    }
+
     /// True when retrying later may help (storage unavailable).
     pub fn is_retryable(&self) -> bool {
         matches!(self, RegistryError::Io(e) if e.is_retryable())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_class() {
+        let s = || "x".to_string();
+        let cases = [
+            (RegistryError::NoModel { key: s(), registry: s() }, ErrorClass::BadInput),
+            (RegistryError::Corrupt { url: s(), reason: s() }, ErrorClass::BadInput),
+            (
+                RegistryError::FormatVersion { url: s(), found: 1, supported: 2 },
+                ErrorClass::BadInput,
+            ),
+            (
+                RegistryError::KeyMismatch { url: s(), expected: s(), found: s() },
+                ErrorClass::BadInput,
+            ),
+            (RegistryError::NotARegistry { url: s() }, ErrorClass::Usage),
+            (RegistryError::CorruptIndex { url: s(), reason: s() }, ErrorClass::BadInput),
+            (RegistryError::Interchange { source_name: s(), reason: s() }, ErrorClass::BadInput),
+            (RegistryError::InvalidKey { key: s(), reason: s() }, ErrorClass::Usage),
+            (RegistryError::Encode { key: s(), reason: s() }, ErrorClass::Internal),
+            (RegistryError::Io(IoError::NotFound { url: s() }), ErrorClass::Usage),
+        ];
+        for (error, class) in cases {
+            assert_eq!(error.class(), class, "{error:?}");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Scheduler errors: each names the file, column, device or run it is about.
 
-use batchscore_io::IoError;
+use batchscore_io::{ErrorClass, IoError};
 use batchscore_registry::RegistryError;
 
 /// What can stop a job as a whole (per-device problems are outcomes, not errors).
@@ -12,7 +12,10 @@ pub enum SchedulerError {
     /// The input cannot be used (malformed file, missing column, wrong type, no files).
     #[error("bad input: {0}")]
     Input(#[source] IoError),
-    /// The input location holds no Parquet or CSV file.
+    /// Nothing at all exists under the input location: a wrong or missing `--input`.
+    #[error("nothing under {url}: the input location does not exist or is empty (check --input)")]
+    InputMissing { url: String },
+    /// The input location holds files, but no Parquet or CSV file.
     #[error("no readings under {url}: no .parquet or .csv files ({other_files} other files)")]
     NoInput { url: String, other_files: usize },
     /// The run id was used before for a different plan.
@@ -20,6 +23,15 @@ pub enum SchedulerError {
         "run `{run_id}` at {url} was planned from other inputs or settings; use a new --run-id"
     )]
     RunConflict { run_id: String, url: String },
+    /// A shard of the run was started with another shard count than the run was planned for.
+    #[error(
+        "run `{run_id}` at {url} is planned for {planned} shards, this shard says {given}: \
+         use --shard-count {planned}, or a new --run-id"
+    )]
+    ShardCountConflict { run_id: String, url: String, planned: u32, given: u32 },
+    /// A commit record could not be encoded (a defect).
+    #[error("cannot encode the {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
     /// A manifest or receipt is unreadable.
     #[error("corrupt commit record {url}: {reason}")]
     CorruptRecord { url: String, reason: String },
@@ -42,6 +54,24 @@ pub enum SchedulerError {
 }
 
 impl SchedulerError {
+    /// The class of this error (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SchedulerError::InvalidSetting { .. }
+            | SchedulerError::RunConflict { .. }
+            | SchedulerError::ShardCountConflict { .. }
+            | SchedulerError::InputMissing { .. } => ErrorClass::Usage,
+            SchedulerError::Input(_)
+            | SchedulerError::NoInput { .. }
+            | SchedulerError::CorruptRecord { .. } => ErrorClass::BadInput,
+            SchedulerError::Io(e) => e.class(),
+            SchedulerError::Registry(e) => e.class(),
+            SchedulerError::ThreadPool { .. }
+            | SchedulerError::Arrow { .. }
+            | SchedulerError::Encode { .. } => ErrorClass::Internal,
+        }
+    }
+
     /// True when retrying later may help (storage unavailable).
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -67,5 +97,51 @@ impl SchedulerError {
 impl From<IoError> for SchedulerError {
     fn from(e: IoError) -> Self {
         SchedulerError::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_its_class() {
+        let s = || "x".to_string();
+        let missing = || IoError::MissingColumn { url: s(), column: s() };
+        let cases = [
+            (SchedulerError::InvalidSetting { setting: "x", reason: s() }, ErrorClass::Usage),
+            (SchedulerError::Input(missing()), ErrorClass::BadInput),
+            (SchedulerError::InputMissing { url: s() }, ErrorClass::Usage),
+            (SchedulerError::NoInput { url: s(), other_files: 3 }, ErrorClass::BadInput),
+            (SchedulerError::RunConflict { run_id: s(), url: s() }, ErrorClass::Usage),
+            (SchedulerError::CorruptRecord { url: s(), reason: s() }, ErrorClass::BadInput),
+            (
+                SchedulerError::ShardCountConflict { run_id: s(), url: s(), planned: 1, given: 2 },
+                ErrorClass::Usage,
+            ),
+            (SchedulerError::Encode { what: "x", reason: s() }, ErrorClass::Internal),
+            (SchedulerError::ThreadPool { threads: 2, reason: s() }, ErrorClass::Internal),
+            (
+                SchedulerError::Arrow {
+                    what: "x",
+                    source: arrow::error::ArrowError::ComputeError(s()),
+                },
+                ErrorClass::Internal,
+            ),
+            (SchedulerError::Io(IoError::NotFound { url: s() }), ErrorClass::Usage),
+            (
+                SchedulerError::Registry(RegistryError::CorruptIndex { url: s(), reason: s() }),
+                ErrorClass::BadInput,
+            ),
+        ];
+        for (error, class) in cases {
+            assert_eq!(error.class(), class, "{error:?}");
+        }
+        // Storage faults met while reading input stay storage faults.
+        assert!(matches!(
+            SchedulerError::reading(IoError::NotFound { url: s() }),
+            SchedulerError::Io(_)
+        ));
+        assert!(matches!(SchedulerError::reading(missing()), SchedulerError::Input(_)));
     }
 }

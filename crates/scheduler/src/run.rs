@@ -1,6 +1,6 @@
 //! The scoring job: scan, plan, execute this shard's units, commit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use batchscore_io::{Location, WriteOptions};
@@ -10,8 +10,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::commit::{
-    DeviceOutcome, DeviceStatus, FORMAT, Manifest, PLAN, PartInfo, Receipt, SUCCESS, Totals,
-    failures_table, from_json, merge_outcomes, to_json,
+    Committed, DeviceOutcome, DeviceStatus, Manifest, PartInfo, PartWrite, PlanRecord, Receipt,
+    RunCommit, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset};
 use crate::output::{OutputFormat, OutputSpec};
@@ -70,14 +70,6 @@ pub struct RunReport {
     /// True when more devices failed than `max_failed` allows.
     pub failed_over_threshold: bool,
     pub elapsed: Duration,
-}
-
-#[derive(Serialize)]
-struct PlanRecord<'a> {
-    format: u32,
-    run_id: &'a str,
-    fingerprint: &'a str,
-    units: usize,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -143,7 +135,7 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
         .div_ceil(16)
         .clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows));
     let plan = Plan::build(&dataset.slices, target);
-    let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target);
+    let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target)?;
     let run_id = match &spec.run_id {
         Some(id) => id.clone(),
         None => format!("run-{}", &fingerprint[..16]),
@@ -185,120 +177,138 @@ pub fn dry_run(spec: &RunSpec) -> Result<PlanSummary, SchedulerError> {
     })
 }
 
-/// Runs this shard's part of a scoring job. See the crate docs for the commit protocol.
+/// Runs this shard's part of a scoring job. See [`crate::commit`] for the commit protocol.
 pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, SchedulerError> {
     let started = Instant::now();
     let mut timings = BTreeMap::new();
     let Prepared { registry, dataset, plan, fingerprint, run_id, total_rows } = prepare(spec)?;
-    let out = spec.output.join(&run_id)?;
-    let plan_record = to_json(&PlanRecord {
-        format: FORMAT,
-        run_id: &run_id,
-        fingerprint: &fingerprint,
-        units: plan.units.len(),
-    })?;
-    if !out.put_if_absent(PLAN, plan_record)? {
-        let existing: serde_json::Value = from_json(&out, PLAN, &out.get(PLAN)?)?;
-        if existing.get("fingerprint").and_then(|f| f.as_str()) != Some(fingerprint.as_str()) {
-            return Err(SchedulerError::RunConflict { run_id, url: out.url().to_string() });
-        }
-    }
+    let commit = claim(spec, &plan, fingerprint, run_id)?;
+    let run_id = commit.run_id().to_string();
     timings.insert("plan".to_string(), ms(started.elapsed()));
     tracing::info!(run_id = %run_id, units = plan.units.len(), rows = total_rows, files = dataset.files.len(), "planned");
 
-    let existing: HashMap<String, u64> =
-        out.list("")?.into_iter().map(|e| (e.path, e.size)).collect();
+    let execute_started = Instant::now();
+    let context = UnitContext { spec, dataset: &dataset, registry: &registry, commit: &commit };
+    let executed = execute(&context, &plan, progress)?;
+    timings.insert("execute".to_string(), ms(execute_started.elapsed()));
+
+    let commit_started = Instant::now();
+    let parts: Vec<PartInfo> = executed.receipts.iter().filter_map(|r| r.part.clone()).collect();
+    let mut devices =
+        merge_outcomes(executed.receipts.into_iter().flat_map(|r| r.devices).collect());
+    if spec.shard.count() == 1 {
+        add_no_input(&spec.selection, &spec.sensors, &dataset.columns, &mut devices);
+        devices.sort_by(DeviceOutcome::order);
+    }
+    timings.insert("commit".to_string(), ms(commit_started.elapsed()));
+    timings.insert("total".to_string(), ms(started.elapsed()));
+    let manifest = commit.commit_shard(
+        executed.units as u64,
+        parts,
+        devices,
+        timings,
+        spec.settings.clone(),
+    )?;
+    let complete = commit.publish_success(|devices| {
+        add_no_input(&spec.selection, &spec.sensors, &dataset.columns, devices)
+    })?;
+    let scope_devices = manifest.totals.devices_scored
+        + manifest.totals.devices_failed
+        + manifest.totals.devices_no_input;
+    let failed_over_threshold =
+        spec.max_failed.exceeded(manifest.totals.devices_failed, scope_devices);
+    tracing::info!(run_id = %run_id, complete, units_skipped = executed.skipped, "committed");
+    Ok(RunReport {
+        run_id,
+        output_url: commit.url().to_string(),
+        manifest,
+        plan_units: plan.units.len(),
+        units_skipped: executed.skipped,
+        rows_scored_now: executed.rows_scored_now,
+        complete,
+        failed_over_threshold,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Claims the run's directory for this plan and shard count.
+fn claim(
+    spec: &RunSpec,
+    plan: &Plan,
+    fingerprint: String,
+    run_id: String,
+) -> Result<RunCommit, SchedulerError> {
+    let out = spec.output.join(&run_id)?;
+    let record = PlanRecord {
+        format: crate::commit::FORMAT,
+        run_id,
+        fingerprint,
+        units: plan.units.len(),
+        shard_count: Some(spec.shard.count()),
+        settings: run_level(&spec.settings, spec.shard.count()),
+    };
+    RunCommit::claim(out, record, spec.shard)
+}
+
+/// The settings that hold for the whole run: those of one shard without what may differ
+/// between its shards (which shard it is, how many threads it ran).
+fn run_level(settings: &serde_json::Value, shard_count: u32) -> serde_json::Value {
+    let mut settings = settings.clone();
+    if let Some(map) = settings.as_object_mut() {
+        map.remove("threads");
+        if map.remove("shard").is_some() {
+            map.insert("shard_count".into(), shard_count.into());
+        }
+    }
+    settings
+}
+
+/// What this shard's units committed.
+struct Executed {
+    receipts: Vec<Receipt>,
+    units: usize,
+    skipped: usize,
+    rows_scored_now: u64,
+}
+
+/// Runs this shard's units on a pool of `spec.threads` workers.
+fn execute(
+    context: &UnitContext<'_>,
+    plan: &Plan,
+    progress: &dyn Progress,
+) -> Result<Executed, SchedulerError> {
+    let spec = context.spec;
     let mine = plan.shard_units(spec.shard);
     let my_rows: u64 = mine.iter().map(|&u| plan.units[u].rows).sum();
     progress.start(mine.len(), my_rows);
-
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(spec.threads)
-        .thread_name(|i| format!("batchscore-worker-{i}"))
-        .build()
-        .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
-    let execute_started = Instant::now();
-    let context = UnitContext {
-        spec,
-        dataset: &dataset,
-        registry: &registry,
-        out: &out,
-        run_id: &run_id,
-        existing: &existing,
-    };
-    let results: Vec<Result<(Receipt, bool), SchedulerError>> = pool.install(|| {
+    let pool = crate::worker_pool(spec.threads)?;
+    let results: Vec<Result<(Receipt, Committed), SchedulerError>> = pool.install(|| {
         mine.par_iter()
             .map(|&u| {
                 let result = context.process(&plan.units[u]);
-                if let Ok((receipt, skipped)) = &result {
+                if let Ok((receipt, committed)) = &result {
                     let rows = receipt.part.as_ref().map_or(0, |p| p.rows);
-                    progress.unit_done(rows, receipt.devices.len(), *skipped);
+                    let earlier = *committed == Committed::Earlier;
+                    progress.unit_done(rows, receipt.devices.len(), earlier);
                 }
                 result
             })
             .collect()
     });
     progress.finish();
-    let mut receipts = Vec::with_capacity(results.len());
-    let mut units_skipped = 0;
-    let mut rows_scored_now = 0;
+    let mut executed =
+        Executed { receipts: Vec::new(), units: mine.len(), skipped: 0, rows_scored_now: 0 };
     for result in results {
-        let (receipt, skipped) = result?;
-        units_skipped += usize::from(skipped);
-        if !skipped {
-            rows_scored_now += receipt.part.as_ref().map_or(0, |p| p.rows);
+        let (receipt, committed) = result?;
+        match committed {
+            Committed::Earlier => executed.skipped += 1,
+            Committed::Now => {
+                executed.rows_scored_now += receipt.part.as_ref().map_or(0, |p| p.rows);
+            }
         }
-        receipts.push(receipt);
+        executed.receipts.push(receipt);
     }
-    timings.insert("execute".to_string(), ms(execute_started.elapsed()));
-
-    let commit_started = Instant::now();
-    let parts: Vec<PartInfo> = receipts.iter().filter_map(|r| r.part.clone()).collect();
-    let mut devices = merge_outcomes(receipts.into_iter().flat_map(|r| r.devices).collect());
-    if spec.shard.count() == 1 {
-        add_no_input(&spec.selection, &spec.sensors, &dataset.columns, &mut devices);
-        devices.sort_by(DeviceOutcome::order);
-    }
-    let shard_name = spec.shard.name();
-    let mut failures_tables = Vec::new();
-    if devices.iter().any(|d| d.status == DeviceStatus::Failed) {
-        let path = format!("_failures/{shard_name}.parquet");
-        out.put_if_absent(&path, failures_table(&run_id, &devices)?)?;
-        failures_tables.push(path);
-    }
-    timings.insert("commit".to_string(), ms(commit_started.elapsed()));
-    timings.insert("total".to_string(), ms(started.elapsed()));
-    let manifest = Manifest {
-        format: FORMAT,
-        run_id: run_id.clone(),
-        scope: shard_name.clone(),
-        shard_count: spec.shard.count(),
-        totals: Totals::of(&parts, &devices, mine.len() as u64),
-        parts,
-        devices,
-        failures_tables,
-        timings_ms: timings,
-        settings: spec.settings.clone(),
-    };
-    out.put_if_absent(&format!("_manifests/{shard_name}.json"), to_json(&manifest)?)?;
-    let complete = publish_success(&out, spec, &dataset.columns, &run_id, plan.units.len())?;
-    let scope_devices = manifest.totals.devices_scored
-        + manifest.totals.devices_failed
-        + manifest.totals.devices_no_input;
-    let failed_over_threshold =
-        spec.max_failed.exceeded(manifest.totals.devices_failed, scope_devices);
-    tracing::info!(run_id = %run_id, complete, units_skipped, "committed");
-    Ok(RunReport {
-        run_id,
-        output_url: out.url().to_string(),
-        manifest,
-        plan_units: plan.units.len(),
-        units_skipped,
-        rows_scored_now,
-        complete,
-        failed_over_threshold,
-        elapsed: started.elapsed(),
-    })
+    Ok(executed)
 }
 
 /// Records selected devices that no unit saw as `no_input`; with named sensors in the long
@@ -349,60 +359,6 @@ fn add_no_input(
     }
 }
 
-/// Writes `_SUCCESS` if every shard of this shard count has its manifest; true if it exists.
-fn publish_success(
-    out: &Location,
-    spec: &RunSpec,
-    columns: &Columns,
-    run_id: &str,
-    units: usize,
-) -> Result<bool, SchedulerError> {
-    if out.get_opt(SUCCESS)?.is_some() {
-        return Ok(true);
-    }
-    let suffix = format!("-of-{:05}.json", spec.shard.count());
-    let manifests: Vec<String> = out
-        .list("_manifests")?
-        .into_iter()
-        .map(|e| e.path)
-        .filter(|p| p.ends_with(&suffix))
-        .collect();
-    if manifests.len() < spec.shard.count() as usize {
-        return Ok(false);
-    }
-    let mut parts = Vec::new();
-    let mut devices = Vec::new();
-    let mut failures_tables = Vec::new();
-    let mut timings_ms = BTreeMap::new();
-    for path in &manifests {
-        let m: Manifest = from_json(out, path, &out.get(path)?)?;
-        parts.extend(m.parts);
-        devices.extend(m.devices);
-        failures_tables.extend(m.failures_tables);
-        for (phase, t) in m.timings_ms {
-            timings_ms.insert(format!("{}.{phase}", m.scope), t);
-        }
-    }
-    let mut devices = merge_outcomes(devices);
-    add_no_input(&spec.selection, &spec.sensors, columns, &mut devices);
-    parts.sort_by_key(|p| p.unit);
-    devices.sort_by(DeviceOutcome::order);
-    let manifest = Manifest {
-        format: FORMAT,
-        run_id: run_id.to_string(),
-        scope: "all".into(),
-        shard_count: spec.shard.count(),
-        totals: Totals::of(&parts, &devices, units as u64),
-        parts,
-        devices,
-        failures_tables,
-        timings_ms,
-        settings: spec.settings.clone(),
-    };
-    out.put_if_absent(SUCCESS, to_json(&manifest)?)?;
-    Ok(true)
-}
-
 /// Identifies everything that determines the run's output.
 fn plan_fingerprint(
     spec: &RunSpec,
@@ -410,7 +366,7 @@ fn plan_fingerprint(
     registry: &Registry,
     plan: &Plan,
     target: u64,
-) -> String {
+) -> Result<String, SchedulerError> {
     #[derive(Serialize)]
     struct Material<'a> {
         version: &'static str,
@@ -442,123 +398,57 @@ fn plan_fingerprint(
         target_rows: target,
         units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
     };
-    let bytes = serde_json::to_vec(&material).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
+    // An empty fallback here would give every plan the same run id and disarm the conflict
+    // check that rests on it.
+    let bytes = serde_json::to_vec(&material)
+        .map_err(|e| SchedulerError::Encode { what: "plan fingerprint", reason: e.to_string() })?;
+    Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 struct UnitContext<'a> {
     spec: &'a RunSpec,
     dataset: &'a Dataset,
     registry: &'a Registry,
-    out: &'a Location,
-    run_id: &'a str,
-    existing: &'a HashMap<String, u64>,
+    commit: &'a RunCommit,
 }
 
 impl UnitContext<'_> {
-    /// The receipt of `unit` if another attempt committed it, with its part in place.
-    fn committed_by_other_attempt(
-        &self,
-        unit: &crate::Unit,
-    ) -> Result<Option<Receipt>, SchedulerError> {
-        let path = Receipt::path(unit.index);
-        let Some(bytes) = self.out.get_opt(&path)? else {
-            return Ok(None);
-        };
-        let receipt: Receipt = from_json(self.out, &path, &bytes)?;
-        if receipt.unit != unit.index || receipt.run_id != self.run_id {
-            return Ok(None);
-        }
-        let part_intact = match &receipt.part {
-            None => true,
-            Some(p) => self.out.size_of(&p.path)? == Some(p.bytes),
-        };
-        Ok(part_intact.then_some(receipt))
-    }
-
     /// Commits one unit, or returns its receipt if an earlier attempt committed it.
-    fn process(&self, unit: &crate::Unit) -> Result<(Receipt, bool), SchedulerError> {
-        let receipt_path = Receipt::path(unit.index);
-        if self.existing.contains_key(&receipt_path) {
-            let receipt: Receipt =
-                from_json(self.out, &receipt_path, &self.out.get(&receipt_path)?)?;
-            let part_intact =
-                receipt.part.as_ref().is_none_or(|p| self.existing.get(&p.path) == Some(&p.bytes));
-            if part_intact && receipt.unit == unit.index && receipt.run_id == self.run_id {
-                return Ok((receipt, true));
-            }
-            tracing::warn!(unit = unit.index, "part missing or damaged; rewriting it");
+    fn process(&self, unit: &crate::Unit) -> Result<(Receipt, Committed), SchedulerError> {
+        if let Some(receipt) = self.commit.committed_earlier(unit.index)? {
+            return Ok((receipt, Committed::Earlier));
         }
         let spec = self.spec;
+        let run_id = self.commit.run_id();
         let table =
             self.dataset.read_unit(&unit.slices, &spec.selection, &spec.sensors, &spec.window)?;
-        let (batch, devices) = score_unit(
-            &table,
-            &self.dataset.columns,
-            self.registry,
-            self.run_id,
-            &spec.output_spec,
-        )?;
+        let (batch, devices) =
+            score_unit(&table, &self.dataset.columns, self.registry, run_id, &spec.output_spec)?;
         drop(table);
-        let part = match batch {
-            None => None,
-            Some(batch) => {
-                let schema = batch.schema();
-                let options = WriteOptions {
-                    row_group_rows: PART_ROW_GROUP_ROWS,
-                    metadata: vec![
-                        ("batchscore.run_id".into(), self.run_id.to_string()),
-                        ("batchscore.unit".into(), unit.index.to_string()),
-                    ],
-                };
-                let path = spec.output_spec.part_path(unit.index);
-                // One object at a path fixed by run id and unit, visible whole or not at all: a
-                // retry rewrites the same bytes, never a second copy.
-                let batches = std::slice::from_ref(&batch);
-                let write = || match spec.output_spec.format {
-                    OutputFormat::Parquet => {
-                        self.out.write_parquet(&path, &schema, batches, &options)
-                    }
-                    OutputFormat::Csv => self.out.write_csv(&path, batches),
-                };
-                let written = match write() {
-                    Ok(written) => written,
-                    Err(first) => {
-                        // A concurrent attempt of this unit (Azure Batch reruns a task whose
-                        // node it lost) may have committed first: committing a block list
-                        // discards the blocks of other uploads of the same blob. Adopt its
-                        // commit if its receipt is there; else upload again from scratch, which
-                        // writes the same bytes.
-                        if let Some(receipt) = self.committed_by_other_attempt(unit)? {
-                            tracing::info!(unit = unit.index, "committed by another attempt");
-                            return Ok((receipt, true));
-                        }
-                        tracing::warn!(unit = unit.index, error = %first, "part upload failed; uploading it again");
-                        write()?
-                    }
-                };
-                Some(PartInfo {
-                    unit: unit.index,
-                    path,
-                    rows: batch.num_rows() as u64,
-                    bytes: written.bytes,
-                    sha256: written.sha256,
-                })
-            }
+        let Some(batch) = batch else {
+            return self.commit.commit_unit(unit.index, None, devices);
         };
-        let receipt = Receipt {
-            format: FORMAT,
-            run_id: self.run_id.to_string(),
-            unit: unit.index,
-            part,
-            devices,
+        let options = WriteOptions {
+            row_group_rows: PART_ROW_GROUP_ROWS,
+            metadata: vec![
+                ("batchscore.run_id".into(), run_id.to_string()),
+                ("batchscore.unit".into(), unit.index.to_string()),
+            ],
         };
-        if !self.out.put_if_absent(&receipt_path, to_json(&receipt)?)? {
-            // A receipt exists although its part was missing: it came from an earlier attempt
-            // of this same unit and plan, so the part we just wrote restores it; keep the record.
-            tracing::debug!(unit = unit.index, "receipt already present");
-        }
-        tracing::debug!(unit = unit.index, devices = receipt.devices.len(), "unit committed");
-        Ok((receipt, false))
+        let path = spec.output_spec.part_path(unit.index);
+        let out = self.commit.location();
+        let batches = std::slice::from_ref(&batch);
+        // One object at a path fixed by run id and unit, visible whole or not at all: a retry
+        // rewrites the same bytes, never a second copy.
+        let write = || {
+            Ok(match spec.output_spec.format {
+                OutputFormat::Parquet => {
+                    out.write_parquet(&path, &batch.schema(), batches, &options)?
+                }
+                OutputFormat::Csv => out.write_csv(&path, batches)?,
+            })
+        };
+        let part = PartWrite { path: path.clone(), rows: batch.num_rows() as u64, write: &write };
+        self.commit.commit_unit(unit.index, Some(part), devices)
     }
 }

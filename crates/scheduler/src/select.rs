@@ -236,7 +236,12 @@ impl Shard {
 
     /// The shard's name in commit records, e.g. `shard-00002-of-00008`.
     pub fn name(&self) -> String {
-        format!("shard-{:05}-of-{:05}", self.index, self.count)
+        Self::name_of(self.index, self.count)
+    }
+
+    /// The name of shard `index` of `count`.
+    pub(crate) fn name_of(index: u32, count: u32) -> String {
+        format!("shard-{index:05}-of-{count:05}")
     }
 }
 

@@ -127,11 +127,7 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
     let shared =
         |device: i64| intervals.iter().filter(|(lo, hi)| (*lo..=*hi).contains(&device)).count() > 1;
     progress.start(plan.units.len(), plan.rows());
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(spec.threads)
-        .thread_name(|i| format!("batchscore-trainer-{i}"))
-        .build()
-        .map_err(|e| SchedulerError::ThreadPool { threads: spec.threads, reason: e.to_string() })?;
+    let pool = crate::worker_pool(spec.threads)?;
     let trainer = Trainer { spec, features: features.as_deref(), registry: &registry };
     let results: Vec<Result<UnitResult, SchedulerError>> = pool.install(|| {
         plan.units

@@ -102,6 +102,17 @@ pub enum SynthError {
     Io(#[from] IoError),
 }
 
+impl SynthError {
+    /// The class of this error (see [`batchscore_io::ErrorClass`]).
+    pub fn class(&self) -> batchscore_io::ErrorClass {
+        match self {
+            SynthError::Invalid(_) => batchscore_io::ErrorClass::Usage,
+            SynthError::Io(e) => e.class(),
+            SynthError::Arrow { .. } => batchscore_io::ErrorClass::Internal,
+        }
+    }
+}
+
 fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }

@@ -1,15 +1,5 @@
-//! Commit records: per-unit receipts, shard manifests, the failures table and `_SUCCESS`.
-//!
-//! Layout under `OUTPUT/RUN_ID/`:
-//! - `part-NNNNN.parquet` (or `.csv`): scored rows of unit N, visible whole or not at all.
-//! - `_receipts/part-NNNNN.json`: what unit N wrote (part size, checksum, device outcomes),
-//!   written create-only after its part; a unit is committed when both exist with the recorded
-//!   size. Receipts hold no timings, so concurrent attempts of a unit write identical bytes.
-//! - `_plan.json`: the plan's fingerprint, create-only; a rerun with other inputs under the same
-//!   run id is refused instead of mixing two plans.
-//! - `_manifests/shard-I-of-N.json` and `_failures/shard-I-of-N.parquet`: one per shard.
-//! - `_SUCCESS`: the merged manifest, written create-only once every shard has its manifest.
-//!   Readers follow it, not a directory listing.
+//! The records of the commit protocol: per-unit receipts, shard manifests, the plan record,
+//! the failures table, and how outcomes of split series merge. Serialised as they are stored.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +14,25 @@ use crate::SchedulerError;
 pub(crate) const FORMAT: u32 = 1;
 pub(crate) const SUCCESS: &str = "_SUCCESS";
 pub(crate) const PLAN: &str = "_plan.json";
+
+/// What `_plan.json` holds: what the run id stands for, fixed by the first attempt of any shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PlanRecord {
+    pub format: u32,
+    pub run_id: String,
+    /// Everything that determines the output (input files, registry index, selection, window,
+    /// columns, unit bounds), hashed.
+    pub fingerprint: String,
+    pub units: usize,
+    /// The shard count every shard of the run must use; absent in records of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_count: Option<u32>,
+    /// The run-level settings (no shard index, no thread count): `_SUCCESS` records these,
+    /// whichever shard finishes last.
+    #[serde(default)]
+    pub settings: serde_json::Value,
+}
 
 /// What happened to one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,16 +137,48 @@ pub struct Manifest {
     pub settings: serde_json::Value,
 }
 
+impl Manifest {
+    /// A manifest over `parts` and `devices`, its totals counted from them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        run_id: &str,
+        scope: String,
+        shard_count: u32,
+        units: u64,
+        parts: Vec<PartInfo>,
+        devices: Vec<DeviceOutcome>,
+        failures_tables: Vec<String>,
+        timings_ms: BTreeMap<String, u64>,
+        settings: serde_json::Value,
+    ) -> Self {
+        Self {
+            format: FORMAT,
+            run_id: run_id.to_string(),
+            scope,
+            shard_count,
+            totals: Totals::of(&parts, &devices, units),
+            parts,
+            devices,
+            failures_tables,
+            timings_ms,
+            settings,
+        }
+    }
+}
+
 impl Receipt {
     pub(crate) fn path(unit: usize) -> String {
         format!("_receipts/part-{unit:05}.json")
     }
 }
 
-pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<bytes::Bytes, SchedulerError> {
-    serde_json::to_vec_pretty(value).map(bytes::Bytes::from).map_err(|e| {
-        SchedulerError::CorruptRecord { url: "<memory>".into(), reason: e.to_string() }
-    })
+pub(crate) fn to_json<T: Serialize>(
+    what: &'static str,
+    value: &T,
+) -> Result<bytes::Bytes, SchedulerError> {
+    serde_json::to_vec_pretty(value)
+        .map(bytes::Bytes::from)
+        .map_err(|e| SchedulerError::Encode { what, reason: e.to_string() })
 }
 
 pub(crate) fn from_json<T: for<'de> Deserialize<'de>>(

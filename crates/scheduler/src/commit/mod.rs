@@ -1,0 +1,331 @@
+//! The commit protocol: exactly-once output on object stores that have no rename.
+//!
+//! Layout under `OUTPUT/RUN_ID/`:
+//! - `_plan.json`: what the run id stands for (plan fingerprint, units, shard count, run-level
+//!   settings), create-only; an attempt with other inputs or another shard count is refused
+//!   instead of mixing two plans.
+//! - `part-NNNNN.parquet` (or `.csv`): scored rows of unit N, visible whole or not at all.
+//! - `_receipts/part-NNNNN.json`: what unit N wrote (part size, checksum, device outcomes),
+//!   written create-only after its part; a unit is committed when both exist with the recorded
+//!   size. Receipts hold no timings, so concurrent attempts of a unit write identical bytes.
+//! - `_manifests/shard-I-of-N.json` and `_failures/shard-I-of-N.parquet`: one per shard.
+//! - `_SUCCESS`: the merged manifest, written create-only once every shard has its manifest,
+//!   and validated whenever it is found. Readers follow it, not a directory listing.
+//!
+//! [`RunCommit`] is the only writer of these objects and the only judge of "is this unit
+//! committed?"; the job around it orchestrates.
+
+mod records;
+
+use std::collections::{BTreeMap, HashMap};
+
+use batchscore_io::{Location, Written};
+
+pub(crate) use records::FORMAT;
+pub use records::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, Totals};
+pub(crate) use records::{PLAN, PlanRecord, Receipt, SUCCESS, failures_table, merge_outcomes};
+use records::{from_json, to_json};
+
+use crate::{SchedulerError, Shard};
+
+/// One attempt's hold on a run directory, from the claim to `_SUCCESS`.
+#[derive(Debug)]
+pub(crate) struct RunCommit {
+    out: Location,
+    shard: Shard,
+    plan: PlanRecord,
+    /// Objects in the run directory, with their sizes, when the attempt claimed it.
+    listing: HashMap<String, u64>,
+}
+
+/// Where "is this unit committed?" reads the sizes of objects from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sizes {
+    /// The listing taken at the claim: no request per unit on the first pass.
+    Listed,
+    /// Asked now: after a failed upload, another attempt may have committed since.
+    Fresh,
+}
+
+/// Whether a unit was committed now or found committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Committed {
+    Now,
+    Earlier,
+}
+
+/// The bytes of a part, written by the caller (which knows the format), at a fixed path.
+pub(crate) struct PartWrite<'a> {
+    pub path: String,
+    pub rows: u64,
+    pub write: &'a dyn Fn() -> Result<Written, SchedulerError>,
+}
+
+impl RunCommit {
+    /// Claims `out` (the run's directory) for `plan`: writes `_plan.json` create-only, or checks
+    /// that the record found there is for the same plan and shard count; then lists the
+    /// directory once.
+    pub fn claim(out: Location, plan: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
+        let conflict = || SchedulerError::RunConflict {
+            run_id: plan.run_id.clone(),
+            url: out.url().to_string(),
+        };
+        let plan = if out.put_if_absent(PLAN, to_json("plan record", &plan)?)? {
+            plan
+        } else {
+            let found: PlanRecord = from_json(&out, PLAN, &out.get(PLAN)?)?;
+            if found.run_id != plan.run_id || found.fingerprint != plan.fingerprint {
+                return Err(conflict());
+            }
+            if let Some(planned) = found.shard_count
+                && planned != shard.count()
+            {
+                return Err(SchedulerError::ShardCountConflict {
+                    run_id: plan.run_id,
+                    url: out.url().to_string(),
+                    planned,
+                    given: shard.count(),
+                });
+            }
+            found
+        };
+        let listing = out.list("")?.into_iter().map(|e| (e.path, e.size)).collect();
+        Ok(Self { out, shard, plan, listing })
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.plan.run_id
+    }
+
+    pub fn url(&self) -> &str {
+        self.out.url()
+    }
+
+    /// The run's directory, where the caller writes parts through [`RunCommit::commit_unit`].
+    pub fn location(&self) -> &Location {
+        &self.out
+    }
+
+    /// The receipt of `unit` if it is committed: its receipt is there, names this run and
+    /// unit, and its part is in place with the recorded size.
+    fn committed(&self, unit: usize, sizes: Sizes) -> Result<Option<Receipt>, SchedulerError> {
+        let path = Receipt::path(unit);
+        if sizes == Sizes::Listed && !self.listing.contains_key(&path) {
+            return Ok(None);
+        }
+        let Some(bytes) = self.out.get_opt(&path)? else {
+            return Ok(None);
+        };
+        let receipt: Receipt = from_json(&self.out, &path, &bytes)?;
+        if receipt.unit != unit || receipt.run_id != self.plan.run_id {
+            tracing::warn!(unit, "receipt of another unit or run; rewriting the unit");
+            return Ok(None);
+        }
+        let Some(part) = &receipt.part else {
+            return Ok(Some(receipt));
+        };
+        let size = match sizes {
+            Sizes::Listed => self.listing.get(&part.path).copied(),
+            Sizes::Fresh => self.out.size_of(&part.path)?,
+        };
+        if size == Some(part.bytes) {
+            Ok(Some(receipt))
+        } else {
+            tracing::warn!(unit, "part missing or damaged; rewriting it");
+            Ok(None)
+        }
+    }
+
+    /// The receipt of `unit` if an earlier attempt committed it (from the claim's listing).
+    pub fn committed_earlier(&self, unit: usize) -> Result<Option<Receipt>, SchedulerError> {
+        self.committed(unit, Sizes::Listed)
+    }
+
+    /// Commits one unit: its part (if it has rows) at its fixed path, then its receipt.
+    ///
+    /// A concurrent attempt of this unit (Azure Batch reruns a task whose node it lost) may
+    /// commit first: committing a block list discards the blocks of other uploads of the same
+    /// blob, so our upload can fail. Its commit is then adopted if its receipt is there, else
+    /// the part is uploaded again from scratch, which writes the same bytes.
+    pub fn commit_unit(
+        &self,
+        unit: usize,
+        part: Option<PartWrite<'_>>,
+        devices: Vec<DeviceOutcome>,
+    ) -> Result<(Receipt, Committed), SchedulerError> {
+        let part = match part {
+            None => None,
+            Some(part) => {
+                let written = match (part.write)() {
+                    Ok(written) => written,
+                    Err(first) => {
+                        if let Some(receipt) = self.committed(unit, Sizes::Fresh)? {
+                            tracing::info!(unit, "committed by another attempt");
+                            return Ok((receipt, Committed::Earlier));
+                        }
+                        tracing::warn!(unit, error = %first, "part upload failed; uploading it again");
+                        (part.write)()?
+                    }
+                };
+                Some(PartInfo {
+                    unit,
+                    path: part.path,
+                    rows: part.rows,
+                    bytes: written.bytes,
+                    sha256: written.sha256,
+                })
+            }
+        };
+        let receipt =
+            Receipt { format: FORMAT, run_id: self.plan.run_id.clone(), unit, part, devices };
+        let path = Receipt::path(unit);
+        if !self.out.put_if_absent(&path, to_json("receipt", &receipt)?)? {
+            // A receipt exists although the unit was not committed: its part was missing, and
+            // the part just written (same plan, same bytes) restores it. The record stays.
+            tracing::debug!(unit, "receipt already present");
+        }
+        Ok((receipt, Committed::Now))
+    }
+
+    /// Commits this shard: its failures table (if any series failed) and its manifest, both
+    /// create-only. `devices` are the shard's merged outcomes.
+    pub fn commit_shard(
+        &self,
+        units: u64,
+        parts: Vec<PartInfo>,
+        devices: Vec<DeviceOutcome>,
+        timings_ms: BTreeMap<String, u64>,
+        settings: serde_json::Value,
+    ) -> Result<Manifest, SchedulerError> {
+        let name = self.shard.name();
+        let mut failures_tables = Vec::new();
+        if devices.iter().any(|d| d.status == DeviceStatus::Failed) {
+            let path = format!("_failures/{name}.parquet");
+            self.out.put_if_absent(&path, failures_table(&self.plan.run_id, &devices)?)?;
+            failures_tables.push(path);
+        }
+        let manifest = Manifest::assemble(
+            &self.plan.run_id,
+            name.clone(),
+            self.shard.count(),
+            units,
+            parts,
+            devices,
+            failures_tables,
+            timings_ms,
+            settings,
+        );
+        self.out
+            .put_if_absent(&format!("_manifests/{name}.json"), to_json("manifest", &manifest)?)?;
+        Ok(manifest)
+    }
+
+    /// Writes `_SUCCESS` once every shard of the run has its manifest, merging them
+    /// (`complete_outcomes` adds what only the whole run knows, such as selected devices no
+    /// shard saw); validates a `_SUCCESS` that is already there. True when the run is complete.
+    /// A complete run's directory is then swept of staging files a killed attempt left.
+    pub fn publish_success(
+        &self,
+        complete_outcomes: impl FnOnce(&mut Vec<DeviceOutcome>),
+    ) -> Result<bool, SchedulerError> {
+        if let Some(bytes) = self.out.get_opt(SUCCESS)? {
+            self.validate_success(&bytes)?;
+            self.sweep();
+            return Ok(true);
+        }
+        let count = self.shard.count();
+        let names: Vec<String> =
+            (0..count).map(|i| format!("_manifests/{}.json", Shard::name_of(i, count))).collect();
+        // Listed paths are relative to the run directory, `_manifests/...` included.
+        let present: std::collections::HashSet<String> =
+            self.out.list("_manifests")?.into_iter().map(|e| e.path).collect();
+        if !names.iter().all(|n| present.contains(n)) {
+            return Ok(false);
+        }
+        let mut parts = Vec::new();
+        let mut devices = Vec::new();
+        let mut failures_tables = Vec::new();
+        let mut timings_ms = BTreeMap::new();
+        for path in &names {
+            let m: Manifest = from_json(&self.out, path, &self.out.get(path)?)?;
+            if m.run_id != self.plan.run_id || m.shard_count != count {
+                return Err(SchedulerError::CorruptRecord {
+                    url: self.out.url_of(path),
+                    reason: format!(
+                        "a manifest of run `{}` with {} shards",
+                        m.run_id, m.shard_count
+                    ),
+                });
+            }
+            parts.extend(m.parts);
+            devices.extend(m.devices);
+            failures_tables.extend(m.failures_tables);
+            for (phase, t) in m.timings_ms {
+                timings_ms.insert(format!("{}.{phase}", m.scope), t);
+            }
+        }
+        let mut devices = merge_outcomes(devices);
+        complete_outcomes(&mut devices);
+        devices.sort_by(DeviceOutcome::order);
+        parts.sort_by_key(|p| p.unit);
+        let manifest = Manifest::assemble(
+            &self.plan.run_id,
+            "all".into(),
+            count,
+            self.plan.units as u64,
+            parts,
+            devices,
+            failures_tables,
+            timings_ms,
+            self.plan.settings.clone(),
+        );
+        self.out.put_if_absent(SUCCESS, to_json("success manifest", &manifest)?)?;
+        self.sweep();
+        Ok(true)
+    }
+
+    /// Checks a `_SUCCESS` found in place: a manifest of this run and shard count whose totals
+    /// agree with its parts and outcomes. A damaged one is an error, never "complete".
+    fn validate_success(&self, bytes: &[u8]) -> Result<Manifest, SchedulerError> {
+        let url = self.out.url_of(SUCCESS);
+        let corrupt = |reason: String| SchedulerError::CorruptRecord { url: url.clone(), reason };
+        let m: Manifest = from_json(&self.out, SUCCESS, bytes)?;
+        if m.format != FORMAT || m.run_id != self.plan.run_id || m.scope != "all" {
+            return Err(corrupt(format!(
+                "format {}, run `{}`, scope `{}`: not this run's merged manifest",
+                m.format, m.run_id, m.scope
+            )));
+        }
+        if m.shard_count != self.shard.count() {
+            return Err(corrupt(format!(
+                "written by {} shards, not {}",
+                m.shard_count,
+                self.shard.count()
+            )));
+        }
+        let units = self.plan.units as u64;
+        if m.totals != Totals::of(&m.parts, &m.devices, units)
+            || m.parts.iter().any(|p| p.unit as u64 >= units)
+        {
+            return Err(corrupt("its totals do not match its parts and outcomes".into()));
+        }
+        Ok(m)
+    }
+
+    /// Removes staging files a killed attempt left on local disk (object_store stages a local
+    /// write as `NAME#N` and renames it into place; a kill in between leaves it, and readers
+    /// that glob `part-*` would take it for a part). Object stores have no such files: an
+    /// unfinished upload is invisible. Only a complete run is swept, so no attempt still
+    /// writing loses a staging file it needs; failures here only cost a warning.
+    fn sweep(&self) {
+        match self.out.remove_staging_files("") {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(run_id = %self.plan.run_id, files = n, "removed staging files of killed attempts")
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %self.plan.run_id, error = %e, "cannot remove staging files")
+            }
+        }
+    }
+}

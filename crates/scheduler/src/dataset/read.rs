@@ -1,0 +1,274 @@
+//! Reading a unit: its row groups and CSV chunks, filtered to the selection and window, keyed
+//! and sorted into series.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
+
+use super::{CSV_CHUNK_BYTES, Dataset, InputFile, Shape, column_type_error, missing, sensor_order};
+use crate::{DeviceSelection, SchedulerError, SensorSelection, TimeWindow};
+
+/// One series of a unit: a device's rows (wide) or a (device, sensor)'s rows (long).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Series {
+    pub device: i64,
+    /// Index into [`UnitTable::sensor_names`]; `None` in the wide layout.
+    pub sensor: Option<u32>,
+    pub rows: Range<usize>,
+}
+
+/// One unit's rows, sorted by device, sensor and time, with each series' row range.
+#[derive(Debug, Default)]
+pub(crate) struct UnitTable {
+    pub device: Vec<i64>,
+    pub timestamp_us: Vec<i64>,
+    /// Long layout: each row's sensor, an index into `sensor_names`; empty when wide.
+    pub sensor: Vec<u32>,
+    pub sensor_names: Vec<String>,
+    /// Wide: one column per sensor (in [`Shape::Wide`] order); long: the value column.
+    pub values: Vec<Vec<f64>>,
+    pub runs: Vec<Series>,
+}
+
+impl UnitTable {
+    /// The sensor name of a long-layout series.
+    pub fn sensor_name(&self, series: &Series) -> Option<&str> {
+        series.sensor.and_then(|s| self.sensor_names.get(s as usize)).map(String::as_str)
+    }
+}
+
+/// Rows appended by one batch, filtered and keyed.
+struct Sink<'a> {
+    device: &'a mut Vec<i64>,
+    timestamp_us: &'a mut Vec<i64>,
+    sensor: &'a mut Vec<u32>,
+    values: &'a mut Vec<Vec<f64>>,
+    /// Long layout: sensor name -> unit-local id.
+    dictionary: &'a mut HashMap<String, u32>,
+}
+
+impl Dataset {
+    /// Columns read from each file, with the types they are decoded as.
+    fn read_columns(&self, hive: bool) -> Vec<(&str, DataType)> {
+        let c = &self.columns;
+        let mut wanted = Vec::new();
+        if !hive {
+            wanted.push((c.device.as_str(), DataType::Int64));
+        }
+        wanted.push((c.timestamp.as_str(), DataType::Timestamp(TimeUnit::Microsecond, None)));
+        match &c.shape {
+            Shape::Wide { sensors } => {
+                wanted.extend(sensors.iter().map(|s| (s.as_str(), DataType::Float64)));
+            }
+            Shape::Long { sensor, value, .. } => {
+                wanted.push((sensor.as_str(), DataType::Utf8));
+                wanted.push((value.as_str(), DataType::Float64));
+            }
+        }
+        wanted
+    }
+
+    /// Reads the given slices and keeps the rows of selected devices (and, in the long layout,
+    /// sensors) inside the window, sorted by device, sensor and time (ties keep input order,
+    /// so the result is deterministic).
+    pub fn read_unit(
+        &self,
+        slices: &[usize],
+        selection: &DeviceSelection,
+        sensors: &SensorSelection,
+        window: &TimeWindow,
+    ) -> Result<UnitTable, SchedulerError> {
+        let value_columns = match &self.columns.shape {
+            Shape::Wide { sensors } => sensors.len(),
+            Shape::Long { .. } => 1,
+        };
+        let mut table = UnitTable { values: vec![Vec::new(); value_columns], ..Default::default() };
+        let mut dictionary: HashMap<String, u32> = HashMap::new();
+        let mut by_file: Vec<(usize, Vec<usize>)> = Vec::new();
+        for &s in slices {
+            let slice = &self.slices[s];
+            match by_file.last_mut() {
+                Some((f, rgs)) if *f == slice.file => rgs.push(slice.row_group),
+                _ => by_file.push((slice.file, vec![slice.row_group])),
+            }
+        }
+        for (f, row_groups) in by_file {
+            let file = &self.files[f];
+            let hive = self.hive_device[f];
+            let wanted = self.read_columns(hive.is_some());
+            let batches = match file {
+                InputFile::Parquet(p) => {
+                    let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
+                    p.read(&row_groups, &names)
+                }
+                InputFile::Csv(c) => {
+                    let chunks = c.chunks(CSV_CHUNK_BYTES);
+                    let mut batches = Vec::new();
+                    for chunk in row_groups {
+                        if let Some(range) = chunks.get(chunk) {
+                            batches.extend(
+                                c.read(range.clone(), &wanted).map_err(SchedulerError::reading)?,
+                            );
+                        }
+                    }
+                    Ok(batches)
+                }
+            }
+            .map_err(SchedulerError::reading)?;
+            let mut sink = Sink {
+                device: &mut table.device,
+                timestamp_us: &mut table.timestamp_us,
+                sensor: &mut table.sensor,
+                values: &mut table.values,
+                dictionary: &mut dictionary,
+            };
+            for batch in batches {
+                self.append_batch(
+                    &file.url(),
+                    &batch,
+                    hive,
+                    (selection, sensors, window),
+                    &mut sink,
+                )?;
+            }
+        }
+        table.sensor_names = vec![String::new(); dictionary.len()];
+        for (name, id) in dictionary {
+            table.sensor_names[id as usize] = name;
+        }
+        sort_and_split(&mut table);
+        Ok(table)
+    }
+
+    fn append_batch(
+        &self,
+        url: &str,
+        batch: &RecordBatch,
+        hive: Option<i64>,
+        (selection, sensors, window): (&DeviceSelection, &SensorSelection, &TimeWindow),
+        sink: &mut Sink<'_>,
+    ) -> Result<(), SchedulerError> {
+        let cast = |name: &str, to: &DataType| -> Result<ArrayRef, SchedulerError> {
+            let column =
+                batch.column_by_name(name).ok_or_else(|| missing(url.to_string(), name))?;
+            arrow::compute::cast(column, to).map_err(|_| {
+                column_type_error(url.into(), name, column.data_type(), &to.to_string())
+            })
+        };
+        let c = &self.columns;
+        let devices = match hive {
+            Some(_) => None,
+            None => Some(cast(&c.device, &DataType::Int64)?),
+        };
+        let devices = devices.as_ref().map(|a| a.as_primitive::<Int64Type>());
+        let ts = cast(&c.timestamp, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+        let ts = ts.as_primitive::<TimestampMicrosecondType>();
+        let value_names: Vec<&String> = match &c.shape {
+            Shape::Wide { sensors } => sensors.iter().collect(),
+            Shape::Long { value, .. } => vec![value],
+        };
+        let values: Vec<ArrayRef> =
+            value_names.iter().map(|s| cast(s, &DataType::Float64)).collect::<Result<_, _>>()?;
+        let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> =
+            values.iter().map(|a| a.as_primitive::<Float64Type>()).collect();
+        // Long layout: each row's sensor as a key into the batch's dictionary, and each
+        // dictionary entry's unit-wide id (`None`: not selected).
+        let long = match &c.shape {
+            Shape::Wide { .. } => None,
+            Shape::Long { sensor, .. } => {
+                let text = cast(sensor, &DataType::Utf8)?;
+                let dict_type =
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+                let dict = arrow::compute::cast(&text, &dict_type)
+                    .map_err(|source| SchedulerError::Arrow { what: "sensor", source })?;
+                let dict = dict.as_dictionary::<Int32Type>().clone();
+                let names = dict.values().as_string::<i32>();
+                let ids: Vec<Option<u32>> = (0..names.len())
+                    .map(|i| {
+                        let name = names.value(i);
+                        sensors.contains(name).then(|| {
+                            let next = sink.dictionary.len() as u32;
+                            *sink.dictionary.entry(name.to_string()).or_insert(next)
+                        })
+                    })
+                    .collect();
+                Some((dict, ids))
+            }
+        };
+        for row in 0..batch.num_rows() {
+            // Rows without a device, timestamp or sensor cannot be keyed; they are skipped.
+            let d = match (hive, devices) {
+                (Some(d), _) => d,
+                (None, Some(a)) if a.is_valid(row) => a.value(row),
+                _ => continue,
+            };
+            if !selection.contains(d) || ts.is_null(row) {
+                continue;
+            }
+            let t = ts.value(row);
+            if !window.contains(t) {
+                continue;
+            }
+            if let Some((dict, ids)) = &long {
+                let keys = dict.keys();
+                if keys.is_null(row) {
+                    continue;
+                }
+                match ids.get(keys.value(row) as usize).copied().flatten() {
+                    Some(id) => sink.sensor.push(id),
+                    None => continue,
+                }
+            }
+            sink.device.push(d);
+            sink.timestamp_us.push(t);
+            for (column, v) in sink.values.iter_mut().zip(&values) {
+                // A missing reading is NaN, which the detectors treat as missing.
+                column.push(if v.is_valid(row) { v.value(row) } else { f64::NAN });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sorts a unit's rows by (device, sensor, time), stable so ties keep input order, and
+/// records each series' row range.
+fn sort_and_split(table: &mut UnitTable) {
+    let n = table.device.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    if table.sensor.is_empty() {
+        order.sort_by_key(|&i| (table.device[i], table.timestamp_us[i]));
+    } else {
+        // Sensors sort by name (integers by value), not by the order they were met in.
+        let mut by_name: Vec<u32> = (0..table.sensor_names.len() as u32).collect();
+        by_name.sort_by(|a, b| {
+            sensor_order(&table.sensor_names[*a as usize], &table.sensor_names[*b as usize])
+        });
+        let mut rank = vec![0u32; by_name.len()];
+        for (r, id) in by_name.iter().enumerate() {
+            rank[*id as usize] = r as u32;
+        }
+        order.sort_by_key(|&i| {
+            (table.device[i], rank[table.sensor[i] as usize], table.timestamp_us[i])
+        });
+        table.sensor = order.iter().map(|&i| table.sensor[i]).collect();
+    }
+    table.device = order.iter().map(|&i| table.device[i]).collect();
+    table.timestamp_us = order.iter().map(|&i| table.timestamp_us[i]).collect();
+    for column in &mut table.values {
+        *column = order.iter().map(|&i| column[i]).collect();
+    }
+    let mut runs: Vec<Series> = Vec::new();
+    for i in 0..n {
+        let device = table.device[i];
+        let sensor = table.sensor.get(i).copied();
+        match runs.last_mut() {
+            Some(last) if last.device == device && last.sensor == sensor => last.rows.end = i + 1,
+            _ => runs.push(Series { device, sensor, rows: i..i + 1 }),
+        }
+    }
+    table.runs = runs;
+}
