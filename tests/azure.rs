@@ -363,3 +363,80 @@ fn permanent_errors_fail_fast_and_never_show_credentials() {
         "{text}"
     );
 }
+
+/// Regression: a storage outage that outlasts the retries while the column chunks of a remote
+/// Parquet file over 1 MiB were read exited 4 ("bad data, do not retry"): the reader wrapped
+/// the storage error as a Parquet error. It is retry-worthy: exit 75.
+#[test]
+fn an_outage_while_reading_a_large_remote_file_exits_75() {
+    let Some(endpoint) = azurite() else { return };
+    let p = unique("outage");
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data_s = data.display().to_string();
+    // Two devices x 60,000 rows in one file: several MiB, read by range requests.
+    expect_code(
+        &[
+            "generate",
+            "--devices",
+            "2",
+            "--rows-per-device",
+            "60000",
+            "--rows-per-file",
+            "120000",
+            "--out",
+            &data_s,
+        ],
+        0,
+    );
+    let file = data.join("readings/part-00000.parquet");
+    assert!(std::fs::metadata(&file).unwrap().len() > 1 << 20, "the file is over 1 MiB");
+    let models = dir.path().join("models").display().to_string();
+    expect_code(
+        &[
+            "train",
+            "--input",
+            &format!("{data_s}/readings"),
+            "--registry",
+            &models,
+            "--n-estimators",
+            "5",
+        ],
+        0,
+    );
+    blob_py(
+        &endpoint,
+        &["put-dir", &format!("{data_s}/readings"), CONTAINER, &format!("{p}/readings")],
+    );
+    blob_py(&endpoint, &["put-dir", &models, CONTAINER, &format!("{p}/models")]);
+    let config = dir.path().join("storage.toml");
+    std::fs::write(
+        &config,
+        "[storage]\nmax_retries = 2\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\n",
+    )
+    .unwrap();
+    // The footer read passes; every read of the file's column chunks meets the outage.
+    let proxy = FaultProxy::outage_after(
+        endpoint.trim_start_matches("http://"),
+        &format!("{p}/readings/part-00000.parquet"),
+        1,
+    );
+    let out = batchscore_at(
+        &proxy.url(),
+        &[
+            "--config",
+            &config.display().to_string(),
+            "run",
+            "--input",
+            &az(&format!("{p}/readings")),
+            "--registry",
+            &az(&format!("{p}/models")),
+            "--output",
+            &az(&format!("{p}/out")),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("part-00000.parquet") && stderr.contains("503"), "{stderr}");
+    assert!(proxy.faults().get("Status503").is_some_and(|n| *n >= 3), "{:?}", proxy.faults());
+}

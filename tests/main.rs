@@ -5,6 +5,7 @@ mod azure;
 mod common;
 mod exactly_once;
 mod failures;
+mod hostile;
 mod pipeline;
 mod reference;
 mod settings;

@@ -45,7 +45,8 @@ pub fn show_config(config: &ConfigFile, storage: &Storage, printer: Printer) -> 
             "multipart_part_size": options.multipart_part_size(),
         },
     });
-    printer.out(&serde_json::to_string_pretty(&view)?);
+    // Paths may be URLs with SAS tokens or passwords in them.
+    printer.out(&storage.scrub(&serde_json::to_string_pretty(&view)?));
     Ok(0)
 }
 
@@ -427,6 +428,22 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
             thousands((r.rows_scored_now as f64 / secs.max(1e-9)) as u64)
         ),
     ];
+    if t.duplicate_rows > 0 {
+        lines.insert(
+            4,
+            format!(
+                "  warning   {} rows repeat the (device, sensor, timestamp) of another row (scored as given)",
+                thousands(t.duplicate_rows)
+            ),
+        );
+    }
+    if !r.sensors_without_input.is_empty() {
+        lines.push(format!(
+            "  warning   no readings of the selected sensor(s) {} in this {}",
+            r.sensors_without_input.join(", "),
+            if r.manifest.shard_count > 1 { "shard" } else { "run" }
+        ));
+    }
     let failures: Vec<_> =
         r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
     if !failures.is_empty() {

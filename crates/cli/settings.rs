@@ -41,12 +41,31 @@ fn required(value: Option<String>, flag: &str, env: &str, key: &str) -> Result<S
     })
 }
 
-/// The device selection, reading `@file` from disk.
+/// The largest `@file` device list read: 64 MiB (some ten million ids, one a line).
+const MAX_DEVICE_LIST_BYTES: u64 = 64 << 20;
+
+/// The device selection, reading `@file` from disk (at most [`MAX_DEVICE_LIST_BYTES`], so that
+/// `@/dev/zero` or a wrong file is an error, not a process that grows until it is killed).
 pub fn selection(text: Option<String>) -> Result<DeviceSelection, UsageError> {
+    use std::io::Read;
     let text = text.unwrap_or_else(|| "all".into());
     let text = match text.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| UsageError(format!("cannot read device list {path}: {e}")))?,
+        Some(path) => {
+            let cannot =
+                |e: std::io::Error| UsageError(format!("cannot read device list {path}: {e}"));
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_DEVICE_LIST_BYTES + 1).read_to_end(&mut bytes))
+                .map_err(cannot)?;
+            if bytes.len() as u64 > MAX_DEVICE_LIST_BYTES {
+                return Err(UsageError(format!(
+                    "device list {path} is larger than {} MiB",
+                    MAX_DEVICE_LIST_BYTES >> 20
+                )));
+            }
+            String::from_utf8(bytes)
+                .map_err(|_| UsageError(format!("device list {path} is not UTF-8 text")))?
+        }
         None => text,
     };
     DeviceSelection::parse(&text).map_err(usage)
@@ -345,6 +364,7 @@ pub fn run_spec(
     settings["min_part_rows"] = json!(min_part_rows);
     settings["max_part_rows"] = json!(max_part_rows);
     settings["storage_options"] = json!(storage.options().redacted());
+    let settings = scrubbed(settings, storage);
     Ok(RunSpec {
         input: storage.open(&c.input).map_err(usage)?,
         registry: storage.open(&c.registry).map_err(usage)?,
@@ -391,6 +411,22 @@ fn contamination(text: &str) -> Result<Contamination, UsageError> {
         text.parse()
             .map(Contamination::Fraction)
             .map_err(|_| UsageError(format!("contamination `{text}`")))
+    }
+}
+
+/// The settings with every credential removed from every string (URLs with SAS tokens or
+/// passwords, secret option values), as manifests record them.
+fn scrubbed(value: serde_json::Value, storage: &Storage) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => Value::String(storage.scrub(&text)),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| scrubbed(v, storage)).collect())
+        }
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, scrubbed(v, storage))).collect())
+        }
+        other => other,
     }
 }
 

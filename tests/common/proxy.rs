@@ -49,6 +49,15 @@ struct Stats {
     log: Vec<String>,
 }
 
+/// An outage of some objects: requests whose path contains `needle` pass `pass` times, then
+/// every one is answered 503, as a storage account does that is failing for good.
+#[derive(Debug)]
+struct Outage {
+    needle: String,
+    pass: u64,
+    seen: Mutex<u64>,
+}
+
 /// A running proxy; stops when dropped.
 pub struct FaultProxy {
     pub addr: SocketAddr,
@@ -59,6 +68,22 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Forwards to `upstream` (`127.0.0.1:PORT`), failing `fault_share` of the requests.
     pub fn start(upstream: &str, fault_share: f64, seed: u64) -> Self {
+        Self::start_with(upstream, fault_share, seed, None)
+    }
+
+    /// Forwards to `upstream`; requests whose path contains `needle` pass `pass` times and then
+    /// meet a lasting outage (503 to every request).
+    pub fn outage_after(upstream: &str, needle: &str, pass: u64) -> Self {
+        let outage = Outage { needle: needle.to_string(), pass, seen: Mutex::new(0) };
+        Self::start_with(upstream, 0.0, 1, Some(Arc::new(outage)))
+    }
+
+    fn start_with(
+        upstream: &str,
+        fault_share: f64,
+        seed: u64,
+        outage: Option<Arc<Outage>>,
+    ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -82,7 +107,13 @@ impl FaultProxy {
                         None
                     }
                 };
-                tokio::spawn(serve(client, upstream.clone(), fault, shared.clone()));
+                tokio::spawn(serve(
+                    client,
+                    upstream.clone(),
+                    fault,
+                    outage.clone(),
+                    shared.clone(),
+                ));
             }
         });
         Self { addr, stats, runtime: Some(runtime) }
@@ -180,7 +211,8 @@ fn close_after(head: &str) -> String {
 async fn serve(
     mut client: TcpStream,
     upstream: String,
-    fault: Option<Fault>,
+    mut fault: Option<Fault>,
+    outage: Option<Arc<Outage>>,
     stats: Arc<Mutex<Stats>>,
 ) {
     let Some((head, body)) = read_request(&mut client).await else {
@@ -189,6 +221,15 @@ async fn serve(
     let request_line = head.lines().next().unwrap_or_default().to_string();
     let method = request_line.split(' ').next().unwrap_or_default().to_string();
     let path = request_line.split(' ').nth(1).unwrap_or_default();
+    if let Some(outage) = outage
+        && path.contains(&outage.needle)
+    {
+        let mut seen = outage.seen.lock().unwrap();
+        *seen += 1;
+        if *seen > outage.pass {
+            fault = Some(Fault::Status503);
+        }
+    }
     {
         let mut s = stats.lock().unwrap();
         s.requests += 1;

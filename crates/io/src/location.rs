@@ -295,6 +295,12 @@ impl Location {
         self.remote
     }
 
+    /// True when `other` is this location or lies below it, in the same store: what this
+    /// location lists includes what `other` holds.
+    pub fn contains(&self, other: &Location) -> bool {
+        Arc::ptr_eq(&self.store, &other.store) && other.root.prefix_match(&self.root).is_some()
+    }
+
     /// The URL of an object below this location.
     pub fn url_of(&self, rel: &str) -> String {
         if rel.is_empty() { self.url.clone() } else { format!("{}/{}", self.url, rel) }
@@ -533,6 +539,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("other").display());
         contract(&storage.open(&url).unwrap());
+    }
+
+    #[test]
+    fn containment_follows_path_segments_within_one_store() {
+        let storage = Storage::new().unwrap();
+        let data = storage.open("/data/in").unwrap();
+        assert!(data.contains(&storage.open("/data/in/out").unwrap()));
+        assert!(data.contains(&storage.open("/data/in").unwrap()));
+        assert!(!data.contains(&storage.open("/data/input").unwrap()), "segments, not strings");
+        assert!(!data.contains(&storage.open("/data").unwrap()));
+        assert!(!data.contains(&storage.open("memory://x/data/in/out").unwrap()));
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl StorageOptions {
     pub fn redacted(&self) -> BTreeMap<String, String> {
         self.options
             .iter()
-            .map(|(k, v)| (k.clone(), if is_secret(k) { "***".into() } else { v.clone() }))
+            .map(|(k, v)| (k.clone(), if is_secret(k) { "***".into() } else { redact(v) }))
             .collect()
     }
 
@@ -219,8 +219,39 @@ impl StorageOptions {
 }
 
 /// Removes credentials from a message: SAS signatures and tokens in URLs, account keys in
-/// connection strings, and AWS presigned-URL signatures.
+/// connection strings, AWS presigned-URL signatures, and passwords in URLs
+/// (`http://user:password@proxy:8080`, as `proxy_url` takes them).
 pub fn redact(text: &str) -> String {
+    redact_markers(&redact_userinfo(text))
+}
+
+/// Replaces the password of every `scheme://user:password@host` in `text` with `***`.
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.find("://") {
+        let authority_start = found + 3;
+        out.push_str(&rest[..authority_start]);
+        rest = &rest[authority_start..];
+        let end = rest
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let authority = &rest[..end];
+        match authority.rfind('@').and_then(|at| Some((at, authority[..at].find(':')?))) {
+            Some((at, colon)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_markers(text: &str) -> String {
     const MARKERS: [&str; 6] = [
         "sig=",
         "AccountKey=",
@@ -308,6 +339,20 @@ mod tests {
             ("PATH".to_string(), "/bin".to_string()),
         ]);
         assert_eq!(o.redacted().keys().collect::<Vec<_>>(), vec!["azure_storage_use_emulator"]);
+    }
+
+    #[test]
+    fn redact_hides_passwords_in_urls() {
+        assert_eq!(
+            redact("proxy http://user:Pl4nted@proxy.local:8080/x and https://a.b/c"),
+            "proxy http://user:***@proxy.local:8080/x and https://a.b/c"
+        );
+        assert_eq!(redact("\"socks5://u:p@h\""), "\"socks5://u:***@h\"");
+        assert_eq!(redact("http://user@host/x"), "http://user@host/x", "no password");
+        assert_eq!(redact("az://c/p@2x"), "az://c/p@2x", "an @ in the path is not userinfo");
+        let mut o = StorageOptions::default();
+        o.set("proxy_url", "http://user:Pl4nted@127.0.0.1:3128").unwrap();
+        assert_eq!(o.redacted()["proxy_url"], "http://user:***@127.0.0.1:3128");
     }
 
     #[test]

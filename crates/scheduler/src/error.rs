@@ -12,6 +12,14 @@ pub enum SchedulerError {
     /// The input cannot be used (malformed file, missing column, wrong type, no files).
     #[error("bad input: {0}")]
     Input(#[source] IoError),
+    /// A file's schema contradicts itself or the dataset (a duplicated column, a sensor
+    /// column other files lack).
+    #[error("{url}: {reason}")]
+    Schema { url: String, reason: String },
+    /// A value that cannot be taken as it is: a device id beyond the 64-bit signed range, a
+    /// row whose device contradicts its hive partition.
+    #[error("{url}: column `{column}` holds {value}: {reason}")]
+    InvalidValue { url: String, column: String, value: String, reason: String },
     /// Nothing at all exists under the input location: a wrong or missing `--input`.
     #[error("nothing under {url}: the input location does not exist or is empty (check --input)")]
     InputMissing { url: String },
@@ -62,6 +70,8 @@ impl SchedulerError {
             | SchedulerError::ShardCountConflict { .. }
             | SchedulerError::InputMissing { .. } => ErrorClass::Usage,
             SchedulerError::Input(_)
+            | SchedulerError::Schema { .. }
+            | SchedulerError::InvalidValue { .. }
             | SchedulerError::NoInput { .. }
             | SchedulerError::CorruptRecord { .. } => ErrorClass::BadInput,
             SchedulerError::Io(e) => e.class(),
@@ -112,6 +122,11 @@ mod tests {
             (SchedulerError::InvalidSetting { setting: "x", reason: s() }, ErrorClass::Usage),
             (SchedulerError::Input(missing()), ErrorClass::BadInput),
             (SchedulerError::InputMissing { url: s() }, ErrorClass::Usage),
+            (SchedulerError::Schema { url: s(), reason: s() }, ErrorClass::BadInput),
+            (
+                SchedulerError::InvalidValue { url: s(), column: s(), value: s(), reason: s() },
+                ErrorClass::BadInput,
+            ),
             (SchedulerError::NoInput { url: s(), other_files: 3 }, ErrorClass::BadInput),
             (SchedulerError::RunConflict { run_id: s(), url: s() }, ErrorClass::Usage),
             (SchedulerError::CorruptRecord { url: s(), reason: s() }, ErrorClass::BadInput),

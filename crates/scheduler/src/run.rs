@@ -69,6 +69,9 @@ pub struct RunReport {
     pub complete: bool,
     /// True when more devices failed than `max_failed` allows.
     pub failed_over_threshold: bool,
+    /// Long layout: selected sensors of which this shard met no reading (a typo in
+    /// `--sensors`, or a sensor that sent nothing in the window).
+    pub sensors_without_input: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -124,6 +127,18 @@ struct Prepared {
 }
 
 fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
+    if spec.input.contains(&spec.output) {
+        // Scored parts would be listed as readings by the next run.
+        return Err(SchedulerError::InvalidSetting {
+            setting: "output",
+            reason: format!(
+                "{} lies inside the input {}: the next run would read scored parts back as \
+                 readings; put the output beside the input",
+                spec.output.url(),
+                spec.input.url()
+            ),
+        });
+    }
     let registry = Registry::open_existing(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
     spec.output_spec.check(&dataset.columns)?;
@@ -217,6 +232,10 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         + manifest.totals.devices_no_input;
     let failed_over_threshold =
         spec.max_failed.exceeded(manifest.totals.devices_failed, scope_devices);
+    let sensors_without_input = sensors_without_input(&spec.sensors, &manifest.devices);
+    if !sensors_without_input.is_empty() {
+        tracing::warn!(sensors = ?sensors_without_input, "no readings of selected sensors");
+    }
     tracing::info!(run_id = %run_id, complete, units_skipped = executed.skipped, "committed");
     Ok(RunReport {
         run_id,
@@ -227,8 +246,19 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         rows_scored_now: executed.rows_scored_now,
         complete,
         failed_over_threshold,
+        sensors_without_input,
         elapsed: started.elapsed(),
     })
+}
+
+/// The named sensors no outcome has a reading of.
+fn sensors_without_input(sensors: &SensorSelection, devices: &[DeviceOutcome]) -> Vec<String> {
+    let Some(names) = sensors.names() else {
+        return Vec::new();
+    };
+    let seen: BTreeSet<&str> =
+        devices.iter().filter(|d| d.rows > 0).filter_map(|d| d.sensor.as_deref()).collect();
+    names.iter().filter(|n| !seen.contains(n.as_str())).cloned().collect()
 }
 
 /// Claims the run's directory for this plan and shard count.
@@ -352,6 +382,7 @@ fn add_no_input(
             status: DeviceStatus::NoInput,
             rows: 0,
             anomalies: 0,
+            duplicate_rows: 0,
             model_version: None,
             stage: None,
             reason: None,

@@ -24,6 +24,7 @@ fn failed(series: &Key, rows: usize, stage: &str, reason: String) -> DeviceOutco
         status: DeviceStatus::Failed,
         rows: rows as u64,
         anomalies: 0,
+        duplicate_rows: 0,
         model_version: None,
         stage: Some(stage.into()),
         reason: Some(reason),
@@ -103,6 +104,27 @@ fn feature_columns(
             features.len(),
             features.join(", ")
         )),
+    }
+}
+
+/// Records in each series' outcome how many of its rows repeat the timestamp of the row before
+/// (rows are sorted by time within a series). They are scored as given, and counted so that a
+/// duplicated feed does not go unnoticed.
+fn count_duplicates(table: &UnitTable, outcomes: &mut [DeviceOutcome]) {
+    let mut duplicates: std::collections::HashMap<Key, u64> = std::collections::HashMap::new();
+    for series in &table.runs {
+        let ts = &table.timestamp_us[series.rows.clone()];
+        let n = ts.windows(2).filter(|w| w[0] == w[1]).count() as u64;
+        if n > 0 {
+            duplicates.insert((series.device, table.sensor_name(series).map(String::from)), n);
+        }
+    }
+    if duplicates.is_empty() {
+        return;
+    }
+    for outcome in outcomes {
+        let key = (outcome.device, outcome.sensor.clone());
+        outcome.duplicate_rows = duplicates.get(&key).copied().unwrap_or(0);
     }
 }
 
@@ -186,12 +208,14 @@ pub(crate) fn score_unit(
                 status: DeviceStatus::Scored,
                 rows: n as u64,
                 anomalies,
+                duplicate_rows: 0,
                 model_version: Some(model.version().to_string()),
                 stage: None,
                 reason: None,
             });
         }
     }
+    count_duplicates(table, &mut outcomes);
     if scored.rows.is_empty() {
         return Ok((None, outcomes));
     }

@@ -56,6 +56,10 @@ pub struct DeviceOutcome {
     pub status: DeviceStatus,
     pub rows: u64,
     pub anomalies: u64,
+    /// Rows whose (device, sensor, timestamp) repeats an earlier row of the series: scored as
+    /// given (one output row per input row), and counted here.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub duplicate_rows: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub model_version: Option<String>,
     /// Where it failed: `model_key` (the sensor name cannot be part of a key),
@@ -82,6 +86,10 @@ impl DeviceOutcome {
             (x, y) => x.cmp(y),
         })
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One committed part file.
@@ -113,6 +121,9 @@ pub struct Totals {
     pub parts: u64,
     pub rows: u64,
     pub anomalies: u64,
+    /// Input rows that repeat the (device, sensor, timestamp) of another row (all scored).
+    #[serde(default)]
+    pub duplicate_rows: u64,
     pub devices_scored: u64,
     pub devices_failed: u64,
     pub devices_no_input: u64,
@@ -204,6 +215,7 @@ pub(crate) fn merge_outcomes(outcomes: Vec<DeviceOutcome>) -> Vec<DeviceOutcome>
             Some(merged) => {
                 merged.rows += outcome.rows;
                 merged.anomalies += outcome.anomalies;
+                merged.duplicate_rows += outcome.duplicate_rows;
                 let rank = |s: DeviceStatus| match s {
                     DeviceStatus::Failed => 2,
                     DeviceStatus::Scored => 1,
@@ -231,6 +243,7 @@ impl Totals {
             parts: parts.len() as u64,
             rows: parts.iter().map(|p| p.rows).sum(),
             anomalies: devices.iter().map(|d| d.anomalies).sum(),
+            duplicate_rows: devices.iter().map(|d| d.duplicate_rows).sum(),
             devices_scored: count(DeviceStatus::Scored),
             devices_failed: count(DeviceStatus::Failed),
             devices_no_input: count(DeviceStatus::NoInput),
@@ -279,6 +292,7 @@ mod tests {
             status,
             rows,
             anomalies: 1,
+            duplicate_rows: 0,
             model_version: None,
             stage: None,
             reason: None,

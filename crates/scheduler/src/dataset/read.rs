@@ -52,11 +52,12 @@ struct Sink<'a> {
 }
 
 impl Dataset {
-    /// Columns read from each file, with the types they are decoded as.
-    fn read_columns(&self, hive: bool) -> Vec<(&str, DataType)> {
+    /// Columns read from each file, with the types they are decoded as. The device column is
+    /// read whenever the file has one, under a hive partition too, where it must agree.
+    fn read_columns(&self, device: bool) -> Vec<(&str, DataType)> {
         let c = &self.columns;
         let mut wanted = Vec::new();
-        if !hive {
+        if device {
             wanted.push((c.device.as_str(), DataType::Int64));
         }
         wanted.push((c.timestamp.as_str(), DataType::Timestamp(TimeUnit::Microsecond, None)));
@@ -99,7 +100,8 @@ impl Dataset {
         for (f, row_groups) in by_file {
             let file = &self.files[f];
             let hive = self.hive_device[f];
-            let wanted = self.read_columns(hive.is_some());
+            let has_device = file.schema().field_with_name(&self.columns.device).is_ok();
+            let wanted = self.read_columns(hive.is_none() || has_device);
             let batches = match file {
                 InputFile::Parquet(p) => {
                     let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
@@ -155,16 +157,47 @@ impl Dataset {
         let cast = |name: &str, to: &DataType| -> Result<ArrayRef, SchedulerError> {
             let column =
                 batch.column_by_name(name).ok_or_else(|| missing(url.to_string(), name))?;
-            arrow::compute::cast(column, to).map_err(|_| {
+            let cast = arrow::compute::cast(column, to).map_err(|_| {
                 column_type_error(url.into(), name, column.data_type(), &to.to_string())
-            })
+            })?;
+            // A value the target type cannot hold (a uint64 device id above i64::MAX) casts to
+            // null, and null keys are skipped: that would drop rows without a word.
+            if cast.null_count() > column.null_count()
+                && let Some(row) =
+                    (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r))
+            {
+                let value =
+                    arrow::util::display::array_value_to_string(column, row).unwrap_or_default();
+                return Err(SchedulerError::InvalidValue {
+                    url: url.to_string(),
+                    column: name.to_string(),
+                    value,
+                    reason: format!("it does not fit the {to} the engine reads it as"),
+                });
+            }
+            Ok(cast)
         };
         let c = &self.columns;
-        let devices = match hive {
-            Some(_) => None,
-            None => Some(cast(&c.device, &DataType::Int64)?),
+        let devices = match batch.column_by_name(&c.device) {
+            Some(_) => Some(cast(&c.device, &DataType::Int64)?),
+            None => None,
         };
         let devices = devices.as_ref().map(|a| a.as_primitive::<Int64Type>());
+        if let (Some(partition), Some(column)) = (hive, devices)
+            && let Some(row) =
+                (0..column.len()).find(|&r| column.is_valid(r) && column.value(r) != partition)
+        {
+            return Err(SchedulerError::InvalidValue {
+                url: url.to_string(),
+                column: c.device.clone(),
+                value: column.value(row).to_string(),
+                reason: format!(
+                    "the file sits in the partition {}={partition}: a row of another device \
+                     would be scored with device {partition}'s model",
+                    c.device
+                ),
+            });
+        }
         let ts = cast(&c.timestamp, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
         let ts = ts.as_primitive::<TimestampMicrosecondType>();
         let value_names: Vec<&String> = match &c.shape {

@@ -15,13 +15,38 @@ fn is_sensor_key_type(t: &DataType) -> bool {
         || matches!(t, DataType::Dictionary(_, v) if matches!(**v, DataType::Utf8 | DataType::LargeUtf8))
 }
 
+/// The first column name a schema holds twice (a Parquet file or a CSV header can).
+fn duplicated_name(schema: &arrow::datatypes::Schema) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    schema.fields().iter().map(|f| f.name().as_str()).find(|name| !seen.insert(*name))
+}
+
 impl Dataset {
     pub(super) fn check_schemas(&mut self) -> Result<(), SchedulerError> {
         let mut integer_sensors = true;
         let c = &self.columns;
+        let first_url = self.files.first().map(InputFile::url).unwrap_or_default();
         for (i, file) in self.files.iter().enumerate() {
             let schema = file.schema();
             let url = file.url();
+            let inconsistent = |reason: String| SchedulerError::Schema { url: url.clone(), reason };
+            if let Some(name) = duplicated_name(schema) {
+                return Err(inconsistent(format!("column `{name}` appears more than once")));
+            }
+            // The first file decides the sensor columns of wide input; a later file with a
+            // column the first lacks is as wrong as the other way round (a missing column).
+            if let Shape::Wide { sensors } = &c.shape
+                && let Some(extra) = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name())
+                    .find(|n| **n != c.device && **n != c.timestamp && !sensors.contains(n))
+            {
+                return Err(inconsistent(format!(
+                    "column `{extra}` is not in {first_url}, whose columns decide the sensors: \
+                     every file of wide input must have the same sensor columns"
+                )));
+            }
             // CSV types are sampled from the head: only a clear contradiction is an error
             // here; anything else that does not parse fails the read, naming file and line.
             let (csv, sampled_rows) = match file {
