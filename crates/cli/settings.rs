@@ -508,6 +508,49 @@ pub fn train_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Text a user could type: numbers of any size, units, signs, separators and junk.
+    fn flag_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[-+]?[0-9]{0,25}(ms|s|m|h|d|KiB|MiB|GiB|B|%|\\.[0-9]{0,5})?",
+            "[0-9,.=@ -]{0,40}",
+            "[0-9]{0,20}\\.\\.=?[-]?[0-9]{0,20}",
+            "[0-9]{4}-[0-9]{2}-[0-9]{2}([ T][0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})?)?",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Regression (`--last 2251799813685248d` panicked): no value parser panics, and every
+        /// accepted period and window is sane.
+        #[test]
+        fn value_parsers_never_panic(text in flag_text()) {
+            if let Ok(seconds) = parse_period(&text) {
+                prop_assert!(seconds > 0 && seconds <= MAX_PERIOD_SECONDS);
+            }
+            let _ = parse_duration(&text);
+            let _ = parse_size(&text);
+            let _ = parse_time(&text);
+            let _ = count_or_fraction("x", &text);
+            let _ = max_samples(&text);
+            let _ = max_features(&text);
+            let _ = contamination(&text);
+            let _ = DeviceSelection::parse(&text);
+            let _ = SensorSelection::parse(&text);
+            let _ = MaxFailed::parse(&text);
+            let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+            if let Ok(w) = window(None, None, Some(text.clone()), now) {
+                // The last whole period before now: it holds `now - period`, not `now`.
+                let period = parse_period(&text).unwrap_or_default() * 1_000_000;
+                let now_us = now.timestamp_micros();
+                prop_assert!(w.contains(now_us - period) && !w.contains(now_us), "{text}");
+            }
+            let _ = window(Some(text.clone()), Some(text.clone()), None, now);
+        }
+    }
 
     #[test]
     fn times_and_periods() {
