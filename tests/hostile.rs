@@ -187,18 +187,11 @@ fn staging_files_of_a_killed_attempt_are_gone_once_the_run_completes() {
         std::fs::remove_file(run.join(gone)).unwrap();
     }
     run_job(&f.readings(), &f.registry(), &out, &args, 0);
-    let mut stray = Vec::new();
-    let mut dirs = vec![run.clone()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.to_string_lossy().contains('#') {
-                stray.push(p);
-            }
-        }
-    }
+    let stray: Vec<_> = all_files(&run)
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.to_string_lossy().contains('#'))
+        .collect();
     assert!(stray.is_empty(), "{stray:?}");
     assert!(run.join("part-00001.parquet").exists());
 }
