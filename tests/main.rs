@@ -6,6 +6,7 @@ mod common;
 mod exactly_once;
 mod failures;
 mod hostile;
+mod interrupt;
 mod pipeline;
 mod reference;
 mod settings;

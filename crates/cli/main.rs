@@ -4,7 +4,8 @@
 //! Exit codes: 0 success; 1 internal error; 2 usage or configuration error; 3 the job finished
 //! but failed items exceed the threshold (`--max-failed`, `models verify`, `train`); 4 bad input
 //! data (malformed or truncated file, missing column, wrong type, corrupt registry index);
-//! 75 storage unavailable, worth retrying later.
+//! 75 storage unavailable, worth retrying later; 130 / 143 stopped by SIGINT / SIGTERM (the same
+//! command resumes the run).
 
 mod cli;
 mod commands;
@@ -12,9 +13,11 @@ mod config;
 mod printer;
 mod progress;
 mod settings;
+mod signals;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use batchscore_io::{ErrorClass, IoError, Storage};
 use batchscore_registry::RegistryError;
 use batchscore_scheduler::SchedulerError;
@@ -36,8 +39,21 @@ fn main() -> ExitCode {
     let printer = Printer { quiet: cli.quiet };
     init_logging(&cli);
     let mut storage = None;
-    match dispatch(&cli, printer, &mut storage) {
+    let mut received = None;
+    match dispatch(&cli, printer, &mut storage, &mut received) {
         Ok(code) => ExitCode::from(code),
+        Err(error) if error_class(&error) == ErrorClass::Interrupted => {
+            // One line: what stopped the job and how to resume it.
+            let signal = received.as_ref().and_then(signals::Received::signal);
+            let by = signal.map_or("a request", signals::name);
+            let line = format!("stopped by {by}: {error}");
+            let line = match &storage {
+                Some(storage) => storage.scrub(&line),
+                None => batchscore_io::redact(&line),
+            };
+            Printer { quiet: false }.note(&line);
+            ExitCode::from(signals::exit_code(signal.unwrap_or(signal_hook::consts::SIGINT)))
+        }
         Err(error) => {
             let code = exit_code(&error);
             let causes = batchscore_scheduler::error_causes(error.as_ref());
@@ -84,13 +100,20 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
-fn dispatch(cli: &Cli, printer: Printer, slot: &mut Option<Storage>) -> anyhow::Result<u8> {
+fn dispatch(
+    cli: &Cli,
+    printer: Printer,
+    slot: &mut Option<Storage>,
+    received: &mut Option<signals::Received>,
+) -> anyhow::Result<u8> {
     let config = match &cli.config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
     let options = settings::storage_options(&cli.storage_options, &config, std::env::vars())?;
     let storage = slot.insert(Storage::with_options(options)?);
+    *received =
+        Some(signals::install(storage.canceller()).context("cannot install signal handlers")?);
     match &cli.command {
         Command::Run(args) => commands::run(args, &config, storage, printer),
         Command::Train(args) => commands::train(args, &config, storage, printer),
@@ -107,6 +130,8 @@ fn class_code(class: ErrorClass) -> u8 {
         ErrorClass::BadInput => EXIT_BAD_INPUT,
         ErrorClass::Unavailable => EXIT_RETRY,
         ErrorClass::Internal => EXIT_INTERNAL,
+        // Without a signal (cancelled some other way) the code of Ctrl-C.
+        ErrorClass::Interrupted => signals::exit_code(signal_hook::consts::SIGINT),
     }
 }
 

@@ -15,8 +15,43 @@ pub enum ErrorClass {
     /// Storage is unavailable for now (5xx, 429, timeouts, dropped connections after the
     /// configured retries). Retry later.
     Unavailable,
+    /// The job was stopped on request (a signal): what it committed stays, and running it
+    /// again resumes it.
+    Interrupted,
     /// A defect of ours.
     Internal,
+}
+
+/// The marker of an operation stopped because its [`crate::Storage`] was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped on request")]
+pub struct Cancelled;
+
+/// The store name under which a cancellation travels through object_store's error type (the
+/// Parquet reader and streams only carry that type).
+const CANCELLED_STORE: &str = "batchscore";
+
+impl From<Cancelled> for object_store::Error {
+    fn from(c: Cancelled) -> Self {
+        object_store::Error::Generic { store: CANCELLED_STORE, source: Box::new(c) }
+    }
+}
+
+impl From<Cancelled> for IoError {
+    fn from(_: Cancelled) -> Self {
+        IoError::Cancelled
+    }
+}
+
+impl From<Cancelled> for parquet::errors::ParquetError {
+    fn from(c: Cancelled) -> Self {
+        parquet::errors::ParquetError::External(Box::new(object_store::Error::from(c)))
+    }
+}
+
+fn is_cancellation(error: &object_store::Error) -> bool {
+    matches!(error, object_store::Error::Generic { store, source }
+        if *store == CANCELLED_STORE && source.is::<Cancelled>())
 }
 
 /// What can go wrong reading or writing storage and files.
@@ -69,6 +104,9 @@ pub enum IoError {
     /// The runtime that drives storage could not start.
     #[error("cannot start the storage runtime")]
     Runtime(#[source] std::io::Error),
+    /// Stopped on request (the storage was cancelled, e.g. on SIGTERM) before it finished.
+    #[error("stopped on request")]
+    Cancelled,
 }
 
 impl IoError {
@@ -81,6 +119,7 @@ impl IoError {
             | IoError::MissingColumn { .. }
             | IoError::ColumnType { .. } => ErrorClass::BadInput,
             IoError::Encode { .. } => ErrorClass::Internal,
+            IoError::Cancelled => ErrorClass::Interrupted,
             // A bad URL or option, a missing object, a permanent refusal (permissions, a local
             // path that is a file or loops): fix the call.
             IoError::InvalidUrl { .. }
@@ -105,6 +144,7 @@ impl IoError {
         let url = url.into();
         match source {
             object_store::Error::NotFound { .. } => IoError::NotFound { url },
+            source if is_cancellation(&source) => IoError::Cancelled,
             source => IoError::Storage { url, source },
         }
     }
@@ -253,6 +293,17 @@ mod tests {
             source: object_store::Error::Precondition { path: "p".into(), source: "412".into() },
         };
         assert!(!precondition.is_retryable());
+    }
+
+    #[test]
+    fn cancellation_survives_every_wrapping() {
+        assert_eq!(IoError::from(Cancelled).class(), ErrorClass::Interrupted);
+        assert!(matches!(IoError::storage("u", Cancelled.into()), IoError::Cancelled));
+        let parquet = parquet::errors::ParquetError::from(Cancelled);
+        assert!(matches!(IoError::parquet("u", parquet), IoError::Cancelled));
+        // A store's own error named like ours is still a storage error.
+        let other = object_store::Error::Generic { store: CANCELLED_STORE, source: "x".into() };
+        assert!(matches!(IoError::storage("u", other), IoError::Storage { .. }));
     }
 
     #[test]

@@ -18,9 +18,9 @@ mod parquet_io;
 mod upload;
 
 pub use csv_io::CsvSource;
-pub use error::{ErrorClass, IoError};
+pub use error::{Cancelled, ErrorClass, IoError};
 pub use hive::hive_value;
-pub use location::{Entry, Location, Storage};
+pub use location::{Canceller, Entry, Location, Storage};
 pub use options::{
     DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MULTIPART_PART_SIZE, RetrySettings, StorageOptions,
     compact_service_errors, redact,

@@ -17,8 +17,10 @@ use object_store::{
     ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::options::redact;
-use crate::{IoError, StorageOptions};
+use crate::{Cancelled, IoError, StorageOptions};
 
 /// Opens storage URLs and owns what they share: one store per backend and the async runtime.
 ///
@@ -29,6 +31,24 @@ pub struct Storage {
     runtime: Arc<tokio::runtime::Runtime>,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
     options: StorageOptions,
+    cancel: CancellationToken,
+}
+
+/// Stops every storage operation of one [`Storage`] (its locations included): requests in
+/// flight are dropped, multipart uploads aborted, and every later operation fails with
+/// [`IoError::Cancelled`]. Cloned freely; a signal handler's thread holds one.
+#[derive(Debug, Clone)]
+pub struct Canceller(CancellationToken);
+
+impl Canceller {
+    /// Cancels; idempotent.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
 }
 
 /// An object-store prefix: where a dataset, a registry or a run's output lives.
@@ -48,6 +68,7 @@ pub struct Location {
     remote: bool,
     /// True for local disk, where `root` is an absolute file-system path.
     local: bool,
+    cancel: CancellationToken,
 }
 
 /// Threads of the runtime's blocking pool (local file IO).
@@ -84,7 +105,17 @@ impl Storage {
             .enable_all()
             .build()
             .map_err(IoError::Runtime)?;
-        Ok(Self { runtime: Arc::new(runtime), stores: Mutex::new(HashMap::new()), options })
+        Ok(Self {
+            runtime: Arc::new(runtime),
+            stores: Mutex::new(HashMap::new()),
+            options,
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// A handle that cancels every operation of this storage (see [`Canceller`]).
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
     }
 
     /// The options remote stores are built with.
@@ -165,6 +196,7 @@ impl Storage {
             retry_backoff: self.options.retry().initial_backoff,
             remote,
             local: backend == Backend::Local,
+            cancel: self.cancel.clone(),
         })
     }
 
@@ -317,6 +349,7 @@ impl Location {
             retry_backoff: self.retry_backoff,
             remote: self.remote,
             local: self.local,
+            cancel: self.cancel.clone(),
         })
     }
 
@@ -334,9 +367,35 @@ impl Location {
         Ok(path)
     }
 
-    /// Runs a storage future to completion from synchronous code (a rayon worker or main).
-    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+    /// Runs a storage future to completion from synchronous code (a rayon worker or main),
+    /// unless the storage is cancelled first: then the future is dropped (its requests with
+    /// it) and the result is [`Cancelled`].
+    pub(crate) fn block_on<F, T, E>(&self, future: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Cancelled>,
+    {
+        let cancel = self.cancel.clone();
+        self.runtime.block_on(async move {
+            let cancelled = std::pin::pin!(cancel.cancelled());
+            let future = std::pin::pin!(future);
+            match futures::future::select(cancelled, future).await {
+                futures::future::Either::Left(((), _)) => Err(Cancelled.into()),
+                futures::future::Either::Right((out, _)) => out,
+            }
+        })
+    }
+
+    /// Runs a future to completion even when the storage is cancelled: for the clean-up that
+    /// cancellation itself needs (aborting a multipart upload), and the short commit of one.
+    pub(crate) fn block_on_uncancelled<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
+    }
+
+    /// [`IoError::Cancelled`] once the storage is cancelled: callers check it before starting
+    /// work that would end in storage requests.
+    pub fn check_cancelled(&self) -> Result<(), IoError> {
+        if self.cancel.is_cancelled() { Err(IoError::Cancelled) } else { Ok(()) }
     }
 
     /// The underlying store and the absolute path of `rel`, for async readers.
@@ -389,9 +448,15 @@ impl Location {
             let got = async move { store.get(&path).await?.bytes().await }.await;
             got.map_err(|e| IoError::storage(self.url_of(rel), e))
         });
-        self.block_on(
-            futures::stream::iter(fetches).buffered(concurrency.max(1)).collect::<Vec<_>>(),
-        )
+        let all = self.block_on(async {
+            Ok::<_, IoError>(
+                futures::stream::iter(fetches)
+                    .buffered(concurrency.max(1))
+                    .collect::<Vec<_>>()
+                    .await,
+            )
+        });
+        all.unwrap_or_else(|_| rels.iter().map(|_| Err(IoError::Cancelled)).collect())
     }
 
     /// The size of the object at `rel`, or `None` if it does not exist (one HEAD request).
@@ -539,6 +604,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().join("other").display());
         contract(&storage.open(&url).unwrap());
+    }
+
+    #[test]
+    fn a_cancelled_storage_fails_every_operation_and_aborts_uploads() {
+        let (_dir, storage, urls) = crate::backends::all("cancel");
+        for url in urls {
+            let loc = storage.open(&url).unwrap();
+            loc.put("a", Bytes::from_static(b"a")).unwrap();
+            assert!(loc.check_cancelled().is_ok());
+        }
+        let canceller = storage.canceller();
+        canceller.cancel();
+        assert!(canceller.is_cancelled());
+        let (_dir2, _, urls) = crate::backends::all("cancel");
+        for url in urls {
+            let loc = storage.open(&url).unwrap();
+            assert!(matches!(loc.check_cancelled(), Err(IoError::Cancelled)));
+            assert!(matches!(loc.get("a"), Err(IoError::Cancelled)), "{url}");
+            assert!(matches!(loc.put("b", Bytes::from_static(b"b")), Err(IoError::Cancelled)));
+            assert!(matches!(loc.put_if_absent("c", Bytes::new()), Err(IoError::Cancelled)));
+            assert!(matches!(loc.list(""), Err(IoError::Cancelled)));
+            assert!(
+                loc.get_many(&["a", "b"], 2).iter().all(|r| matches!(r, Err(IoError::Cancelled)))
+            );
+        }
     }
 
     #[test]

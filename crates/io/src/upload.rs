@@ -94,7 +94,8 @@ impl<'a> ObjectSink<'a> {
                 Ok(())
             }
             Err(e) => {
-                let _ = self.location.block_on(upload.abort());
+                // Also on cancellation: an upload stopped half-way leaves no blocks behind.
+                let _ = self.location.block_on_uncancelled(upload.abort());
                 Err(self.storage_error(e))
             }
         }
@@ -112,12 +113,25 @@ impl<'a> ObjectSink<'a> {
                     .block_on(async move { store.put(&path, PutPayload::from(rest)).await })
                     .map(|_| ())
             }
-            Some(mut upload) => self.location.block_on(async move {
-                if !rest.is_empty() {
-                    upload.put(rest);
+            Some(mut upload) => {
+                // The last blocks go up cancellably (a cancelled upload is aborted); the commit
+                // of the block list, one short request, is not interrupted half-way.
+                let sent = self.location.block_on(async {
+                    if !rest.is_empty() {
+                        upload.put(rest);
+                    }
+                    upload.wait_for_capacity(0).await
+                });
+                match sent {
+                    Ok(()) => self
+                        .location
+                        .block_on_uncancelled(async move { upload.finish().await.map(|_| ()) }),
+                    Err(e) => {
+                        let _ = self.location.block_on_uncancelled(upload.abort());
+                        Err(e)
+                    }
                 }
-                upload.finish().await.map(|_| ())
-            }),
+            }
         };
         result.map_err(|e| self.storage_error(e))?;
         Ok(Written { bytes: self.len, sha256, multipart })
@@ -126,7 +140,7 @@ impl<'a> ObjectSink<'a> {
     /// Gives up: aborts a started multipart upload so its blocks do not linger.
     fn abort(&mut self) {
         if let Some(upload) = self.upload.take() {
-            let _ = self.location.block_on(upload.abort());
+            let _ = self.location.block_on_uncancelled(upload.abort());
         }
     }
 }

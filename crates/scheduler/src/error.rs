@@ -37,6 +37,12 @@ pub enum SchedulerError {
          use --shard-count {planned}, or a new --run-id"
     )]
     ShardCountConflict { run_id: String, url: String, planned: u32, given: u32 },
+    /// The run was stopped on request (a signal) after committing some of its units.
+    #[error(
+        "run `{run_id}` stopped with {committed} of this shard's {units} units committed; \
+         run the same command again (same run id) to resume"
+    )]
+    Interrupted { run_id: String, committed: usize, units: usize },
     /// A commit record could not be encoded (a defect).
     #[error("cannot encode the {what}: {reason}")]
     Encode { what: &'static str, reason: String },
@@ -74,6 +80,7 @@ impl SchedulerError {
             | SchedulerError::InvalidValue { .. }
             | SchedulerError::NoInput { .. }
             | SchedulerError::CorruptRecord { .. } => ErrorClass::BadInput,
+            SchedulerError::Interrupted { .. } => ErrorClass::Interrupted,
             SchedulerError::Io(e) => e.class(),
             SchedulerError::Registry(e) => e.class(),
             SchedulerError::ThreadPool { .. }
@@ -135,6 +142,11 @@ mod tests {
                 ErrorClass::Usage,
             ),
             (SchedulerError::Encode { what: "x", reason: s() }, ErrorClass::Internal),
+            (
+                SchedulerError::Interrupted { run_id: s(), committed: 1, units: 2 },
+                ErrorClass::Interrupted,
+            ),
+            (SchedulerError::Io(IoError::Cancelled), ErrorClass::Interrupted),
             (SchedulerError::ThreadPool { threads: 2, reason: s() }, ErrorClass::Internal),
             (
                 SchedulerError::Arrow {

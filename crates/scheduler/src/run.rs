@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use batchscore_io::{Location, WriteOptions};
+use batchscore_io::{ErrorClass, Location, WriteOptions};
 use batchscore_registry::Registry;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -328,6 +328,13 @@ fn execute(
     progress.finish();
     let mut executed =
         Executed { receipts: Vec::new(), units: mine.len(), skipped: 0, rows_scored_now: 0 };
+    if results.iter().any(|r| r.as_ref().is_err_and(|e| e.class() == ErrorClass::Interrupted)) {
+        return Err(SchedulerError::Interrupted {
+            run_id: context.commit.run_id().to_string(),
+            committed: results.iter().filter(|r| r.is_ok()).count(),
+            units: mine.len(),
+        });
+    }
     for result in results {
         let (receipt, committed) = result?;
         match committed {
@@ -446,6 +453,8 @@ struct UnitContext<'a> {
 impl UnitContext<'_> {
     /// Commits one unit, or returns its receipt if an earlier attempt committed it.
     fn process(&self, unit: &crate::Unit) -> Result<(Receipt, Committed), SchedulerError> {
+        // Once stopped, no unit starts: those queued return at once.
+        self.commit.location().check_cancelled()?;
         if let Some(receipt) = self.commit.committed_earlier(unit.index)? {
             return Ok((receipt, Committed::Earlier));
         }
