@@ -452,3 +452,37 @@ fn planted_secrets_appear_in_no_output_manifest_or_message() {
         }
     }
 }
+
+/// Regression: two trainings into one registry rewrote `index.json` unconditionally, and the
+/// one that finished last dropped the other's models.
+#[test]
+fn concurrent_trainings_into_one_registry_keep_every_model() {
+    let f = fixture();
+    let dir = tempdir();
+    let registry = dir.path().join("models").display().to_string();
+    let train = |devices: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
+            .args([
+                "-q",
+                "train",
+                "--input",
+                &f.readings(),
+                "--registry",
+                &registry,
+                "--devices",
+                devices,
+            ])
+            .args(["--n-estimators", "10"])
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<_> = ["0..10", "10..20", "20..30"].into_iter().map(train).collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("models/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["models"].as_array().unwrap().len(), DEVICES as usize, "{index}");
+    expect_code(&["models", "--registry", &registry, "verify"], 0);
+}

@@ -80,7 +80,9 @@ impl Model {
                 payload.len()
             )));
         }
-        if verify == Verify::Full && Sha256::digest(payload).as_slice() != &header[20..52] {
+        // Always: the file's own checksum is what catches a damaged file whose index entry was
+        // edited to match it (the index's whole-file SHA-256 would then agree).
+        if Sha256::digest(payload).as_slice() != &header[20..52] {
             return Err(corrupt("checksum mismatch".into()));
         }
         // The limit bounds every allocation the decoder makes to the payload's size, so a forged
@@ -99,11 +101,11 @@ impl Model {
 /// How much of a model file `decode_with` checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verify {
-    /// Every check, including both hashes.
+    /// Every check, including the content-hash recomputation (the model's version).
     Full,
-    /// The caller already matched the whole file against a SHA-256 it trusts (the registry
-    /// index), which vouches for every byte: skip the payload checksum and the content-hash
-    /// recomputation (which re-encodes the whole forest), keep every structural check.
+    /// The payload checksum and every structural check, not the content-hash recomputation
+    /// (which re-encodes the whole forest): the hot path, where the caller checks the version
+    /// the file states against the index.
     Structure,
 }
 

@@ -1,4 +1,14 @@
-//! The registry on storage: `index.json` plus one file per model under `models/`.
+//! The registry on storage: `index.json`, its generations under `_index/`, and one immutable
+//! object per model version under `models/KEY/VERSION.bsm`.
+//!
+//! Model objects are written create-only at a path named by their content hash, so an object
+//! never changes once written: a job that opened the registry before a retraining keeps
+//! loading exactly the models it planned with. The index changes by generations: a commit
+//! writes `_index/N.json` create-only; if another writer took generation N first, the commit
+//! merges its entries onto that one and tries N + 1, so concurrent trainings never lose each
+//! other's models. `index.json` then receives the new generation's bytes (one GET opens a
+//! registry) and is brought forward to any later generation written meanwhile, so it ends at
+//! the newest one whichever writer finishes last.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +20,9 @@ use crate::format::Verify;
 use crate::{Model, ModelKey, RegistryError};
 
 const INDEX: &str = "index.json";
-const INDEX_FORMAT: u32 = 1;
+/// Index format 2 adds the generation; format 1 indexes (no generation) are read as generation 0.
+const INDEX_FORMAT: u32 = 2;
+const OLDEST_INDEX_FORMAT: u32 = 1;
 /// Model files fetched at once by [`Registry::load_many`].
 const LOAD_CONCURRENCY: usize = 16;
 
@@ -33,11 +45,36 @@ pub struct IndexEntry {
     pub created_at: String,
 }
 
+/// Parses and checks an index (`index.json` or a generation).
+fn parse_index(url: &str, bytes: &[u8]) -> Result<IndexFile, RegistryError> {
+    let corrupt = |reason: String| RegistryError::CorruptIndex { url: url.to_string(), reason };
+    let file: IndexFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if !(OLDEST_INDEX_FORMAT..=INDEX_FORMAT).contains(&file.format) {
+        return Err(corrupt(format!(
+            "index format {}, this build reads {OLDEST_INDEX_FORMAT} to {INDEX_FORMAT}",
+            file.format
+        )));
+    }
+    for entry in &file.models {
+        if entry.path.split('/').any(|p| p == ".." || p.is_empty()) {
+            return Err(corrupt(format!("model path `{}` leaves the registry", entry.path)));
+        }
+    }
+    Ok(file)
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IndexFile {
     format: u32,
+    #[serde(default)]
+    generation: u64,
     models: Vec<IndexEntry>,
+}
+
+/// Where generation `n` of the index is kept.
+fn generation_path(n: u64) -> String {
+    format!("_index/{n:020}.json")
 }
 
 /// A model registry at a storage location.
@@ -45,6 +82,8 @@ struct IndexFile {
 pub struct Registry {
     location: Location,
     entries: BTreeMap<ModelKey, IndexEntry>,
+    /// The index generation read (0: none, or a format-1 index).
+    generation: u64,
     /// SHA-256 of the index as read (empty registry: of nothing), identifying its contents.
     fingerprint: String,
 }
@@ -69,32 +108,17 @@ impl Registry {
 
     fn from_index(location: Location, index: Option<bytes::Bytes>) -> Result<Self, RegistryError> {
         let url = location.url_of(INDEX);
-        let (entries, fingerprint) = match index {
-            None => (BTreeMap::new(), hex::encode(Sha256::digest(b""))),
-            Some(bytes) => {
-                let file: IndexFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    RegistryError::CorruptIndex { url: url.clone(), reason: e.to_string() }
-                })?;
-                if file.format != INDEX_FORMAT {
-                    return Err(RegistryError::CorruptIndex {
-                        url,
-                        reason: format!("index format {}, expected {INDEX_FORMAT}", file.format),
-                    });
-                }
-                let mut entries = BTreeMap::new();
-                for entry in file.models {
-                    if entry.path.split('/').any(|p| p == ".." || p.is_empty()) {
-                        return Err(RegistryError::CorruptIndex {
-                            url,
-                            reason: format!("model path `{}` leaves the registry", entry.path),
-                        });
-                    }
-                    entries.insert(entry.key.clone(), entry);
-                }
-                (entries, hex::encode(Sha256::digest(&bytes)))
-            }
+        let Some(bytes) = index else {
+            let fingerprint = hex::encode(Sha256::digest(b""));
+            return Ok(Self { location, entries: BTreeMap::new(), generation: 0, fingerprint });
         };
-        Ok(Self { location, entries, fingerprint })
+        let file = parse_index(&url, &bytes)?;
+        Ok(Self {
+            location,
+            entries: file.models.into_iter().map(|e| (e.key.clone(), e)).collect(),
+            generation: file.generation,
+            fingerprint: hex::encode(Sha256::digest(&bytes)),
+        })
     }
 
     /// True when the registry is on a network store: worth fetching models in batches.
@@ -191,7 +215,9 @@ impl Registry {
         if bytes.len() as u64 != entry.size {
             return Err(corrupt(format!("{} bytes, the index says {}", bytes.len(), entry.size)));
         }
-        if hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
+        // The hot path hashes the file once, for its own payload checksum; `models verify`
+        // also matches the index's whole-file checksum.
+        if verify == Verify::Full && hex::encode(Sha256::digest(&bytes)) != entry.sha256 {
             return Err(corrupt("file checksum differs from the index".into()));
         }
         let model = Model::decode_with(&url, &bytes, verify)?;
@@ -202,15 +228,26 @@ impl Registry {
                 found: model.meta.key.to_string(),
             });
         }
+        // Scores carry the version: a file of another version in this entry's place must not
+        // lend them the entry's.
+        if model.version() != entry.version {
+            return Err(corrupt(format!(
+                "holds version {}, the index says {}",
+                model.version(),
+                entry.version
+            )));
+        }
         Ok(model)
     }
 
-    /// Writes a model file and returns its index entry; the index changes only on
-    /// [`Registry::commit`], so readers never see an entry whose file is not written yet.
+    /// Writes a model's immutable object and returns its index entry; the index changes only
+    /// on [`Registry::commit`], so readers never see an entry whose file is not written yet.
     pub fn write_model(&self, model: &Model) -> Result<IndexEntry, RegistryError> {
         let bytes = model.encode()?;
-        let path = format!("models/{}.bsm", model.meta.key);
-        self.location.put(&path, bytes.clone())?;
+        let path = format!("models/{}/{}.bsm", model.meta.key, model.version());
+        // Create-only: an object of this name already holds this content (the version is its
+        // hash), written by an earlier or a concurrent training.
+        self.location.put_if_absent(&path, bytes.clone())?;
         Ok(IndexEntry {
             key: model.meta.key.clone(),
             path,
@@ -224,18 +261,55 @@ impl Registry {
         })
     }
 
-    /// Adds or replaces entries and writes the index in one atomic put.
+    /// Adds or replaces `entries` in a new index generation, merged onto whatever generation
+    /// another writer committed meanwhile, and publishes it as `index.json`.
     pub fn commit(&mut self, entries: Vec<IndexEntry>) -> Result<(), RegistryError> {
-        for entry in entries {
-            self.entries.insert(entry.key.clone(), entry);
+        let mut base = self.entries.clone();
+        let mut generation = self.generation;
+        loop {
+            let mut merged = base;
+            for entry in &entries {
+                merged.insert(entry.key.clone(), entry.clone());
+            }
+            let next = generation + 1;
+            let file = IndexFile {
+                format: INDEX_FORMAT,
+                generation: next,
+                models: merged.values().cloned().collect(),
+            };
+            let bytes =
+                bytes::Bytes::from(serde_json::to_vec_pretty(&file).map_err(|e| {
+                    RegistryError::Encode { key: INDEX.into(), reason: e.to_string() }
+                })?);
+            if self.location.put_if_absent(&generation_path(next), bytes.clone())? {
+                self.publish(next, bytes.clone())?;
+                self.entries = merged;
+                self.generation = next;
+                self.fingerprint = hex::encode(Sha256::digest(&bytes));
+                return Ok(());
+            }
+            // Another writer committed generation `next` first: build on its entries.
+            let path = generation_path(next);
+            let theirs = parse_index(&self.location.url_of(&path), &self.location.get(&path)?)?;
+            tracing::debug!(generation = next, "index generation taken by another writer; merging");
+            base = theirs.models.into_iter().map(|e| (e.key.clone(), e)).collect();
+            generation = next;
         }
-        let file =
-            IndexFile { format: INDEX_FORMAT, models: self.entries.values().cloned().collect() };
-        let bytes = serde_json::to_vec_pretty(&file)
-            .map_err(|e| RegistryError::Encode { key: INDEX.into(), reason: e.to_string() })?;
-        self.fingerprint = hex::encode(Sha256::digest(&bytes));
-        self.location.put(INDEX, bytes.into())?;
-        Ok(())
+    }
+
+    /// Writes generation `n` to `index.json`, then moves it forward to every later generation
+    /// found: a slower writer of an older generation must not leave `index.json` behind.
+    fn publish(&self, mut n: u64, mut bytes: bytes::Bytes) -> Result<(), RegistryError> {
+        loop {
+            self.location.put(INDEX, bytes)?;
+            match self.location.get_opt(&generation_path(n + 1))? {
+                None => return Ok(()),
+                Some(newer) => {
+                    n += 1;
+                    bytes = newer;
+                }
+            }
+        }
     }
 }
 
@@ -245,6 +319,10 @@ mod tests {
     use crate::format::tests::small_model;
     use batchscore_io::Storage;
     use bytes::Bytes;
+
+    fn path_of(reg: &Registry, key: i64) -> String {
+        reg.entry(&ModelKey::device(key)).unwrap().path.clone()
+    }
 
     #[test]
     fn write_commit_open_load() {
@@ -258,18 +336,22 @@ mod tests {
         assert_ne!(reg.fingerprint(), empty);
         let reg = Registry::open(loc.clone()).unwrap();
         assert_eq!(reg.len(), 3);
+        assert_eq!(reg.generation, 1);
         assert_eq!(reg.load(&ModelKey::device(1)).unwrap(), small_model(1));
         assert_eq!(reg.verify(&ModelKey::device(1)).unwrap(), small_model(1));
         assert!(matches!(reg.load(&ModelKey::device(9)), Err(RegistryError::NoModel { .. })));
+        let path = path_of(&reg, 2);
+        assert_eq!(path, format!("models/2/{}.bsm", small_model(2).version()));
 
-        // A damaged file is caught by the index checksum, and says which file.
-        loc.put("models/2.bsm", Bytes::from_static(b"garbage")).unwrap();
+        // A damaged file is caught, and says which file.
+        loc.put(&path, Bytes::from_static(b"garbage")).unwrap();
         let err = reg.load(&ModelKey::device(2)).unwrap_err();
         assert!(matches!(err, RegistryError::Corrupt { .. }));
-        assert!(err.to_string().contains("models/2.bsm"), "{err}");
+        assert!(err.to_string().contains(&path), "{err}");
         // Another key's (valid) file in this key's place is caught too.
         let other = small_model(0).encode().unwrap();
-        loc.put("models/1.bsm", other.clone()).unwrap();
+        let path1 = path_of(&reg, 1);
+        loc.put(&path1, other.clone()).unwrap();
         let mut reg = Registry::open(loc.clone()).unwrap();
         let mut entry = reg.entry(&ModelKey::device(1)).unwrap().clone();
         entry.size = other.len() as u64;
@@ -278,11 +360,99 @@ mod tests {
         assert!(matches!(reg.load(&ModelKey::device(1)), Err(RegistryError::KeyMismatch { .. })));
     }
 
+    /// Regression: a damaged model whose index entry was edited to match was loaded on the hot
+    /// path and scored under the intact model's version.
     #[test]
-    fn corrupt_index_is_an_error() {
+    fn a_damaged_model_with_a_matching_index_entry_is_refused() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://damaged").unwrap();
+        let mut reg = Registry::open(loc.clone()).unwrap();
+        let entry = reg.write_model(&small_model(4)).unwrap();
+        reg.commit(vec![entry.clone()]).unwrap();
+        let mut bytes = loc.get(&entry.path).unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        loc.put(&entry.path, Bytes::from(bytes.clone())).unwrap();
+        let edited = IndexEntry { sha256: hex::encode(Sha256::digest(&bytes)), ..entry.clone() };
+        reg.commit(vec![edited]).unwrap();
+        let err = reg.load(&ModelKey::device(4)).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        // An entry that states another version than its file holds is refused as well.
+        let intact = reg.write_model(&small_model(5)).unwrap();
+        let wrong = IndexEntry { version: "0".repeat(16), ..intact };
+        reg.commit(vec![wrong]).unwrap();
+        let err = reg.load(&ModelKey::device(5)).unwrap_err();
+        assert!(err.to_string().contains("the index says 0000"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_commits_keep_each_others_entries() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://concurrent").unwrap();
+        let mut seed = Registry::open(loc.clone()).unwrap();
+        let entry = seed.write_model(&small_model(0)).unwrap();
+        seed.commit(vec![entry]).unwrap();
+        // Two trainings open the same generation and commit one after the other.
+        let mut a = Registry::open(loc.clone()).unwrap();
+        let mut b = Registry::open(loc.clone()).unwrap();
+        let ea = a.write_model(&small_model(1)).unwrap();
+        a.commit(vec![ea]).unwrap();
+        let eb = b.write_model(&small_model(2)).unwrap();
+        b.commit(vec![eb]).unwrap();
+        let reg = Registry::open(loc.clone()).unwrap();
+        let keys: Vec<String> = reg.entries().map(|e| e.key.to_string()).collect();
+        assert_eq!(keys, ["0", "1", "2"]);
+        assert_eq!(reg.generation, 3);
+        // A slower writer that publishes an older generation last: index.json still ends at
+        // the newest generation.
+        let old = loc.get(&generation_path(2)).unwrap();
+        a.publish(2, old).unwrap();
+        assert_eq!(Registry::open(loc).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn retraining_never_changes_what_an_open_registry_loads() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://retrain").unwrap();
+        let mut reg = Registry::open(loc.clone()).unwrap();
+        let entry = reg.write_model(&small_model(7)).unwrap();
+        reg.commit(vec![entry]).unwrap();
+        let running = Registry::open(loc.clone()).unwrap();
+        // A retraining writes a new version of key 7 and commits it.
+        let mut retrained = small_model(7);
+        let params = batchscore_detectors::IsolationForestParams {
+            n_estimators: 3,
+            seed: 99,
+            ..Default::default()
+        };
+        retrained = crate::Model::isolation_forest(
+            retrained.meta.key.clone(),
+            &params,
+            retrained.meta.features.clone(),
+            retrained.meta.training.clone(),
+            params.clone().check().unwrap().fit(&[&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]]).unwrap(),
+            "2026-02-01T00:00:00Z".into(),
+        )
+        .unwrap();
+        assert_ne!(retrained.version(), small_model(7).version());
+        let mut trainer = Registry::open(loc.clone()).unwrap();
+        let entry = trainer.write_model(&retrained).unwrap();
+        trainer.commit(vec![entry]).unwrap();
+        assert_eq!(running.load(&ModelKey::device(7)).unwrap(), small_model(7), "the old version");
+        let reopened = Registry::open(loc).unwrap();
+        assert_eq!(reopened.load(&ModelKey::device(7)).unwrap().version(), retrained.version());
+    }
+
+    #[test]
+    fn corrupt_and_unknown_indexes_are_errors() {
         let storage = Storage::new().unwrap();
         let loc = storage.open("memory://badidx").unwrap();
         loc.put(INDEX, Bytes::from_static(b"{not json")).unwrap();
-        assert!(matches!(Registry::open(loc), Err(RegistryError::CorruptIndex { .. })));
+        assert!(matches!(Registry::open(loc.clone()), Err(RegistryError::CorruptIndex { .. })));
+        loc.put(INDEX, Bytes::from_static(b"{\"format\": 9, \"models\": []}")).unwrap();
+        assert!(matches!(Registry::open(loc.clone()), Err(RegistryError::CorruptIndex { .. })));
+        // A format-1 index (no generation) is read as generation 0.
+        loc.put(INDEX, Bytes::from_static(b"{\"format\": 1, \"models\": []}")).unwrap();
+        assert_eq!(Registry::open(loc).unwrap().generation, 0);
     }
 }
