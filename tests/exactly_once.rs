@@ -112,7 +112,34 @@ fn a_run_id_cannot_be_reused_for_other_inputs() {
     let mut args = run_args(&f, &out);
     args.extend(["--run-id", "nightly", "--devices", "0..20"]);
     let stderr = expect_code(&args, 2);
-    assert!(stderr.contains("nightly"), "{stderr}");
+    assert!(
+        stderr.contains("nightly") && stderr.contains("the device selection changed"),
+        "{stderr}"
+    );
+}
+
+/// Regression: a rerun refused because an input file was touched did not say what changed.
+#[test]
+fn a_refused_rerun_names_the_input_files_that_changed() {
+    let dir = tempdir();
+    let readings = dir.path().join("readings");
+    copy_dir(Path::new(&fixture().readings()), &readings);
+    let readings_s = readings.display().to_string();
+    let out = dir.path().join("out").display().to_string();
+    let registry = fixture().registry();
+    run_job(&readings_s, &registry, &out, &["--run-id", "r"], 0);
+    // Rewritten with the same bytes (a new version tag), and one file removed.
+    let touched = readings.join("part-00001.parquet");
+    let bytes = std::fs::read(&touched).unwrap();
+    std::fs::remove_file(&touched).unwrap();
+    std::fs::write(&touched, bytes).unwrap();
+    std::fs::remove_file(readings.join("part-00002.parquet")).unwrap();
+    let text = run_job(&readings_s, &registry, &out, &["--run-id", "r"], 2);
+    assert!(
+        text.contains("input files rewritten: part-00001.parquet (same size, new version tag)"),
+        "{text}"
+    );
+    assert!(text.contains("input files removed: part-00002.parquet"), "{text}");
 }
 
 /// The fixture's paths as owned strings.

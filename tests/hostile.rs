@@ -486,3 +486,47 @@ fn concurrent_trainings_into_one_registry_keep_every_model() {
     assert_eq!(index["models"].as_array().unwrap().len(), DEVICES as usize, "{index}");
     expect_code(&["models", "--registry", &registry, "verify"], 0);
 }
+
+/// Regression: `models import -q` said nothing of why files failed.
+#[test]
+fn quiet_imports_still_say_why_files_failed() {
+    let dir = tempdir();
+    let exported =
+        write_file(&dir.path().join("exported"), "model_7.json", "{\"format\": \"nope\"}");
+    let registry = dir.path().join("models").display().to_string();
+    let text = expect_code(
+        &[
+            "-q",
+            "models",
+            "import",
+            &exported,
+            "--registry",
+            &registry,
+            "--key-pattern",
+            "model_{device}",
+        ],
+        3,
+    );
+    assert!(text.contains("model_7.json") && text.contains("nothing was written"), "{text}");
+    assert!(!Path::new(&registry).join("index.json").exists());
+}
+
+/// Regression: a bad device value in CSV named neither line nor value, and a bad reading named
+/// its column by a 0-based index.
+#[test]
+fn csv_errors_name_the_line_the_column_and_the_value() {
+    let dir = tempdir();
+    let mut csv = wide_csv(&[1], 5);
+    csv = csv.replacen("\n1,", "\nx7,", 2).replacen("\nx7,", "\n1,", 1);
+    let input = write_file(&dir.path().join("device"), "r.csv", &csv);
+    let text = run_job(&input, &fixture().registry(), &out_dir(&dir), &[], 4);
+    assert!(
+        text.contains("r.csv, line 3: value 'x7' of column `device_id` is not a Int64"),
+        "{text}"
+    );
+    // The third reading (line 4) is 3.
+    let csv = wide_csv(&[1], 5).replace(",3\n", ",three\n");
+    let input = write_file(&dir.path().join("value"), "r.csv", &csv);
+    let text = run_job(&input, &fixture().registry(), &out_dir(&dir), &[], 4);
+    assert!(text.contains("r.csv, line 4: value 'three' of column `a` is not a Float64"), "{text}");
+}

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use anyhow::{Context, Result};
 use batchscore_detectors::{Detector, IsolationForest, OneClassSvm, Pca};
 use batchscore_io::Storage;
-use batchscore_registry::{DetectorModel, KeyPattern, ModelKey, Registry};
+use batchscore_registry::{DetectorModel, ImportPlan, KeyPattern, ModelKey, Registry};
 use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, error_chain};
 use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning};
 use chrono::Utc;
@@ -57,8 +57,8 @@ struct ImportArgs<'a> {
     threads: Option<usize>,
 }
 
-/// `batchscore models import`: every file is parsed and validated before any is written, so a
-/// bad export leaves the registry as it was.
+/// `batchscore models import`: every file is converted and validated before any is written, so
+/// a bad export leaves the registry as it was (`batchscore_registry::ImportPlan`).
 fn import_models(
     args: &ImportArgs<'_>,
     storage: &Storage,
@@ -67,98 +67,30 @@ fn import_models(
 ) -> Result<u8> {
     let started = std::time::Instant::now();
     let pattern = KeyPattern::parse(args.key_pattern).map_err(|e| UsageError(e.to_string()))?;
-    // (location, relative path, key) of every file to import.
-    let mut files = Vec::new();
-    let mut skipped = Vec::new();
-    for path in args.paths {
-        let (dir, names) = match path.rsplit_once('/') {
-            _ if !path.ends_with(".json") => {
-                let dir = storage.open(path)?;
-                let names: Vec<String> = dir
-                    .list("")?
-                    .into_iter()
-                    .map(|e| e.path)
-                    .filter(|p| p.ends_with(".json"))
-                    .collect();
-                (dir, names)
-            }
-            Some((dir, name)) => {
-                (storage.open(if dir.is_empty() { "/" } else { dir })?, vec![name.to_string()])
-            }
-            None => (storage.open(".")?, vec![path.clone()]),
-        };
-        for name in names {
-            let file = name.rsplit('/').next().unwrap_or(&name);
-            let stem = file.trim_end_matches(".json");
-            match pattern.key_for(stem) {
-                None => skipped.push(dir.url_of(&name)),
-                Some(key) => {
-                    let key = key.map_err(|e| UsageError(format!("{}: {e}", dir.url_of(&name))))?;
-                    files.push((dir.clone(), name, key));
-                }
-            }
-        }
-    }
-    let mut seen = std::collections::BTreeMap::new();
-    for (dir, name, key) in &files {
-        if let Some(other) = seen.insert(key.clone(), dir.url_of(name)) {
-            return Err(UsageError(format!(
-                "{} and {other} both map to key `{key}` (check --key-pattern)",
-                dir.url_of(name)
-            ))
-            .into());
-        }
-    }
-    if files.is_empty() {
-        return Err(UsageError(format!(
-            "no interchange file matched `{}` in {}",
-            args.key_pattern,
-            args.paths.join(", ")
-        ))
-        .into());
-    }
+    let plan = ImportPlan::find(storage, args.paths, &pattern)?;
     let created_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let workers = pool(args.threads)?;
-    let parsed: Vec<Result<batchscore_registry::Model, String>> = workers.install(|| {
-        files
-            .par_iter()
-            .map(|(dir, name, key)| {
-                let url = dir.url_of(name);
-                let bytes = dir.get(name).map_err(|e| error_chain(&e))?;
-                batchscore_registry::import_sklearn(
-                    &url,
-                    &bytes,
-                    key.clone(),
-                    args.features.clone(),
-                    created_at.clone(),
-                )
-                .map_err(|e| error_chain(&e))
-            })
-            .collect()
-    });
-    let errors: Vec<&String> = parsed.iter().filter_map(|r| r.as_ref().err()).collect();
-    if !errors.is_empty() {
-        for error in &errors {
-            printer.note(&format!("  {error}"));
+    let models = match workers.install(|| plan.convert(args.features.clone(), &created_at))? {
+        Ok(models) => models,
+        Err(failures) => {
+            for failure in &failures {
+                printer.problem(&format!("  {failure}"));
+            }
+            printer.problem(&format!(
+                "{} of {} files cannot be imported; nothing was written",
+                failures.len(),
+                plan.files.len()
+            ));
+            return Ok(EXIT_PARTIAL);
         }
-        printer.note(&format!(
-            "{} of {} files cannot be imported; nothing was written",
-            errors.len(),
-            files.len()
-        ));
-        return Ok(EXIT_PARTIAL);
+    };
+    workers.install(|| batchscore_registry::write_models(&mut registry, &models))?;
+    for file in &plan.skipped {
+        printer.note(&format!("  skipped (name does not match the key pattern): {file}"));
     }
-    let models: Vec<batchscore_registry::Model> = parsed.into_iter().flatten().collect();
-    let entries = workers.install(|| {
-        models.par_iter().map(|m| registry.write_model(m)).collect::<Result<Vec<_>, _>>()
-    })?;
     let mut kinds = std::collections::BTreeMap::new();
     for m in &models {
         *kinds.entry(m.meta.detector.clone()).or_insert(0usize) += 1;
-    }
-    registry.commit(entries)?;
-    for file in &skipped {
-        printer.note(&format!("  skipped (name does not match the key pattern): {file}"));
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     printer.out(&format!(

@@ -16,6 +16,12 @@ impl Printer {
         let _ = writeln!(stdout, "{text}");
     }
 
+    /// A problem (a failed file, a failed device): on stderr even when quiet, since quiet
+    /// silences progress, not the reasons for a nonzero exit.
+    pub fn problem(&self, text: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    }
+
     /// A note for the person at the terminal (stderr), unless quiet.
     pub fn note(&self, text: &str) {
         if !self.quiet {

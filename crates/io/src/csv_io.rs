@@ -101,7 +101,19 @@ impl CsvSource {
         let (sampled, head_rows) = Format::default()
             .with_header(true)
             .infer_schema(Cursor::new(lines), None)
-            .map_err(|e| csv_error(&url, e))?;
+            .map_err(|e| {
+                // The head starts the file: its lines are the file's.
+                let header = lines.split(|b| *b == b'\n').next().unwrap_or_default();
+                let names: Vec<String> = String::from_utf8_lossy(header)
+                    .trim_end()
+                    .split(',')
+                    .map(String::from)
+                    .collect();
+                match crate::csv_errors::locate(&e, &names) {
+                    Some((line, message)) => IoError::CsvLine { url: url.clone(), line, message },
+                    None => csv_error(&url, e),
+                }
+            })?;
         Ok(Self {
             location,
             path: entry.path,
@@ -178,10 +190,11 @@ impl CsvSource {
             fields[index] = Field::new(*name, data_type.clone(), true);
             projection.push(index);
         }
-        let bytes = self.owned_lines(range.clone())?;
+        let (start, bytes) = self.owned_lines(range.clone())?;
         if bytes.is_empty() {
             return Ok(Vec::new());
         }
+        let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
         let reader = ReaderBuilder::new(Arc::new(Schema::new(fields)))
             // Only the chunk at the start of the file holds the header line.
             .with_header(range.start == 0)
@@ -189,15 +202,51 @@ impl CsvSource {
             .with_batch_size(READ_BATCH_ROWS)
             .build(Cursor::new(bytes))
             .map_err(|e| csv_error(&url, e))?;
-        reader.collect::<Result<Vec<_>, _>>().map_err(|e| csv_error(&url, e))
+        reader.collect::<Result<Vec<_>, _>>().map_err(|e| self.located(e, start, &names))
+    }
+
+    /// A decoding error of the chunk starting at byte `start`, with the file's line number and
+    /// the column's name when arrow's message gives them.
+    fn located(&self, error: arrow::error::ArrowError, start: u64, names: &[String]) -> IoError {
+        let url = self.url();
+        let Some((line_in_chunk, message)) = crate::csv_errors::locate(&error, names) else {
+            return csv_error(&url, error);
+        };
+        match self.lines_before(start) {
+            Ok(before) => IoError::CsvLine { url, line: before + line_in_chunk, message },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot count the lines before a CSV chunk");
+                IoError::CsvLine {
+                    url,
+                    line: line_in_chunk,
+                    message: format!("{message} (counting from the line at byte {start})"),
+                }
+            }
+        }
+    }
+
+    /// Line breaks in the first `offset` bytes of the file, read in bounded pieces (only on
+    /// the error path: a chunk knows its byte offset, not its line number).
+    fn lines_before(&self, offset: u64) -> Result<u64, IoError> {
+        const PIECE: u64 = 16 << 20;
+        let mut lines = 0;
+        let mut at = 0;
+        while at < offset {
+            let end = (at + PIECE).min(offset);
+            let piece = self.location.get_range(&self.path, at..end)?;
+            lines += piece.iter().filter(|b| **b == b'\n').count() as u64;
+            at = end;
+        }
+        Ok(lines)
     }
 
     /// The bytes of the lines that start inside `range`: from the first line start at or
     /// after `range.start` through the end of the line holding byte `range.end - 1`.
-    fn owned_lines(&self, range: Range<u64>) -> Result<bytes::Bytes, IoError> {
+    /// Returns the byte offset of the first owned line with the bytes.
+    fn owned_lines(&self, range: Range<u64>) -> Result<(u64, bytes::Bytes), IoError> {
         let end = range.end.min(self.size);
         if range.start >= end {
-            return Ok(bytes::Bytes::new());
+            return Ok((range.start, bytes::Bytes::new()));
         }
         // One byte before the range tells whether a line starts exactly at its start.
         let from = range.start.saturating_sub(1);
@@ -213,13 +262,14 @@ impl CsvSource {
                     Some(i) if i + 1 < inside => i + 1,
                     // No line starts inside the range: the line that covers it belongs to
                     // an earlier chunk.
-                    _ => return Ok(bytes::Bytes::new()),
+                    _ => return Ok((range.start, bytes::Bytes::new())),
                 }
             };
+            let start = from + first as u64;
             let last_byte = inside - 1;
             match bytes[last_byte..].iter().position(|b| *b == b'\n') {
-                Some(i) => return Ok(bytes.slice(first..last_byte + i + 1)),
-                None if to == self.size => return Ok(bytes.slice(first..)),
+                Some(i) => return Ok((start, bytes.slice(first..last_byte + i + 1))),
+                None if to == self.size => return Ok((start, bytes.slice(first..))),
                 // The last line runs past the slack: read further.
                 None => slack = slack.saturating_mul(4),
             }
@@ -290,10 +340,45 @@ mod tests {
         let whole = 0..source.size();
         let err = source.read(whole.clone(), &[("Device", DataType::Int64)]).unwrap_err();
         assert!(err.to_string().contains("b.csv"), "{err}");
-        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(chain.contains('x'), "{chain}");
+        assert!(err.to_string().contains("line 2: value 'x' of column `Device`"), "{err}");
         let err = source.read(whole, &[("Sensor", DataType::Utf8)]).unwrap_err();
         assert!(matches!(err, IoError::MissingColumn { ref column, .. } if column == "Sensor"));
+    }
+
+    /// Regression: errors counted lines from the start of the chunk being decoded and named
+    /// columns by a 0-based index.
+    #[test]
+    fn errors_in_later_chunks_name_the_files_line_and_the_column() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://csv/lines").unwrap();
+        let mut text = String::from("TS,Device,Tag,Value\n");
+        for i in 2..=5000 {
+            let value = if i == 800 { "oops".to_string() } else { i.to_string() };
+            text.push_str(&format!("2018-08-28 23:00:05.000,1,1,{value}\n"));
+        }
+        // Line 4000, past the sampled head, has a field too few.
+        text = text.replace("2018-08-28 23:00:05.000,1,1,4000\n", "2018-08-28 23:00:05.000,1,1\n");
+        loc.put("big.csv", bytes::Bytes::from(text.clone())).unwrap();
+        let source = CsvSource::open_all(&loc, &loc.list("").unwrap()).unwrap().remove(0);
+        let columns = [("Value", DataType::Float64)];
+        // A chunk that starts mid-file, in line 700 or so.
+        let start = text.match_indices('\n').nth(700).map(|(i, _)| i as u64 - 5).unwrap();
+        // Chunks that end before line 4000 (arrow checks record shapes before values).
+        let cut = text.match_indices('\n').nth(2000).map(|(i, _)| i as u64).unwrap();
+        for range in [0..cut, start..cut] {
+            let err = source.read(range.clone(), &columns).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "memory://csv/lines/big.csv, line 800: value 'oops' of column `Value` is not a Float64",
+                "{range:?}"
+            );
+        }
+        let after = text.match_indices('\n').nth(3500).map(|(i, _)| i as u64 + 1).unwrap();
+        let err = source.read(after..source.size(), &columns).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "memory://csv/lines/big.csv, line 4000: 3 fields where the header has 4"
+        );
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub enum IoError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// A CSV line that cannot be read: the line of the file, and what is wrong with it (the
+    /// column named, the value quoted).
+    #[error("{url}, line {line}: {message}")]
+    CsvLine { url: String, line: u64, message: String },
     /// A file lacks a column the job needs.
     #[error("{url}: missing column `{column}`")]
     MissingColumn { url: String, column: String },
@@ -116,6 +120,7 @@ impl IoError {
             e if e.is_retryable() => ErrorClass::Unavailable,
             IoError::Parquet { .. }
             | IoError::Csv { .. }
+            | IoError::CsvLine { .. }
             | IoError::MissingColumn { .. }
             | IoError::ColumnType { .. } => ErrorClass::BadInput,
             IoError::Encode { .. } => ErrorClass::Internal,
@@ -215,6 +220,31 @@ fn http_status_in(text: &str) -> Option<u16> {
     let marker = "status code: ";
     let start = text.find(marker)? + marker.len();
     text.get(start..start + 3)?.parse().ok()
+}
+
+/// An error's message and those of its sources, each said once: many errors repeat their
+/// source in their own message, so a source already quoted by the line before is left out.
+pub fn error_causes(error: &dyn std::error::Error) -> Vec<String> {
+    let mut lines = vec![error.to_string()];
+    let mut last = lines[0].clone();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let line = e.to_string();
+        if !last.contains(&line) {
+            lines.push(line.clone());
+        }
+        last = line;
+        source = e.source();
+    }
+    lines
+}
+
+/// An error and its sources on one line (`outer: inner: innermost`), credentials removed: the
+/// form of every failure reason in manifests and failures tables.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let text = error_causes(error).join(": ");
+    // Storage errors can quote request URLs; SAS signatures in them must not reach manifests.
+    crate::redact(&crate::compact_service_errors(&text))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! ([`Location::put_if_absent`]), and streamed multipart uploads that make a large part visible
 //! whole or not at all ([`Location::write_parquet`], [`Location::write_csv`]).
 
+mod csv_errors;
 mod csv_io;
 mod error;
 mod hive;
@@ -18,7 +19,7 @@ mod parquet_io;
 mod upload;
 
 pub use csv_io::CsvSource;
-pub use error::{Cancelled, ErrorClass, IoError};
+pub use error::{Cancelled, ErrorClass, IoError, error_causes, error_chain};
 pub use hive::hive_value;
 pub use location::{Canceller, Entry, Location, Storage};
 pub use options::{

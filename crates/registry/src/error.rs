@@ -29,6 +29,10 @@ pub enum RegistryError {
     /// A scikit-learn interchange file that cannot become a model.
     #[error("cannot import {source_name}: {reason}")]
     Interchange { source_name: String, reason: String },
+    /// An import's files cannot be taken as given: none matches, two map to one key, or a
+    /// name maps to an invalid key.
+    #[error("{reason}")]
+    ImportSelection { reason: String },
     /// A model key that cannot name a file.
     #[error("invalid model key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },
@@ -45,9 +49,9 @@ impl RegistryError {
     pub fn class(&self) -> ErrorClass {
         match self {
             RegistryError::Io(e) => e.class(),
-            RegistryError::InvalidKey { .. } | RegistryError::NotARegistry { .. } => {
-                ErrorClass::Usage
-            }
+            RegistryError::InvalidKey { .. }
+            | RegistryError::NotARegistry { .. }
+            | RegistryError::ImportSelection { .. } => ErrorClass::Usage,
             RegistryError::Encode { .. } => ErrorClass::Internal,
             RegistryError::NoModel { .. }
             | RegistryError::Corrupt { .. }
@@ -86,6 +90,7 @@ mod tests {
             (RegistryError::CorruptIndex { url: s(), reason: s() }, ErrorClass::BadInput),
             (RegistryError::Interchange { source_name: s(), reason: s() }, ErrorClass::BadInput),
             (RegistryError::InvalidKey { key: s(), reason: s() }, ErrorClass::Usage),
+            (RegistryError::ImportSelection { reason: s() }, ErrorClass::Usage),
             (RegistryError::Encode { key: s(), reason: s() }, ErrorClass::Internal),
             (RegistryError::Io(IoError::NotFound { url: s() }), ErrorClass::Usage),
         ];

@@ -9,13 +9,16 @@
 
 mod error;
 mod format;
+mod import;
 mod index;
 mod model;
 mod pattern;
 mod sklearn;
 
+use batchscore_io::error_causes;
 pub use error::RegistryError;
 pub use format::{FORMAT_VERSION, MAGIC};
+pub use import::{ImportFile, ImportPlan, write_models};
 pub use index::{IndexEntry, Registry};
 pub use model::{DetectorModel, FeatureSummary, Model, ModelKey, ModelMeta, TrainingInfo};
 pub use pattern::KeyPattern;

@@ -18,9 +18,15 @@ enum Piece {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPattern {
     pieces: Vec<Piece>,
+    text: String,
 }
 
 impl KeyPattern {
+    /// The pattern as given.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     /// Parses a pattern: literals and the placeholders `{device}`, `{sensor}`, `{key}`; either
     /// `{key}`, or `{device}` with an optional `{sensor}`, each at most once.
     pub fn parse(pattern: &str) -> Result<Self, RegistryError> {
@@ -60,7 +66,7 @@ impl KeyPattern {
                 "use {key} alone, or {device} with an optional {sensor}, once each",
             ));
         }
-        Ok(Self { pieces })
+        Ok(Self { pieces, text: pattern.to_string() })
     }
 
     /// The key for a file name without its extension, or `None` if the name does not match.

@@ -28,9 +28,10 @@ pub enum SchedulerError {
     NoInput { url: String, other_files: usize },
     /// The run id was used before for a different plan.
     #[error(
-        "run `{run_id}` at {url} was planned from other inputs or settings; use a new --run-id"
+        "run `{run_id}` at {url} was planned from other inputs or settings ({changes}); use a \
+         new --run-id"
     )]
-    RunConflict { run_id: String, url: String },
+    RunConflict { run_id: String, url: String, changes: String },
     /// A shard of the run was started with another shard count than the run was planned for.
     #[error(
         "run `{run_id}` at {url} is planned for {planned} shards, this shard says {given}: \
@@ -104,6 +105,7 @@ impl SchedulerError {
         match e {
             IoError::Parquet { .. }
             | IoError::Csv { .. }
+            | IoError::CsvLine { .. }
             | IoError::MissingColumn { .. }
             | IoError::ColumnType { .. } => SchedulerError::Input(e),
             e => SchedulerError::Io(e),
@@ -135,7 +137,10 @@ mod tests {
                 ErrorClass::BadInput,
             ),
             (SchedulerError::NoInput { url: s(), other_files: 3 }, ErrorClass::BadInput),
-            (SchedulerError::RunConflict { run_id: s(), url: s() }, ErrorClass::Usage),
+            (
+                SchedulerError::RunConflict { run_id: s(), url: s(), changes: s() },
+                ErrorClass::Usage,
+            ),
             (SchedulerError::CorruptRecord { url: s(), reason: s() }, ErrorClass::BadInput),
             (
                 SchedulerError::ShardCountConflict { run_id: s(), url: s(), planned: 1, given: 2 },

@@ -20,6 +20,7 @@ mod score;
 mod select;
 mod train;
 
+pub use batchscore_io::{error_causes, error_chain};
 pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo};
 pub use dataset::{InputColumns, Layout};
 pub use error::SchedulerError;
@@ -28,6 +29,5 @@ pub use plan::{Plan, Unit};
 pub use pool::worker_pool;
 pub use progress::{NoProgress, Progress};
 pub use run::{PlanSummary, RunReport, RunSpec, dry_run, run};
-pub use score::{error_causes, error_chain};
 pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};

@@ -121,7 +121,7 @@ struct Prepared {
     registry: Registry,
     dataset: Dataset,
     plan: Plan,
-    fingerprint: String,
+    fingerprint: Fingerprint,
     run_id: String,
     total_rows: u64,
 }
@@ -153,7 +153,7 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
     let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target)?;
     let run_id = match &spec.run_id {
         Some(id) => id.clone(),
-        None => format!("run-{}", &fingerprint[..16]),
+        None => format!("run-{}", &fingerprint.digest[..16]),
     };
     check_run_id(&run_id)?;
     Ok(Prepared { registry, dataset, plan, fingerprint, run_id, total_rows })
@@ -265,14 +265,16 @@ fn sensors_without_input(sensors: &SensorSelection, devices: &[DeviceOutcome]) -
 fn claim(
     spec: &RunSpec,
     plan: &Plan,
-    fingerprint: String,
+    fingerprint: Fingerprint,
     run_id: String,
 ) -> Result<RunCommit, SchedulerError> {
     let out = spec.output.join(&run_id)?;
     let record = PlanRecord {
         format: crate::commit::FORMAT,
         run_id,
-        fingerprint,
+        fingerprint: fingerprint.digest,
+        components: fingerprint.components,
+        files: fingerprint.files,
         units: plan.units.len(),
         shard_count: Some(spec.shard.count()),
         settings: run_level(&spec.settings, spec.shard.count()),
@@ -397,14 +399,21 @@ fn add_no_input(
     }
 }
 
-/// Identifies everything that determines the run's output.
+/// What determines the run's output, hashed: the digest the run id and the conflict check rest
+/// on, a digest per component and the input files, so a refused rerun can say what changed.
+pub(crate) struct Fingerprint {
+    pub digest: String,
+    pub components: BTreeMap<String, String>,
+    pub files: Vec<(String, u64, String)>,
+}
+
 fn plan_fingerprint(
     spec: &RunSpec,
     dataset: &Dataset,
     registry: &Registry,
     plan: &Plan,
     target: u64,
-) -> Result<String, SchedulerError> {
+) -> Result<Fingerprint, SchedulerError> {
     #[derive(Serialize)]
     struct Material<'a> {
         version: &'static str,
@@ -436,11 +445,46 @@ fn plan_fingerprint(
         target_rows: target,
         units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
     };
+    let encode = |value: &dyn erased::Json| {
+        value
+            .to_json()
+            .map(|bytes| hex::encode(Sha256::digest(&bytes)))
+            .map_err(|e| SchedulerError::Encode { what: "plan fingerprint", reason: e.to_string() })
+    };
     // An empty fallback here would give every plan the same run id and disarm the conflict
     // check that rests on it.
-    let bytes = serde_json::to_vec(&material)
-        .map_err(|e| SchedulerError::Encode { what: "plan fingerprint", reason: e.to_string() })?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+    let digest = encode(&material)?;
+    let mut components = BTreeMap::new();
+    for (name, value) in [
+        ("input location", &material.input as &dyn erased::Json),
+        ("input files", &material.files),
+        ("registry location", &material.registry),
+        ("registry index (models trained or imported since)", &material.registry_index),
+        ("device selection", &material.selection),
+        ("sensor selection", &material.sensors),
+        ("time window", &material.window),
+        ("column settings", &material.columns),
+        ("input columns", &material.resolved),
+        ("output profile or format", &material.output),
+        ("part size bounds", &material.target_rows),
+        ("work units", &material.units),
+    ] {
+        components.insert(name.to_string(), encode(value)?);
+    }
+    Ok(Fingerprint { digest, components, files: dataset.identity.clone() })
+}
+
+/// JSON encoding behind a trait object, so components of different types hash alike.
+mod erased {
+    pub(super) trait Json {
+        fn to_json(&self) -> serde_json::Result<Vec<u8>>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+            serde_json::to_vec(self)
+        }
+    }
 }
 
 struct UnitContext<'a> {

@@ -5,6 +5,8 @@ use arrow::array::RecordBatch;
 use batchscore_detectors::Detector;
 use batchscore_registry::{ModelKey, Registry, RegistryError};
 
+use batchscore_io::error_chain;
+
 use crate::SchedulerError;
 use crate::commit::{DeviceOutcome, DeviceStatus};
 use crate::dataset::{Columns, Series, Shape, UnitTable};
@@ -29,31 +31,6 @@ fn failed(series: &Key, rows: usize, stage: &str, reason: String) -> DeviceOutco
         stage: Some(stage.into()),
         reason: Some(reason),
     }
-}
-
-/// An error's message and those of its sources, each said once: many errors repeat their
-/// source in their own message, so a source already quoted by the line before is left out.
-pub fn error_causes(error: &dyn std::error::Error) -> Vec<String> {
-    let mut lines = vec![error.to_string()];
-    let mut last = lines[0].clone();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let line = e.to_string();
-        if !last.contains(&line) {
-            lines.push(line.clone());
-        }
-        last = line;
-        source = e.source();
-    }
-    lines
-}
-
-/// An error and its sources on one line (`outer: inner: innermost`), credentials removed: the
-/// form of every failure reason in manifests and failures tables.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let text = error_causes(error).join(": ");
-    // Storage errors can quote request URLs; SAS signatures in them must not reach manifests.
-    batchscore_io::redact(&batchscore_io::compact_service_errors(&text))
 }
 
 /// A series' device and sensor name, as recorded in outcomes.

@@ -11,10 +11,10 @@ use rayon::prelude::*;
 
 use crate::dataset::{Dataset, Shape, UnitTable};
 use crate::run::check_sensor_selection;
-use crate::score::error_chain;
 use crate::{
     DeviceSelection, InputColumns, Plan, Progress, SchedulerError, SensorSelection, TimeWindow,
 };
+use batchscore_io::error_chain;
 
 /// Everything a training run needs, already validated.
 #[derive(Debug, Clone)]

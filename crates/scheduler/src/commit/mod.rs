@@ -66,16 +66,17 @@ impl RunCommit {
     /// that the record found there is for the same plan and shard count; then lists the
     /// directory once.
     pub fn claim(out: Location, plan: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
-        let conflict = || SchedulerError::RunConflict {
+        let conflict = |found: &PlanRecord| SchedulerError::RunConflict {
             run_id: plan.run_id.clone(),
             url: out.url().to_string(),
+            changes: found.differences(&plan),
         };
         let plan = if out.put_if_absent(PLAN, to_json("plan record", &plan)?)? {
             plan
         } else {
             let found: PlanRecord = from_json(&out, PLAN, &out.get(PLAN)?)?;
             if found.run_id != plan.run_id || found.fingerprint != plan.fingerprint {
-                return Err(conflict());
+                return Err(conflict(&found));
             }
             if let Some(planned) = found.shard_count
                 && planned != shard.count()

@@ -24,6 +24,13 @@ pub(crate) struct PlanRecord {
     /// Everything that determines the output (input files, registry index, selection, window,
     /// columns, unit bounds), hashed.
     pub fingerprint: String,
+    /// A digest per part of the fingerprint (input files, registry index, window, ...), so a
+    /// refused rerun can say what differs; absent in records of older builds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<String, String>,
+    /// `(path, size, version tag)` of every input file the plan read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<(String, u64, String)>,
     pub units: usize,
     /// The shard count every shard of the run must use; absent in records of older builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +153,63 @@ pub struct Manifest {
     pub timings_ms: BTreeMap<String, u64>,
     /// The settings the run was started with (no secrets).
     pub settings: serde_json::Value,
+}
+
+impl PlanRecord {
+    /// What differs between the plan `self` records and `other`, in words: the components
+    /// whose digests differ, and which input files were added, removed or rewritten.
+    pub(crate) fn differences(&self, other: &PlanRecord) -> String {
+        const SHOWN: usize = 3;
+        if self.components.is_empty() || other.components.is_empty() {
+            return "its inputs or settings differ".into();
+        }
+        let mut changes: Vec<String> = self
+            .components
+            .iter()
+            .filter(|(name, digest)| {
+                *name != "input files" && other.components.get(*name) != Some(digest)
+            })
+            .map(|(name, _)| format!("the {name} changed"))
+            .collect();
+        let before: BTreeMap<&str, (u64, &str)> =
+            self.files.iter().map(|(p, size, tag)| (p.as_str(), (*size, tag.as_str()))).collect();
+        let now: BTreeMap<&str, (u64, &str)> =
+            other.files.iter().map(|(p, size, tag)| (p.as_str(), (*size, tag.as_str()))).collect();
+        let mut list = |what: &str, paths: Vec<String>| {
+            if !paths.is_empty() {
+                let more = paths.len().saturating_sub(SHOWN);
+                let mut shown = paths.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
+                if more > 0 {
+                    shown.push_str(&format!(" and {more} more"));
+                }
+                changes.push(format!("{what}: {shown}"));
+            }
+        };
+        list(
+            "input files rewritten",
+            now.iter()
+                .filter_map(|(p, (size, tag))| {
+                    let (old_size, old_tag) = before.get(p)?;
+                    (old_size != size || old_tag != tag).then(|| {
+                        if old_size == size {
+                            format!("{p} (same size, new version tag)")
+                        } else {
+                            format!("{p} ({old_size} -> {size} bytes)")
+                        }
+                    })
+                })
+                .collect(),
+        );
+        list(
+            "input files added",
+            now.keys().filter(|p| !before.contains_key(*p)).map(|p| p.to_string()).collect(),
+        );
+        list(
+            "input files removed",
+            before.keys().filter(|p| !now.contains_key(*p)).map(|p| p.to_string()).collect(),
+        );
+        if changes.is_empty() { "its inputs or settings differ".into() } else { changes.join("; ") }
+    }
 }
 
 impl Manifest {

@@ -5,6 +5,9 @@ use arrow::datatypes::DataType;
 use super::{Dataset, InputFile, Shape, column_type_error, missing};
 use crate::SchedulerError;
 
+/// Bytes of a CSV file's start decoded again when its sampled device column is not integer.
+const CSV_HEAD_CHECK_BYTES: u64 = 64 * 1024;
+
 fn is_number_type(t: &DataType) -> bool {
     t.is_numeric() && !matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..))
 }
@@ -66,6 +69,13 @@ impl Dataset {
             }
             match field(&c.device) {
                 Ok(t) if csv && sampled_rows && !t.is_integer() => {
+                    // Decoding the sampled lines as the read would names the line and value.
+                    if let InputFile::Csv(source) = file {
+                        let head = 0..source.size().min(CSV_HEAD_CHECK_BYTES);
+                        source
+                            .read(head, &[(c.device.as_str(), DataType::Int64)])
+                            .map_err(SchedulerError::reading)?;
+                    }
                     return Err(column_type_error(url, &c.device, t, "integer device ids"));
                 }
                 Ok(t) if !csv && !t.is_integer() => {
