@@ -530,3 +530,36 @@ fn csv_errors_name_the_line_the_column_and_the_value() {
     let text = run_job(&input, &fixture().registry(), &out_dir(&dir), &[], 4);
     assert!(text.contains("r.csv, line 4: value 'three' of column `a` is not a Float64"), "{text}");
 }
+
+/// Regression: a Parquet file whose embedded Arrow schema (the `ARROW:schema` footer entry) is
+/// damaged made arrow-ipc panic (exit 101). The engine reads the Parquet schema instead; the
+/// data here is intact, so it is scored. (Decoder panics on damaged pages are caught per file:
+/// io's `damaged_parquet_is_an_error_never_a_panic` property test.)
+#[test]
+fn a_damaged_embedded_arrow_schema_does_not_crash_the_job() {
+    let dir = tempdir();
+    let data = dir.path().join("data").display().to_string();
+    expect_code(
+        &["-q", "generate", "--devices", "2", "--rows-per-device", "300", "--out", &data],
+        0,
+    );
+    let file = dir.path().join("data/readings/part-00000.parquet");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert_eq!(
+        bytes.len(),
+        39957,
+        "the generated file changed: find new damage that trips arrow-ipc"
+    );
+    for (at, value) in [(39187, 80), (21900, 101), (18608, 121)] {
+        bytes[at] = value;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let readings = format!("{data}/readings");
+    let registry = dir.path().join("models").display().to_string();
+    expect_code(
+        &["-q", "train", "--input", &readings, "--registry", &registry, "--n-estimators", "3"],
+        0,
+    );
+    let text = run_job(&readings, &registry, &out_dir(&dir), &[], 0);
+    assert!(text.contains("600 scored"), "{text}");
+}

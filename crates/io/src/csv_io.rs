@@ -439,4 +439,59 @@ mod tests {
             assert_eq!(rows, vec![2, 4], "chunks of {chunk_bytes} bytes");
         }
     }
+
+    /// Bytes that look like CSV often enough to reach the decoder: separators, quotes, line
+    /// breaks, digits, dates and junk.
+    fn csv_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let token = prop_oneof![
+            Just(b",".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\"".to_vec()),
+            Just(b"TS,Device,Tag,Value\n".to_vec()),
+            Just(b"2018-08-28 23:00:05.000".to_vec()),
+            "[0-9]{1,25}".prop_map(String::into_bytes),
+            "-?[0-9]{0,5}\\.[0-9]{0,5}(e[-+]?[0-9]{1,4})?".prop_map(String::into_bytes),
+            any::<Vec<u8>>(),
+        ];
+        proptest::collection::vec(token, 0..60).prop_map(|t| t.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Any bytes in a `.csv` file: an error naming the file, or rows; never a panic, for
+        /// whole reads and chunked ones, whatever types the caller asks for.
+        #[test]
+        fn arbitrary_csv_is_an_error_or_rows_never_a_panic(bytes in csv_bytes(), cut in proptest::prelude::any::<u16>()) {
+            let storage = Storage::new().unwrap();
+            let loc = storage.open("memory://csvfuzz").unwrap();
+            loc.put("f.csv", bytes::Bytes::from(bytes)).unwrap();
+            let Ok(mut sources) = CsvSource::open_all(&loc, &loc.list("").unwrap()) else {
+                return Ok(());
+            };
+            let source = sources.remove(0);
+            let names: Vec<String> =
+                source.sampled_schema().fields().iter().map(|f| f.name().clone()).collect();
+            let types = [
+                DataType::Int64,
+                DataType::Float64,
+                DataType::Utf8,
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+            ];
+            let columns: Vec<(&str, DataType)> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), types[i % types.len()].clone()))
+                .collect();
+            let size = source.size();
+            let cut = u64::from(cut) % (size + 1);
+            for range in [0..size, 0..cut, cut..size] {
+                if let Err(e) = source.read(range, &columns) {
+                    proptest::prop_assert!(e.to_string().contains("f.csv"), "{e}");
+                }
+            }
+        }
+    }
 }

@@ -154,10 +154,39 @@ async fn fetch_footer(
     store.get_range(path, size - tail_len - len..size - tail_len).await.map_err(external)
 }
 
-/// The Arrow view of decoded footer bytes.
-fn arrow_metadata(footer: &[u8]) -> Result<ArrowReaderMetadata, ParquetError> {
+/// The Arrow view of the footer bytes of a `size`-byte file, its column chunk ranges checked.
+fn arrow_metadata(footer: &[u8], size: u64) -> Result<ArrowReaderMetadata, ParquetError> {
     let metadata = ParquetMetaDataReader::decode_metadata(footer)?;
-    ArrowReaderMetadata::try_new(Arc::new(metadata), ArrowReaderOptions::new())
+    check_chunk_ranges(&metadata, size)?;
+    // The Arrow schema a writer may embed is IPC-encoded, and arrow-ipc panics on some damaged
+    // ones; the engine casts every column to its own types, so the Parquet schema suffices.
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+}
+
+/// Every column chunk must lie inside the file: the parquet crate asserts (panics) on a
+/// negative offset or length, and a damaged footer can hold either.
+fn check_chunk_ranges(metadata: &ParquetMetaData, size: u64) -> Result<(), ParquetError> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for (c, column) in group.columns().iter().enumerate() {
+            let start =
+                column.dictionary_page_offset().unwrap_or_else(|| column.data_page_offset());
+            let len = column.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(start, len)| start.checked_add(len))
+                .is_some_and(|end| end <= size)
+                && column.data_page_offset() >= 0;
+            if !inside {
+                return Err(ParquetError::General(format!(
+                    "row group {g}, column {c}: its chunk ({len} bytes at offset {start}) lies \
+                     outside the {size}-byte file"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ParquetSource {
@@ -197,7 +226,7 @@ impl ParquetSource {
     /// A source from its footer's Thrift bytes: the summary planning reads, and the bytes
     /// themselves only for a large file.
     fn from_footer(location: Location, entry: Entry, footer: Bytes) -> Result<Self, ParquetError> {
-        let meta = arrow_metadata(&footer)?;
+        let meta = arrow_metadata(&footer, entry.size)?;
         let metadata = meta.metadata();
         let mut int_columns = Vec::new();
         let mut indices = Vec::new();
@@ -275,6 +304,14 @@ impl ParquetSource {
         row_groups: &[usize],
         columns: &[&str],
     ) -> Result<Vec<RecordBatch>, IoError> {
+        guarded(&self.url(), || self.read_unguarded(row_groups, columns))
+    }
+
+    fn read_unguarded(
+        &self,
+        row_groups: &[usize],
+        columns: &[&str],
+    ) -> Result<Vec<RecordBatch>, IoError> {
         let url = self.url();
         let mut indices = Vec::with_capacity(columns.len());
         for column in columns {
@@ -294,7 +331,9 @@ impl ParquetSource {
                     self.size
                 ))));
             }
-            let meta = footer_of(&file).and_then(arrow_metadata).map_err(parquet_error)?;
+            let meta = footer_of(&file)
+                .and_then(|footer| arrow_metadata(footer, file.len() as u64))
+                .map_err(parquet_error)?;
             let mask =
                 ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
             let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
@@ -307,7 +346,7 @@ impl ParquetSource {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())));
         };
-        let meta = arrow_metadata(footer).map_err(parquet_error)?;
+        let meta = arrow_metadata(footer, self.size).map_err(parquet_error)?;
         let (store, path) = self.location.resolve(&self.path)?;
         let reader = ObjectReader { store, path, metadata: meta.metadata().clone() };
         let mask = ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
@@ -397,11 +436,38 @@ pub(crate) fn writer_properties(
     Ok(builder.build())
 }
 
+/// Runs the decoding of one file, turning a panic of the parquet crate into an error of that
+/// file. The crate asserts on some damaged pages instead of returning an error (upstream fixes
+/// them case by case, e.g. apache/arrow-rs#10107); one damaged input file must fail with exit
+/// code 4 naming it, not crash the job.
+fn guarded<T>(url: &str, decode: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(IoError::parquet(
+                url,
+                ParquetError::General(format!("damaged data stopped the Parquet decoder: {what}")),
+            ))
+        }
+    }
+}
+
 /// Decodes a whole Parquet file held in memory.
 pub fn decode_parquet(url: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, IoError> {
+    guarded(url, || decode_parquet_unguarded(url, bytes))
+}
+
+fn decode_parquet_unguarded(url: &str, bytes: Bytes) -> Result<Vec<RecordBatch>, IoError> {
     let parquet_error = |source| IoError::parquet(url, source);
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .map_err(parquet_error)?
+    let meta = footer_of(&bytes)
+        .and_then(|footer| arrow_metadata(footer, bytes.len() as u64))
+        .map_err(parquet_error)?;
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
         .build()
         .map_err(parquet_error)?;
     reader
@@ -566,6 +632,39 @@ mod tests {
             let err = ParquetSource::open_all(&loc, &entries).unwrap_err();
             assert!(matches!(err, IoError::Parquet { .. }), "{err:?}");
             assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(128))]
+
+        /// A damaged Parquet file (bytes flipped, truncated) is an error of that file or reads
+        /// some rows; it never panics, whichever read path takes it.
+        #[test]
+        fn damaged_parquet_is_an_error_never_a_panic(
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let b = batch((0..2_000).collect());
+            let options = WriteOptions { row_group_rows: 500, metadata: Vec::new() };
+            let mut bytes = encode_parquet(&b.schema(), &[b], &options).unwrap().to_vec();
+            for (at, value) in flips {
+                let i = at % bytes.len();
+                bytes[i] = value;
+            }
+            if cut % 4 == 0 {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            let _ = decode_parquet("fuzz.parquet", Bytes::from(bytes.clone()));
+            let storage = Storage::new().unwrap();
+            let loc = storage.open("memory://fuzz").unwrap();
+            loc.put("f.parquet", Bytes::from(bytes)).unwrap();
+            if let Ok(sources) = ParquetSource::open_all(&loc, &loc.list("").unwrap()) {
+                for source in sources {
+                    let groups: Vec<usize> = (0..source.num_row_groups()).collect();
+                    let _ = source.read(&groups, &["device_id", "v"]);
+                }
+            }
         }
     }
 }

@@ -382,4 +382,120 @@ mod tests {
         doc["surprise"] = 1.into();
         assert!(import(&serde_json::to_vec(&doc).unwrap()).is_err());
     }
+
+    /// The families of [`every_family_imports_and_survives_the_model_file`], as documents.
+    fn documents() -> Vec<serde_json::Value> {
+        let scaler = serde_json::json!({
+            "type": "standard_scaler", "params": {}, "mean": [1.0, 2.0], "scale": [2.0, 1.0],
+        });
+        let forest = serde_json::json!({
+            "type": "isolation_forest", "params": {}, "max_samples": 4, "offset": -0.5,
+            "estimators": [{
+                "features": [1, 0], "children_left": [1, -1, -1], "children_right": [2, -1, -1],
+                "feature": [0, -2, -2], "threshold": [0.5, -2.0, -2.0],
+                "n_node_samples": [4, 1, 3], "missing_go_to_left": [1, 0, 0],
+            }],
+        });
+        let pipeline = serde_json::json!({"type": "pipeline", "steps": [
+            {"name": "scaler", "estimator": scaler},
+            {"name": "detector", "estimator": forest.clone()},
+        ]});
+        [svm("rbf"), svm("poly"), forest, pipeline]
+            .into_iter()
+            .map(|e| serde_json::from_slice(&file(e)).unwrap())
+            .collect()
+    }
+
+    /// Paths to every leaf (number, string, bool, null) of a document.
+    fn leaf_paths(value: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    path.push(k.clone());
+                    leaf_paths(v, path, out);
+                    path.pop();
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    leaf_paths(v, path, out);
+                    path.pop();
+                }
+            }
+            _ => out.push(path.clone()),
+        }
+    }
+
+    fn leaf_mut<'a>(
+        value: &'a mut serde_json::Value,
+        path: &[String],
+    ) -> Option<&'a mut serde_json::Value> {
+        path.iter().try_fold(value, |v, key| match v {
+            serde_json::Value::Object(map) => map.get_mut(key),
+            serde_json::Value::Array(items) => items.get_mut(key.parse::<usize>().ok()?),
+            _ => None,
+        })
+    }
+
+    /// Values a hostile or damaged export may hold where a valid one has a number.
+    fn hostile_values() -> Vec<serde_json::Value> {
+        use serde_json::json;
+        vec![
+            json!(-1),
+            json!(0),
+            json!(1),
+            json!(3),
+            json!(65_536),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(-1e308),
+            json!(1e308),
+            json!(5e-324),
+            json!(0.5),
+            json!("x"),
+            json!(null),
+            json!(true),
+            json!([]),
+            json!([[]]),
+            json!({}),
+            serde_json::Value::Array(vec![json!(1); 300]),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// No interchange file, however damaged, makes the import or the model it yields panic:
+        /// any leaf of a valid export replaced by a hostile value either imports into a model
+        /// that round-trips and scores, or is an error.
+        #[test]
+        fn hostile_exports_are_errors_or_working_models(
+            doc in 0..4usize,
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), 0..18usize), 1..4),
+        ) {
+            let mut document = documents().swap_remove(doc);
+            let mut paths = Vec::new();
+            leaf_paths(&document, &mut Vec::new(), &mut paths);
+            let values = hostile_values();
+            for (at, value) in edits {
+                let path = &paths[at % paths.len()];
+                if let Some(leaf) = leaf_mut(&mut document, path) {
+                    *leaf = values[value].clone();
+                }
+            }
+            if let Ok(model) = import(&serde_json::to_vec(&document).unwrap()) {
+                let decoded = Model::decode("m", &model.encode().unwrap()).unwrap();
+                proptest::prop_assert_eq!(&decoded, &model);
+                let x: [&[f64]; 2] = [&[0.0, 3.0, f64::NAN], &[1.0, f64::INFINITY, 9.0]];
+                let _ = model.detector.score(&x);
+            }
+        }
+
+        /// Arbitrary bytes are an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_are_an_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            proptest::prop_assert!(import(&bytes).is_err());
+        }
+    }
 }
