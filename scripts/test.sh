@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints (warnings are errors), unit, property and integration
-# tests, the storage tests against Azurite. This is the README's test command, and .ci/run calls
+# The whole test suite: formatting, lints (warnings are errors), cargo deny, unit, property and
+# integration tests, the storage tests against Azurite. This is the README's test command, and .ci/run calls
 # exactly this. It installs what the tests need when missing: pyarrow and scikit-learn in a
 # cached venv
 # (scripts/python-env.sh) and the pinned Azurite (scripts/azurite/), which it starts on
@@ -19,6 +19,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny (licenses, duplicate versions, sources, advisories)"
+scripts/deny.sh
 echo "== test dependencies: Python packages, Azurite"
 BATCHSCORE_PYTHON="$(scripts/python-env.sh)"
 export BATCHSCORE_PYTHON
