@@ -326,6 +326,41 @@ mod tests {
     }
 
     #[test]
+    fn every_variant_has_its_class() {
+        let s = || "x".to_string();
+        let cases = [
+            (IoError::InvalidUrl { url: s(), reason: s() }, ErrorClass::Usage),
+            (IoError::InvalidOption { key: s(), reason: s() }, ErrorClass::Usage),
+            (IoError::NotFound { url: s() }, ErrorClass::Usage),
+            (
+                remote("Server returned non-2xx status code: 503 Service Unavailable"),
+                ErrorClass::Unavailable,
+            ),
+            (remote("Server returned non-2xx status code: 409 Conflict"), ErrorClass::Usage),
+            (
+                IoError::Parquet { url: s(), source: parquet::errors::ParquetError::General(s()) },
+                ErrorClass::BadInput,
+            ),
+            (
+                IoError::Csv { url: s(), source: arrow::error::ArrowError::CsvError(s()) },
+                ErrorClass::BadInput,
+            ),
+            (IoError::CsvLine { url: s(), line: 3, message: s() }, ErrorClass::BadInput),
+            (IoError::MissingColumn { url: s(), column: s() }, ErrorClass::BadInput),
+            (
+                IoError::ColumnType { url: s(), column: s(), found: s(), expected: s() },
+                ErrorClass::BadInput,
+            ),
+            (IoError::Encode { what: s(), source: "x".into() }, ErrorClass::Internal),
+            (IoError::Runtime(std::io::Error::other("x")), ErrorClass::Unavailable),
+            (IoError::Cancelled, ErrorClass::Interrupted),
+        ];
+        for (error, class) in cases {
+            assert_eq!(error.class(), class, "{error:?}");
+        }
+    }
+
+    #[test]
     fn cancellation_survives_every_wrapping() {
         assert_eq!(IoError::from(Cancelled).class(), ErrorClass::Interrupted);
         assert!(matches!(IoError::storage("u", Cancelled.into()), IoError::Cancelled));
