@@ -197,3 +197,38 @@ fn kill_9_at_random_moments_never_breaks_exactly_once() {
         rerun_and_compare(&out);
     }
 }
+
+#[test]
+fn sigterm_stops_training_without_an_index_and_training_again_completes() {
+    let w = workload();
+    let dir = tempdir();
+    let registry = dir.path().join("models");
+    let registry_s = registry.display().to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_batchscore"))
+        .args(["train", "--input", &w.readings, "--registry", &registry_s, "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stopped once its first model object is written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(registry.join("models")).map_or(true, |mut d| d.next().is_none()) {
+        assert!(Instant::now() < deadline, "no model written within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success()
+    );
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("stopped by SIGTERM: training stopped before its index was written"),
+        "{stderr}"
+    );
+    assert!(!registry.join("index.json").exists(), "no index after a stop");
+    expect_code(&["-q", "train", "--input", &w.readings, "--registry", &registry_s], 0);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["models"].as_array().unwrap().len(), 60);
+}

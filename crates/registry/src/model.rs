@@ -24,7 +24,17 @@ impl ModelKey {
     /// The key of a (device, sensor) series' model: `DEVICE.SENSOR`. Fails when the sensor
     /// name holds characters keys cannot (keys become file names).
     pub fn series(device: i64, sensor: &str) -> Result<Self, RegistryError> {
-        Self::try_from(format!("{device}.{sensor}"))
+        Self::try_from(Self::name(device, Some(sensor)))
+    }
+
+    /// The name a key of `device` (and `sensor`) has, `DEVICE` or `DEVICE.SENSOR`, whether or
+    /// not it is a valid key: the one place the form is written (reports and failure tables
+    /// name series whose sensor cannot be a key too).
+    pub fn name(device: i64, sensor: Option<&str>) -> String {
+        match sensor {
+            None => device.to_string(),
+            Some(sensor) => format!("{device}.{sensor}"),
+        }
     }
 
     /// The sensor of a series key (`7.pressure` -> `pressure`); `None` for a device key.

@@ -44,6 +44,12 @@ pub enum SchedulerError {
          run the same command again (same run id) to resume"
     )]
     Interrupted { run_id: String, committed: usize, units: usize },
+    /// Training was stopped on request before its index was written.
+    #[error(
+        "training stopped before its index was written: the registry is as it was; run the \
+         same command again"
+    )]
+    TrainingStopped,
     /// A commit record could not be encoded (a defect).
     #[error("cannot encode the {what}: {reason}")]
     Encode { what: &'static str, reason: String },
@@ -81,7 +87,9 @@ impl SchedulerError {
             | SchedulerError::InvalidValue { .. }
             | SchedulerError::NoInput { .. }
             | SchedulerError::CorruptRecord { .. } => ErrorClass::BadInput,
-            SchedulerError::Interrupted { .. } => ErrorClass::Interrupted,
+            SchedulerError::Interrupted { .. } | SchedulerError::TrainingStopped => {
+                ErrorClass::Interrupted
+            }
             SchedulerError::Io(e) => e.class(),
             SchedulerError::Registry(e) => e.class(),
             SchedulerError::ThreadPool { .. }
@@ -152,6 +160,7 @@ mod tests {
                 ErrorClass::Interrupted,
             ),
             (SchedulerError::Io(IoError::Cancelled), ErrorClass::Interrupted),
+            (SchedulerError::TrainingStopped, ErrorClass::Interrupted),
             (SchedulerError::ThreadPool { threads: 2, reason: s() }, ErrorClass::Internal),
             (
                 SchedulerError::Arrow {

@@ -84,14 +84,57 @@ fn series_seed(seed: u64, device: i64, sensor: Option<&str>) -> u64 {
 type Key = (i64, Option<String>);
 
 /// Trains one model per selected device and publishes them in the registry's index.
+///
+/// Stopped on request (a signal), it writes no index: the registry stays as it was (model
+/// objects written so far are immutable and unlisted), and the same command trains again.
 pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, SchedulerError> {
+    train_steps(spec, progress).map_err(|e| match e.class() {
+        batchscore_io::ErrorClass::Interrupted => SchedulerError::TrainingStopped,
+        _ => e,
+    })
+}
+
+fn train_steps(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, SchedulerError> {
     let started = Instant::now();
     let mut registry = Registry::open(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
     check_sensor_selection(&spec.sensors, &dataset.columns)?;
-    // Wide: the chosen columns, shared by every device. Long: each series' one value column,
-    // named after its sensor.
-    let (features, indices): (Option<Vec<String>>, Vec<usize>) = match &dataset.columns.shape {
+    let (features, indices) = feature_columns(spec, &dataset)?;
+    // Units are cut at row groups so memory stays bounded by workers x unit size. A device whose
+    // rows may lie in several units (its id is inside more than one unit's device interval: in
+    // a file sorted by device, the one device at each cut) is trained after the units, from the
+    // rows the units set aside; every other device is trained inside its unit.
+    let plan = Plan::build(&dataset.slices, spec.unit_rows.max(1));
+    progress.start(plan.units.len(), plan.rows());
+    let pool = crate::worker_pool(spec.threads)?;
+    let trainer = Trainer { spec, features: features.as_deref(), registry: &registry };
+    let job = UnitJob { trainer: &trainer, dataset: &dataset, plan: &plan, indices: &indices };
+    let (mut series_results, shared_rows) = pool.install(|| job.train_units(progress))?;
+    series_results.extend(pool.install(|| job.train_shared(shared_rows))?);
+    series_results.sort_by(|a, b| a.0.cmp(&b.0));
+    progress.finish();
+    let (entries, failed, rows) = outcomes(series_results);
+    let trained = entries.len() as u64;
+    // Models are written first, the index last: readers never see an entry without its file.
+    spec.input.check_cancelled()?;
+    registry.commit(entries)?;
+    tracing::info!(trained, failed = failed.len(), rows, "training committed");
+    Ok(TrainReport {
+        registry_url: registry.url().to_string(),
+        trained,
+        rows,
+        failed,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The feature columns models are trained on: wide input, the chosen sensor columns (all by
+/// default) as names and value-column indices; long input, each series' one value column.
+fn feature_columns(
+    spec: &TrainSpec,
+    dataset: &Dataset,
+) -> Result<(Option<Vec<String>>, Vec<usize>), SchedulerError> {
+    match &dataset.columns.shape {
         Shape::Wide { sensors } => {
             let features = spec.features.clone().unwrap_or_else(|| sensors.clone());
             let indices = features
@@ -105,125 +148,137 @@ pub fn train(spec: &TrainSpec, progress: &dyn Progress) -> Result<TrainReport, S
                     })
                 })
                 .collect::<Result<_, _>>()?;
-            (Some(features), indices)
+            Ok((Some(features), indices))
         }
-        Shape::Long { .. } if spec.features.is_some() => {
-            return Err(SchedulerError::InvalidSetting {
-                setting: "features",
-                reason: "names columns of wide-layout input; in the long layout each (device, \
-                         sensor) model has one feature, its sensor's values (select sensors \
-                         with --sensors)"
-                    .into(),
-            });
+        Shape::Long { .. } if spec.features.is_some() => Err(SchedulerError::InvalidSetting {
+            setting: "features",
+            reason: "names columns of wide-layout input; in the long layout each (device, \
+                     sensor) model has one feature, its sensor's values (select sensors \
+                     with --sensors)"
+                .into(),
+        }),
+        Shape::Long { .. } => Ok((None, vec![0])),
+    }
+}
+
+/// Index entries of the trained series, the failed ones with their reasons, and the rows read.
+fn outcomes(results: Vec<SeriesResult>) -> (Vec<IndexEntry>, Vec<(String, String)>, u64) {
+    let mut entries = Vec::new();
+    let mut failed = Vec::new();
+    let mut rows = 0;
+    for (key, n, result) in results {
+        rows += n;
+        match result {
+            Ok(entry) => entries.push(entry),
+            Err(reason) => failed.push((ModelKey::name(key.0, key.1.as_deref()), reason)),
         }
-        Shape::Long { .. } => (None, vec![0]),
-    };
-    // Units are cut at row groups so memory stays bounded by workers x unit size. A device whose
-    // rows may lie in several units (its id is inside more than one unit's device interval: in
-    // a file sorted by device, the one device at each cut) is trained after the units, from the
-    // rows the units set aside; every other device is trained inside its unit.
-    let plan = Plan::build(&dataset.slices, spec.unit_rows.max(1));
-    let intervals: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
-    let shared =
-        |device: i64| intervals.iter().filter(|(lo, hi)| (*lo..=*hi).contains(&device)).count() > 1;
-    progress.start(plan.units.len(), plan.rows());
-    let pool = crate::worker_pool(spec.threads)?;
-    let trainer = Trainer { spec, features: features.as_deref(), registry: &registry };
-    let results: Vec<Result<UnitResult, SchedulerError>> = pool.install(|| {
-        plan.units
+    }
+    (entries, failed, rows)
+}
+
+/// The units of one training job.
+struct UnitJob<'a> {
+    trainer: &'a Trainer<'a>,
+    dataset: &'a Dataset,
+    plan: &'a Plan,
+    /// Value columns that feed the models, in feature order.
+    indices: &'a [usize],
+}
+
+impl UnitJob<'_> {
+    /// Trains every series that lies in one unit only, in parallel over units and series; sets
+    /// aside, by series, the rows of those that straddle units.
+    #[allow(clippy::type_complexity)]
+    fn train_units(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<SeriesResult>, BTreeMap<Key, Vec<SharedRows>>), SchedulerError> {
+        let intervals: Vec<(i64, i64)> = self.plan.units.iter().map(|u| (u.lo, u.hi)).collect();
+        let shared = |device: i64| {
+            intervals.iter().filter(|(lo, hi)| (*lo..=*hi).contains(&device)).count() > 1
+        };
+        let results: Vec<Result<UnitResult, SchedulerError>> = self
+            .plan
+            .units
             .par_iter()
             .map(|unit| {
-                let table = dataset.read_unit(
+                let spec = self.trainer.spec;
+                // Once stopped, no unit starts.
+                spec.input.check_cancelled()?;
+                let table = self.dataset.read_unit(
                     &unit.slices,
                     &spec.selection,
                     &spec.sensors,
                     &spec.window,
                 )?;
-                let key = |table: &UnitTable, i: usize| -> Key {
-                    let series = &table.runs[i];
-                    (series.device, table.sensor_name(series).map(String::from))
-                };
                 let (mine, set_aside): (Vec<usize>, Vec<usize>) =
                     (0..table.runs.len()).partition(|&i| !shared(table.runs[i].device));
                 let trained = mine
                     .par_iter()
-                    .map(|&i| {
-                        let range = table.runs[i].rows.clone();
-                        let columns: Vec<&[f64]> =
-                            indices.iter().map(|&c| &table.values[c][range.clone()]).collect();
-                        let first = table.timestamp_us.get(range.start).copied();
-                        let last = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();
-                        trainer.train(key(&table, i), &columns, first, last)
-                    })
+                    .map(|&i| self.train_series(&table, i))
                     .collect::<Result<Vec<_>, _>>()?;
-                let set_aside = set_aside
-                    .into_iter()
-                    .map(|i| {
-                        let range = table.runs[i].rows.clone();
-                        SharedRows {
-                            key: key(&table, i),
-                            timestamp_us: table.timestamp_us[range.clone()].to_vec(),
-                            columns: indices
-                                .iter()
-                                .map(|&c| table.values[c][range.clone()].to_vec())
-                                .collect(),
-                        }
-                    })
-                    .collect();
+                let set_aside = set_aside.into_iter().map(|i| self.set_aside(&table, i)).collect();
                 progress.unit_done(table.device.len() as u64, table.runs.len(), false);
                 Ok((trained, set_aside))
             })
-            .collect()
-    });
-    let mut series_results = Vec::new();
-    let mut shared_rows: BTreeMap<Key, Vec<SharedRows>> = BTreeMap::new();
-    for unit in results {
-        let (trained, set_aside) = unit?;
-        series_results.extend(trained);
-        for rows in set_aside {
-            shared_rows.entry(rows.key.clone()).or_default().push(rows);
+            .collect();
+        let mut series_results = Vec::new();
+        let mut shared_rows: BTreeMap<Key, Vec<SharedRows>> = BTreeMap::new();
+        for unit in results {
+            let (trained, set_aside) = unit?;
+            series_results.extend(trained);
+            for rows in set_aside {
+                shared_rows.entry(rows.key.clone()).or_default().push(rows);
+            }
         }
+        Ok((series_results, shared_rows))
     }
-    let shared_results: Vec<SeriesResult> = pool.install(|| {
+
+    /// Trains the series that straddled units, each from its rows joined in time order.
+    fn train_shared(
+        &self,
+        shared_rows: BTreeMap<Key, Vec<SharedRows>>,
+    ) -> Result<Vec<SeriesResult>, SchedulerError> {
         shared_rows
             .into_par_iter()
             .map(|(key, pieces)| {
+                self.trainer.spec.input.check_cancelled()?;
                 let (timestamps, columns) = SharedRows::concat(pieces);
                 let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
-                trainer.train(key, &refs, timestamps.first().copied(), timestamps.last().copied())
+                let (first, last) = (timestamps.first().copied(), timestamps.last().copied());
+                self.trainer.train(key, &refs, first, last)
             })
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    series_results.extend(shared_results);
-    series_results.sort_by(|a, b| a.0.cmp(&b.0));
-    progress.finish();
-    let mut entries = Vec::new();
-    let mut failed = Vec::new();
-    let mut rows = 0;
-    for (key, n, result) in series_results {
-        rows += n;
-        match result {
-            Ok(entry) => entries.push(entry),
-            Err(reason) => {
-                let name = match &key.1 {
-                    None => key.0.to_string(),
-                    Some(sensor) => format!("{}.{sensor}", key.0),
-                };
-                failed.push((name, reason));
-            }
+            .collect()
+    }
+
+    fn key(table: &UnitTable, i: usize) -> Key {
+        let series = &table.runs[i];
+        (series.device, table.sensor_name(series).map(String::from))
+    }
+
+    fn train_series(&self, table: &UnitTable, i: usize) -> Result<SeriesResult, SchedulerError> {
+        // A long unit stops between its series, not only between units.
+        self.trainer.spec.input.check_cancelled()?;
+        let range = table.runs[i].rows.clone();
+        let columns: Vec<&[f64]> =
+            self.indices.iter().map(|&c| &table.values[c][range.clone()]).collect();
+        let first = table.timestamp_us.get(range.start).copied();
+        let last = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();
+        self.trainer.train(Self::key(table, i), &columns, first, last)
+    }
+
+    fn set_aside(&self, table: &UnitTable, i: usize) -> SharedRows {
+        let range = table.runs[i].rows.clone();
+        SharedRows {
+            key: Self::key(table, i),
+            timestamp_us: table.timestamp_us[range.clone()].to_vec(),
+            columns: self
+                .indices
+                .iter()
+                .map(|&c| table.values[c][range.clone()].to_vec())
+                .collect(),
         }
     }
-    let trained = entries.len() as u64;
-    // Models are written first, the index last: readers never see an entry without its file.
-    registry.commit(entries)?;
-    tracing::info!(trained, failed = failed.len(), rows, "training committed");
-    Ok(TrainReport {
-        registry_url: registry.url().to_string(),
-        trained,
-        rows,
-        failed,
-        elapsed: started.elapsed(),
-    })
 }
 
 /// A series' training outcome: its rows, and its index entry or why it has none.

@@ -80,10 +80,7 @@ pub struct DeviceOutcome {
 impl DeviceOutcome {
     /// The model key the outcome is about: `DEVICE` or `DEVICE.SENSOR`.
     pub fn model_key(&self) -> String {
-        match &self.sensor {
-            None => self.device.to_string(),
-            Some(sensor) => format!("{}.{sensor}", self.device),
-        }
+        batchscore_registry::ModelKey::name(self.device, self.sensor.as_deref())
     }
 
     /// Orders outcomes by device, then sensor (integers by value).
