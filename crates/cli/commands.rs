@@ -18,7 +18,8 @@ use crate::cli::{
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
 use crate::progress::Reporter;
-use crate::settings::{self, UsageError};
+use crate::settings;
+use crate::usage::UsageError;
 
 /// `batchscore config`: the settings every command starts from, secrets hidden.
 pub fn show_config(config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use batchscore_scheduler::{InputColumns, OutputFormat, OutputProfile};
 use serde::Deserialize;
 
-use crate::settings::UsageError;
+use crate::usage::UsageError;
 
 /// A parsed config file. See `configs/sample.toml` for every key, documented.
 #[derive(Debug, Default, Deserialize)]

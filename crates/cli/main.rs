@@ -14,6 +14,7 @@ mod printer;
 mod progress;
 mod settings;
 mod signals;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -27,7 +28,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 use crate::config::ConfigFile;
 use crate::printer::Printer;
-use crate::settings::UsageError;
+use crate::usage::UsageError;
 
 const EXIT_INTERNAL: u8 = 1;
 const EXIT_USAGE: u8 = 2;

@@ -20,10 +20,7 @@ use serde_json::json;
 use crate::cli::{DetectorArg, FormatArg, InputArgs, LayoutChoice, ProfileArg, RunArgs, TrainArgs};
 use crate::config::ConfigFile;
 
-/// A bad flag, environment variable or config value (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+use crate::usage::UsageError;
 
 fn usage(e: impl std::fmt::Display) -> UsageError {
     UsageError(e.to_string())
