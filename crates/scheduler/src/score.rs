@@ -116,22 +116,25 @@ pub(crate) fn score_unit(
 ) -> Result<(Option<RecordBatch>, Vec<DeviceOutcome>), SchedulerError> {
     let mut outcomes = Vec::with_capacity(table.runs.len());
     let mut scored = ScoredRows::default();
+    // On a remote registry the models of a group of series are fetched together.
     let group_size = if registry.is_remote() { MODEL_PREFETCH } else { 1 };
     for group in table.runs.chunks(group_size) {
-        let mut pending: Vec<(&Series, Key, ModelKey)> = Vec::with_capacity(group.len());
+        let mut pending: Vec<(&Series, Key)> = Vec::with_capacity(group.len());
+        let mut keys = Vec::with_capacity(group.len());
         for series in group {
             let key: Key = (series.device, table.sensor_name(series).map(String::from));
             match model_key(&key) {
-                Ok(model_key) => pending.push((series, key, model_key)),
+                Ok(model_key) => {
+                    pending.push((series, key));
+                    keys.push(model_key);
+                }
                 Err(e) => {
                     outcomes.push(failed(&key, series.rows.len(), "model_key", error_chain(&e)))
                 }
             }
         }
-        let keys: Vec<ModelKey> = pending.iter().map(|(_, _, k)| k.clone()).collect();
-        for ((series, key, _), loaded) in pending.iter().zip(registry.load_many(&keys)) {
-            let range = series.rows.clone();
-            let n = range.len();
+        for ((series, key), loaded) in pending.iter().zip(registry.load_many(&keys)) {
+            let n = series.rows.len();
             let model = match loaded {
                 Ok(model) => model,
                 Err(e) if e.is_retryable() => return Err(SchedulerError::Registry(e)),
@@ -144,52 +147,7 @@ pub(crate) fn score_unit(
                     continue;
                 }
             };
-            let indices = match feature_columns(columns, &model) {
-                Ok(indices) => indices,
-                Err(reason) => {
-                    outcomes.push(failed(key, n, "feature_mismatch", reason));
-                    continue;
-                }
-            };
-            let start_len = scored.score.len();
-            let mut ok = true;
-            for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
-                let chunk = chunk_start..(chunk_start + SCORE_BATCH_ROWS).min(range.end);
-                let cols: Vec<&[f64]> =
-                    indices.iter().map(|&i| &table.values[i][chunk.clone()]).collect();
-                match model.detector.score(&cols) {
-                    Ok(s) => {
-                        scored.score.extend(s.score);
-                        scored.decision.extend(s.decision);
-                        scored.is_anomaly.extend(s.is_anomaly);
-                    }
-                    Err(e) => {
-                        scored.score.truncate(start_len);
-                        scored.decision.truncate(start_len);
-                        scored.is_anomaly.truncate(start_len);
-                        outcomes.push(failed(key, n, "scoring", error_chain(&e)));
-                        ok = false;
-                        break;
-                    }
-                }
-            }
-            if !ok {
-                continue;
-            }
-            let anomalies = scored.is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
-            scored.rows.extend(range);
-            scored.versions.push((model.version().to_string(), n));
-            outcomes.push(DeviceOutcome {
-                device: key.0,
-                sensor: key.1.clone(),
-                status: DeviceStatus::Scored,
-                rows: n as u64,
-                anomalies,
-                duplicate_rows: 0,
-                model_version: Some(model.version().to_string()),
-                stage: None,
-                reason: None,
-            });
+            outcomes.push(score_series(table, columns, series, key, &model, &mut scored));
         }
     }
     count_duplicates(table, &mut outcomes);
@@ -198,4 +156,54 @@ pub(crate) fn score_unit(
     }
     let batch = output.batch(columns, table, scored, run_id)?;
     Ok((Some(batch), outcomes))
+}
+
+/// Scores one series with its model in column batches, appending its rows to `scored`; a
+/// failure leaves `scored` as it was and is the series' outcome.
+fn score_series(
+    table: &UnitTable,
+    columns: &Columns,
+    series: &Series,
+    key: &Key,
+    model: &batchscore_registry::Model,
+    scored: &mut ScoredRows,
+) -> DeviceOutcome {
+    let range = series.rows.clone();
+    let n = range.len();
+    let indices = match feature_columns(columns, model) {
+        Ok(indices) => indices,
+        Err(reason) => return failed(key, n, "feature_mismatch", reason),
+    };
+    let start_len = scored.score.len();
+    for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
+        let chunk = chunk_start..(chunk_start + SCORE_BATCH_ROWS).min(range.end);
+        let cols: Vec<&[f64]> = indices.iter().map(|&i| &table.values[i][chunk.clone()]).collect();
+        match model.detector.score(&cols) {
+            Ok(s) => {
+                scored.score.extend(s.score);
+                scored.decision.extend(s.decision);
+                scored.is_anomaly.extend(s.is_anomaly);
+            }
+            Err(e) => {
+                scored.score.truncate(start_len);
+                scored.decision.truncate(start_len);
+                scored.is_anomaly.truncate(start_len);
+                return failed(key, n, "scoring", error_chain(&e));
+            }
+        }
+    }
+    let anomalies = scored.is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
+    scored.rows.extend(range);
+    scored.versions.push((model.version().to_string(), n));
+    DeviceOutcome {
+        device: key.0,
+        sensor: key.1.clone(),
+        status: DeviceStatus::Scored,
+        rows: n as u64,
+        anomalies,
+        duplicate_rows: 0,
+        model_version: Some(model.version().to_string()),
+        stage: None,
+        reason: None,
+    }
 }

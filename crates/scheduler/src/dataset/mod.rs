@@ -115,12 +115,64 @@ impl Dataset {
         selection: &DeviceSelection,
         window: &TimeWindow,
     ) -> Result<Self, SchedulerError> {
+        let listing = Listing::of(location, config, selection)?;
+        let files = open_sources(location, &listing.entries)?;
+        let identity = listing
+            .entries
+            .iter()
+            .map(|e| (e.path.clone(), e.size, e.e_tag.clone().unwrap_or_default()))
+            .collect();
+        let row_groups_total = files
+            .iter()
+            .map(|f| match f {
+                InputFile::Parquet(p) => p.num_row_groups(),
+                InputFile::Csv(c) => c.chunks(CSV_CHUNK_BYTES).len(),
+            })
+            .sum();
+        let columns = resolve(config, files.first(), listing.hive_key.as_deref())?;
+        let mut dataset = Dataset {
+            files,
+            files_listed: listing.files_listed,
+            row_groups_total,
+            hive_device: listing.hive_device,
+            columns,
+            slices: Vec::new(),
+            identity,
+        };
+        dataset.check_schemas()?;
+        dataset.prune(selection, window);
+        Ok(dataset)
+    }
+}
+
+/// The input files of one listing, after hive partitions outside the selection are dropped.
+struct Listing {
+    entries: Vec<Entry>,
+    /// The device of each entry that sits in a `device=N` partition.
+    hive_device: Vec<Option<i64>>,
+    /// The partition key met (`device_id`, ...), if any.
+    hive_key: Option<String>,
+    /// Parquet and CSV files listed, before partition pruning.
+    files_listed: usize,
+}
+
+impl Listing {
+    /// Lists `location` once; files starting with `_` or `.` are not input.
+    fn of(
+        location: &Location,
+        config: &InputColumns,
+        selection: &DeviceSelection,
+    ) -> Result<Self, SchedulerError> {
         let listed = location.list("")?;
-        let listed_any = listed.len();
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut hive_device = Vec::new();
-        let mut hive_key: Option<String> = None;
-        let mut files_listed = 0;
+        if listed.is_empty() {
+            return Err(SchedulerError::InputMissing { url: location.url().to_string() });
+        }
+        let mut listing = Listing {
+            entries: Vec::new(),
+            hive_device: Vec::new(),
+            hive_key: None,
+            files_listed: 0,
+        };
         let mut other_files = 0;
         for entry in listed {
             let name = entry.path.rsplit('/').next().unwrap_or("");
@@ -131,11 +183,11 @@ impl Dataset {
                 other_files += 1;
                 continue;
             }
-            files_listed += 1;
+            listing.files_listed += 1;
             let device = match config.hive_device(&entry.path) {
                 None => None,
                 Some((key, value)) => {
-                    hive_key.get_or_insert_with(|| key.to_string());
+                    listing.hive_key.get_or_insert_with(|| key.to_string());
                     Some(value.parse::<i64>().map_err(|_| {
                         column_type_error(
                             location.url_of(&entry.path),
@@ -149,61 +201,37 @@ impl Dataset {
             if device.is_some_and(|d| !selection.contains(d)) {
                 continue;
             }
-            hive_device.push(device);
-            entries.push(entry);
+            listing.hive_device.push(device);
+            listing.entries.push(entry);
         }
-        if files_listed == 0 && listed_any == 0 {
-            return Err(SchedulerError::InputMissing { url: location.url().to_string() });
-        }
-        if files_listed == 0 {
+        if listing.files_listed == 0 {
             return Err(SchedulerError::NoInput { url: location.url().to_string(), other_files });
         }
-        let is_parquet = |e: &Entry| e.path.ends_with(".parquet");
-        let parquet_entries: Vec<Entry> =
-            entries.iter().filter(|e| is_parquet(e)).cloned().collect();
-        let csv_entries: Vec<Entry> = entries.iter().filter(|e| !is_parquet(e)).cloned().collect();
-        let mut parquet = ParquetSource::open_all(location, &parquet_entries)
-            .map_err(SchedulerError::reading)?
-            .into_iter();
-        let mut csv = CsvSource::open_all(location, &csv_entries)
-            .map_err(SchedulerError::reading)?
-            .into_iter();
-        // Back into listing order, so the plan does not depend on the formats' grouping.
-        let files: Vec<InputFile> = entries
-            .iter()
-            .filter_map(|e| {
-                if is_parquet(e) {
-                    parquet.next().map(InputFile::Parquet)
-                } else {
-                    csv.next().map(InputFile::Csv)
-                }
-            })
-            .collect();
-        let identity = entries
-            .iter()
-            .map(|e| (e.path.clone(), e.size, e.e_tag.clone().unwrap_or_default()))
-            .collect();
-        let row_groups_total = files
-            .iter()
-            .map(|f| match f {
-                InputFile::Parquet(p) => p.num_row_groups(),
-                InputFile::Csv(c) => c.chunks(CSV_CHUNK_BYTES).len(),
-            })
-            .sum();
-        let columns = resolve(config, files.first(), hive_key.as_deref())?;
-        let mut dataset = Dataset {
-            files,
-            files_listed,
-            row_groups_total,
-            hive_device,
-            columns,
-            slices: Vec::new(),
-            identity,
-        };
-        dataset.check_schemas()?;
-        dataset.prune(selection, window);
-        Ok(dataset)
+        Ok(listing)
     }
+}
+
+/// Opens every entry (Parquet footers, CSV heads, each format concurrently), in listing order,
+/// so the plan does not depend on the formats' grouping.
+fn open_sources(location: &Location, entries: &[Entry]) -> Result<Vec<InputFile>, SchedulerError> {
+    let is_parquet = |e: &Entry| e.path.ends_with(".parquet");
+    let parquet_entries: Vec<Entry> = entries.iter().filter(|e| is_parquet(e)).cloned().collect();
+    let csv_entries: Vec<Entry> = entries.iter().filter(|e| !is_parquet(e)).cloned().collect();
+    let mut parquet = ParquetSource::open_all(location, &parquet_entries)
+        .map_err(SchedulerError::reading)?
+        .into_iter();
+    let mut csv =
+        CsvSource::open_all(location, &csv_entries).map_err(SchedulerError::reading)?.into_iter();
+    Ok(entries
+        .iter()
+        .filter_map(|e| {
+            if is_parquet(e) {
+                parquet.next().map(InputFile::Parquet)
+            } else {
+                csv.next().map(InputFile::Csv)
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
