@@ -312,33 +312,38 @@ mod tests {
         import_sklearn("t.json", bytes, ModelKey::device(1), None, "2026-01-01T00:00:00Z".into())
     }
 
-    #[test]
-    fn every_family_imports_and_survives_the_model_file() {
-        let scaler = serde_json::json!({
-            "type": "standard_scaler", "params": {}, "mean": [1.0, 2.0], "scale": [2.0, 1.0],
-        });
-        let forest = serde_json::json!({
+    fn forest() -> serde_json::Value {
+        serde_json::json!({
             "type": "isolation_forest", "params": {}, "max_samples": 4, "offset": -0.5,
             "estimators": [{
                 "features": [1, 0], "children_left": [1, -1, -1], "children_right": [2, -1, -1],
                 "feature": [0, -2, -2], "threshold": [0.5, -2.0, -2.0],
                 "n_node_samples": [4, 1, 3], "missing_go_to_left": [1, 0, 0],
             }],
+        })
+    }
+
+    /// `Pipeline(StandardScaler, inner)`.
+    fn pipeline(inner: serde_json::Value) -> serde_json::Value {
+        let scaler = serde_json::json!({
+            "type": "standard_scaler", "params": {}, "mean": [1.0, 2.0], "scale": [2.0, 1.0],
         });
-        let pipeline = |inner: serde_json::Value| {
-            serde_json::json!({"type": "pipeline", "steps": [
-                {"name": "scaler", "estimator": scaler.clone()},
-                {"name": "detector", "estimator": inner},
-            ]})
-        };
+        serde_json::json!({"type": "pipeline", "steps": [
+            {"name": "scaler", "estimator": scaler},
+            {"name": "detector", "estimator": inner},
+        ]})
+    }
+
+    #[test]
+    fn every_family_imports_and_survives_the_model_file() {
         for estimator in [
             svm("rbf"),
             svm("linear"),
             svm("poly"),
             svm("sigmoid"),
-            forest.clone(),
+            forest(),
             pipeline(svm("rbf")),
-            pipeline(forest),
+            pipeline(forest()),
         ] {
             let model = import(&file(estimator)).unwrap();
             let decoded = Model::decode("m", &model.encode().unwrap()).unwrap();
@@ -385,22 +390,7 @@ mod tests {
 
     /// The families of [`every_family_imports_and_survives_the_model_file`], as documents.
     fn documents() -> Vec<serde_json::Value> {
-        let scaler = serde_json::json!({
-            "type": "standard_scaler", "params": {}, "mean": [1.0, 2.0], "scale": [2.0, 1.0],
-        });
-        let forest = serde_json::json!({
-            "type": "isolation_forest", "params": {}, "max_samples": 4, "offset": -0.5,
-            "estimators": [{
-                "features": [1, 0], "children_left": [1, -1, -1], "children_right": [2, -1, -1],
-                "feature": [0, -2, -2], "threshold": [0.5, -2.0, -2.0],
-                "n_node_samples": [4, 1, 3], "missing_go_to_left": [1, 0, 0],
-            }],
-        });
-        let pipeline = serde_json::json!({"type": "pipeline", "steps": [
-            {"name": "scaler", "estimator": scaler},
-            {"name": "detector", "estimator": forest.clone()},
-        ]});
-        [svm("rbf"), svm("poly"), forest, pipeline]
+        [svm("rbf"), svm("poly"), forest(), pipeline(forest())]
             .into_iter()
             .map(|e| serde_json::from_slice(&file(e)).unwrap())
             .collect()
