@@ -153,3 +153,56 @@ impl Paths {
         Self { readings: f.readings(), registry_url: f.registry() }
     }
 }
+
+/// Three attempts of one run at once on local disk (a scheduler retrying a task it thinks
+/// lost, a user starting a job twice): all succeed, the output is one run's, and no staging
+/// file of any attempt is left (the first to complete sweeps; the others write again or
+/// adopt when a file they were linking into place was swept).
+#[test]
+fn concurrent_attempts_on_local_disk_all_succeed_with_one_runs_output() {
+    let (readings, registry) = (fixture().readings(), fixture().registry());
+    let dir = tempdir();
+    let out = dir.path().join("out").display().to_string();
+    let clean = dir.path().join("clean").display().to_string();
+    let mut args = vec!["-q", "run", "--input", &readings, "--registry", &registry];
+    args.extend(["--run-id", "r"]);
+    args.extend(SMALL_PARTS);
+    let attempts: Vec<_> = (0..3)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
+                .args(&args)
+                .args(["--output", &out])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for attempt in attempts {
+        let output = attempt.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut clean_args = args.clone();
+    clean_args.extend(["--output", &clean]);
+    expect_code(&clean_args, 0);
+    let (got, want) = (dir.path().join("out/r"), dir.path().join("clean/r"));
+    let mut dirs = vec![want.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(&want).unwrap();
+            if p.is_dir() {
+                dirs.push(p.clone());
+            } else if rel.starts_with("_receipts") || rel.to_string_lossy().starts_with("part-") {
+                // Manifests hold timings and the plan record the output path: parts and
+                // receipts are what must be byte-identical.
+                let same = std::fs::read(&p).unwrap() == std::fs::read(got.join(rel)).unwrap();
+                assert!(same, "{rel:?} differs from a single attempt's");
+            }
+        }
+    }
+    let listing =
+        String::from_utf8(std::process::Command::new("find").arg(&got).output().unwrap().stdout)
+            .unwrap();
+    assert!(!listing.contains('#'), "{listing}");
+}

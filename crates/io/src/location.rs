@@ -510,7 +510,11 @@ impl Location {
                     Err(object_store::Error::AlreadyExists { .. }) => return Ok(false),
                     Err(e) => IoError::storage(self.url_of(rel), e),
                 };
-            if attempt == CREATE_ATTEMPTS || !error.is_retryable() {
+            // On local disk a create writes `NAME#N` and links it into place; "not found" can
+            // only mean that file vanished in between (a completed attempt swept it as a
+            // killed attempt's leftover): writing again is safe.
+            let vanished = self.local && matches!(error, IoError::NotFound { .. });
+            if attempt == CREATE_ATTEMPTS || !(error.is_retryable() || vanished) {
                 return Err(error);
             }
             tracing::info!(url = %self.url_of(rel), attempt, "create-only write failed; retrying");
