@@ -2,7 +2,7 @@
 //! thresholds.
 
 use std::collections::BTreeSet;
-use std::ops::Range;
+use std::ops::RangeInclusive;
 
 use serde::Serialize;
 
@@ -17,8 +17,9 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> SchedulerError {
 pub enum DeviceSelection {
     /// Every device found in the input.
     All,
-    /// Sorted, disjoint, non-empty half-open ranges.
-    Ranges(Vec<Range<i64>>),
+    /// Sorted, disjoint, non-adjacent inclusive ranges (inclusive, so that `i64::MAX`, a valid
+    /// device id, can be selected).
+    Ranges(Vec<RangeInclusive<i64>>),
 }
 
 impl DeviceSelection {
@@ -43,25 +44,29 @@ impl DeviceSelection {
                     invalid("devices", format!("`{token}` is not a device id, a range or `all`"))
                 })
             };
+            let empty = || invalid("devices", format!("`{token}` is an empty range"));
             let range = if let Some((a, b)) = token.split_once("..=") {
-                let (a, b) = (number(a)?, number(b)?);
-                a..b.checked_add(1).ok_or_else(|| invalid("devices", "range end overflows"))?
+                number(a)?..=number(b)?
             } else if let Some((a, b)) = token.split_once("..") {
-                number(a)?..number(b)?
+                let (a, b) = (number(a)?, number(b)?);
+                a..=b.checked_sub(1).ok_or_else(empty)?
             } else {
                 let d = number(token)?;
-                d..d.checked_add(1).ok_or_else(|| invalid("devices", "device id overflows"))?
+                d..=d
             };
             if range.is_empty() {
-                return Err(invalid("devices", format!("`{token}` is an empty range")));
+                return Err(empty());
             }
             ranges.push(range);
         }
-        ranges.sort_by_key(|r| (r.start, r.end));
-        let mut merged: Vec<Range<i64>> = Vec::with_capacity(ranges.len());
+        ranges.sort_by_key(|r| (*r.start(), *r.end()));
+        let mut merged: Vec<RangeInclusive<i64>> = Vec::with_capacity(ranges.len());
         for r in ranges {
             match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                // Overlapping or adjacent ranges merge (`0..5,5..10` is `0..10`).
+                Some(last) if i128::from(*r.start()) <= i128::from(*last.end()) + 1 => {
+                    *last = *last.start()..=(*last.end()).max(*r.end());
+                }
                 _ => merged.push(r),
             }
         }
@@ -73,8 +78,8 @@ impl DeviceSelection {
         match self {
             DeviceSelection::All => true,
             DeviceSelection::Ranges(ranges) => {
-                let i = ranges.partition_point(|r| r.end <= device);
-                ranges.get(i).is_some_and(|r| r.start <= device)
+                let i = ranges.partition_point(|r| *r.end() < device);
+                ranges.get(i).is_some_and(|r| *r.start() <= device)
             }
         }
     }
@@ -84,8 +89,8 @@ impl DeviceSelection {
         match self {
             DeviceSelection::All => true,
             DeviceSelection::Ranges(ranges) => {
-                let i = ranges.partition_point(|r| r.end <= lo);
-                ranges.get(i).is_some_and(|r| r.start <= hi)
+                let i = ranges.partition_point(|r| *r.end() < lo);
+                ranges.get(i).is_some_and(|r| *r.start() <= hi)
             }
         }
     }
@@ -102,7 +107,9 @@ impl DeviceSelection {
     pub fn count(&self) -> Option<u64> {
         match self {
             DeviceSelection::All => None,
-            DeviceSelection::Ranges(r) => Some(r.iter().map(|r| r.end.abs_diff(r.start)).sum()),
+            DeviceSelection::Ranges(r) => {
+                Some(r.iter().map(|r| r.end().abs_diff(*r.start()).saturating_add(1)).sum())
+            }
         }
     }
 
@@ -112,7 +119,8 @@ impl DeviceSelection {
             DeviceSelection::All => "all".into(),
             DeviceSelection::Ranges(ranges) => ranges
                 .iter()
-                .map(|r| format!("{}..{}", r.start, r.end))
+                // Half-open, as the selections of earlier builds: run ids derived from it stay.
+                .map(|r| format!("{}..{}", r.start(), i128::from(*r.end()) + 1))
                 .collect::<Vec<_>>()
                 .join(","),
         }
@@ -293,9 +301,26 @@ mod tests {
         assert_eq!(s.canonical(), "1..4,5..8");
         assert!(s.contains(6) && !s.contains(4) && !s.contains(8));
         assert!(s.overlaps(3, 5) && !s.overlaps(4, 4) && !s.overlaps(8, 100));
-        for bad in ["", "x", "5..5", "3..1", "all,3", "1..x"] {
+        for bad in ["", "x", "5..5", "3..1", "3..=2", "all,3", "1..x"] {
             assert!(DeviceSelection::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Regression: `i64::MAX` is a device id, but selecting it (alone or as a range end)
+    /// overflowed.
+    #[test]
+    fn the_extreme_device_ids_can_be_selected() {
+        let max = i64::MAX;
+        let s = DeviceSelection::parse(&max.to_string()).unwrap();
+        assert!(s.contains(max) && !s.contains(max - 1) && s.count() == Some(1));
+        assert_eq!(s.canonical(), "9223372036854775807..9223372036854775808");
+        let s = DeviceSelection::parse(&format!("{}..={max}", i64::MIN)).unwrap();
+        assert!(s.contains(i64::MIN) && s.contains(max) && s.contains(0));
+        assert_eq!(s.count(), Some(u64::MAX), "saturates");
+        assert_eq!(s.devices().unwrap().next(), Some(i64::MIN));
+        assert!(
+            DeviceSelection::parse(&format!("{}..{}", max - 1, max)).unwrap().contains(max - 1)
+        );
     }
 
     #[test]
@@ -327,6 +352,26 @@ mod tests {
             let s = DeviceSelection::parse(&text).unwrap();
             prop_assert_eq!(s.contains(probe), devices.contains(&probe));
             prop_assert_eq!(s.overlaps(probe, probe + 3), devices.iter().any(|d| (probe..=probe + 3).contains(d)));
+        }
+
+        /// Ranges of every form, merged: the selection holds exactly their devices, and its
+        /// canonical form parses back to the same selection.
+        #[test]
+        fn ranges_select_exactly_their_devices(
+            ranges in proptest::collection::vec((-30i64..30, 0i64..8, any::<bool>()), 1..8),
+            probe in -40i64..45,
+        ) {
+            let text = ranges
+                .iter()
+                .map(|(a, n, inclusive)| if *inclusive { format!("{a}..={}", a + n) } else { format!("{a}..{}", a + n + 1) })
+                .collect::<Vec<_>>()
+                .join(",");
+            let s = DeviceSelection::parse(&text).unwrap();
+            let expected = ranges.iter().any(|(a, n, _)| (*a..=a + n).contains(&probe));
+            prop_assert_eq!(s.contains(probe), expected);
+            prop_assert_eq!(DeviceSelection::parse(&s.canonical()).unwrap(), s.clone());
+            let listed: BTreeSet<i64> = s.devices().unwrap().collect();
+            prop_assert_eq!(s.count(), Some(listed.len() as u64));
         }
     }
 }
