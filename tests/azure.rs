@@ -226,7 +226,7 @@ fn concurrent_attempts_of_a_shard_commit_each_part_once() {
     let out = az(&format!("{p}/out"));
     // Two attempts of shard 0 at once, as Azure Batch may run after losing a node.
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
+        crate::common::command()
             .args(args(&out, "0"))
             .env_remove("RUST_LOG")
             .env("AZURE_STORAGE_USE_EMULATOR", "true")

@@ -56,15 +56,48 @@ fn shard_index_can_come_from_a_scheduler_variable() {
     let out = dir.path().display().to_string();
     let mut args = run_args(&f, &out);
     args.extend(["--shard-count", "2", "--shard-index-env", "JOB_COMPLETION_INDEX"]);
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
-        .args(&args)
-        .env("JOB_COMPLETION_INDEX", "1")
-        .output()
-        .unwrap();
+    let status =
+        crate::common::command().args(&args).env("JOB_COMPLETION_INDEX", "1").output().unwrap();
     assert_eq!(status.status.code(), Some(0));
     let run = run_dir(dir.path());
     assert!(run.join("_manifests/shard-00001-of-00002.json").exists());
     assert!(!run.join("_SUCCESS").exists());
+}
+
+/// Array jobs of other engines need no flag: AWS Batch's index and size, Slurm's task id and
+/// count (1-based array), are read from the environment; the shards complete one run.
+#[test]
+fn array_jobs_give_index_and_count_through_their_environment() {
+    let f = Paths::new(fixture());
+    for engine in ["aws", "slurm"] {
+        let dir = tempdir();
+        let out = dir.path().display().to_string();
+        let mut args = run_args(&f, &out);
+        args.extend(["--run-id", "array"]);
+        for task in 0..3u32 {
+            let mut command = crate::common::command();
+            command.args(&args);
+            match engine {
+                "aws" => command
+                    .env("AWS_BATCH_JOB_ARRAY_INDEX", task.to_string())
+                    .env("AWS_BATCH_JOB_ARRAY_SIZE", "3"),
+                _ => command
+                    .env("SLURM_ARRAY_TASK_ID", (task + 1).to_string())
+                    .env("SLURM_ARRAY_TASK_MIN", "1")
+                    .env("SLURM_ARRAY_TASK_MAX", "3")
+                    .env("SLURM_ARRAY_TASK_COUNT", "3"),
+            };
+            let output = command.output().unwrap();
+            assert!(
+                output.status.success(),
+                "{engine} {task}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let m = manifest(&dir.path().join("array"));
+        assert_eq!(m["shard_count"], 3, "{engine}");
+        assert_eq!(m["totals"]["rows"], (DEVICES as usize * ROWS) as u64, "{engine}");
+    }
 }
 
 fn modified(path: &Path) -> SystemTime {
@@ -169,7 +202,7 @@ fn concurrent_attempts_on_local_disk_all_succeed_with_one_runs_output() {
     args.extend(SMALL_PARTS);
     let attempts: Vec<_> = (0..3)
         .map(|_| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
+            crate::common::command()
                 .args(&args)
                 .args(["--output", &out])
                 .stdout(std::process::Stdio::null())

@@ -461,7 +461,7 @@ fn concurrent_trainings_into_one_registry_keep_every_model() {
     let dir = tempdir();
     let registry = dir.path().join("models").display().to_string();
     let train = |devices: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_batchscore"))
+        crate::common::command()
             .args([
                 "-q",
                 "train",

@@ -100,7 +100,7 @@ fn spawn_run(out: &Path) -> Child {
     let out = out.display().to_string();
     let mut args = vec!["run", "--input", &w.readings, "--registry", &w.models, "--output", &out];
     args.extend(RUN_FLAGS);
-    Command::new(env!("CARGO_BIN_EXE_batchscore"))
+    crate::common::command()
         .args(&args)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -204,7 +204,7 @@ fn sigterm_stops_training_without_an_index_and_training_again_completes() {
     let dir = tempdir();
     let registry = dir.path().join("models");
     let registry_s = registry.display().to_string();
-    let child = Command::new(env!("CARGO_BIN_EXE_batchscore"))
+    let child = crate::common::command()
         .args(["train", "--input", &w.readings, "--registry", &registry_s, "--threads", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,7 +1,5 @@
 //! Settings: config files (with the first-use sample), and flag > environment > file precedence.
 
-use std::process::Command;
-
 use crate::common::*;
 
 fn scored_devices(stdout: &str) -> String {
@@ -41,7 +39,7 @@ seed = 1
     .unwrap();
     let config = config.display().to_string();
     let run = |env: Option<&str>, flag: Option<&str>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchscore"));
+        let mut cmd = crate::common::command();
         // Run from elsewhere: relative paths resolve against the config file.
         cmd.current_dir(std::env::temp_dir())
             .args(["--config", &config, "run"])
@@ -93,7 +91,7 @@ fn storage_options_follow_flag_env_file_precedence_and_hide_secrets() {
     .unwrap();
     let config = config.display().to_string();
     let show = |env: &[(&str, &str)], flags: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchscore"));
+        let mut cmd = crate::common::command();
         cmd.args(["--config", &config]).args(flags).arg("config");
         cmd.env_remove("AZURE_STORAGE_ACCOUNT_NAME").env_remove("AZURE_STORAGE_ACCOUNT_KEY");
         for (k, v) in env {
@@ -134,7 +132,7 @@ fn storage_options_follow_flag_env_file_precedence_and_hide_secrets() {
 
     // The documented Azure config parses, and a secret from the environment stays hidden.
     let azure = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/azure.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_batchscore"))
+    let out = crate::common::command()
         .args(["--config", azure, "config"])
         .env("AZURE_STORAGE_ACCOUNT_KEY", "EnvSecret456")
         .output()
@@ -150,4 +148,50 @@ fn storage_options_follow_flag_env_file_precedence_and_hide_secrets() {
     assert_eq!(view["columns"]["layout"], "long");
     assert_eq!(view["columns"]["sensor"], "Tag");
     assert_eq!(view["output"], serde_json::json!({"profile": "reference", "format": "csv"}));
+}
+
+/// A `batchscore.toml` in the current directory or a parent is the config, as uv and ruff
+/// find theirs; `--config` names another; `--no-config` uses none; `config` says which.
+#[test]
+fn a_batchscore_toml_is_discovered_from_the_current_directory_up() {
+    let f = fixture();
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    std::fs::write(
+        dir.path().join("batchscore.toml"),
+        format!(
+            "[paths]\ninput = {:?}\nregistry = {:?}\noutput = \"out\"\n",
+            f.readings(),
+            f.registry()
+        ),
+    )
+    .unwrap();
+    let nested = dir.path().join("a/b");
+    std::fs::create_dir_all(&nested).unwrap();
+    let run =
+        |args: &[&str]| crate::common::command().current_dir(&nested).args(args).output().unwrap();
+    let shown = run(&["config"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["config_file"], dir.path().join("batchscore.toml").display().to_string());
+    let scored = run(&["-q", "run", "--devices", "0..3", "--run-id", "d"]);
+    assert!(scored.status.success(), "{}", String::from_utf8_lossy(&scored.stderr));
+    assert!(out.join("d/_SUCCESS").exists(), "the discovered file's output, relative to it");
+    let none = run(&["--no-config", "run", "--devices", "0..3"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("missing --input"));
+    let shown = run(&["--no-config", "config"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(shown["config_file"].is_null());
+}
+
+/// The repository's own `batchscore.toml` points at the embedded sample, so the README's
+/// command works typed in the repository root.
+#[test]
+fn the_repository_root_config_is_the_sample() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = crate::common::command().current_dir(root).arg("config").output().unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["config_file"], format!("{root}/batchscore.toml"));
+    assert_eq!(shown["paths"]["input"], format!("{root}/sample_data/readings"));
+    assert_eq!(shown["paths"]["registry"], format!("{root}/sample_data/registry"));
 }

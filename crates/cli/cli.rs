@@ -6,9 +6,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "batchscore", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// TOML config file; its relative paths are relative to the file.
+    /// TOML config file; its relative paths are relative to the file. Default: the first
+    /// `batchscore.toml` in the current directory or a parent.
     #[arg(long, global = true, env = "BATCHSCORE_CONFIG", value_name = "FILE")]
     pub config: Option<String>,
+    /// Use no config file, not even a discovered `batchscore.toml`.
+    #[arg(long, global = true, env = "BATCHSCORE_NO_CONFIG", conflicts_with = "config")]
+    pub no_config: bool,
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -26,6 +26,7 @@ pub fn show_config(config: &ConfigFile, storage: &Storage, printer: Printer) -> 
     let options = storage.options();
     let retry = options.retry();
     let view = serde_json::json!({
+        "config_file": config.path.as_ref().map(|p| p.display().to_string()),
         "paths": {
             "input": config.location(&config.paths.input),
             "registry": config.location(&config.paths.registry),
@@ -281,7 +282,11 @@ fn ensure_sample(config: &ConfigFile, storage: &Storage, printer: Printer) -> Re
 }
 
 pub fn run(args: &RunArgs, config: &ConfigFile, storage: &Storage, printer: Printer) -> Result<u8> {
-    ensure_sample(config, storage, printer)?;
+    // Only a run of the config's own sample locations generates the sample: a discovered
+    // `batchscore.toml` must not generate data for a run pointed elsewhere.
+    if args.input.input.is_none() && args.input.registry.is_none() {
+        ensure_sample(config, storage, printer)?;
+    }
     let spec = settings::run_spec(args, config, storage, Utc::now())?;
     if args.dry_run {
         let plan = batchscore_scheduler::dry_run(&spec)?;

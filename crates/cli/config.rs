@@ -22,6 +22,9 @@ pub struct ConfigFile {
     /// Directory of the file, for relative paths.
     #[serde(skip)]
     pub base: Option<PathBuf>,
+    /// The file this config was read from (`None`: no file).
+    #[serde(skip)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,7 +124,27 @@ pub struct SampleSection {
     pub seed: u64,
 }
 
+/// The name a config file is discovered by, as uv finds `uv.toml` and ruff `ruff.toml`.
+pub const DISCOVERED_NAME: &str = "batchscore.toml";
+
 impl ConfigFile {
+    /// The config of this invocation: the file named by `--config` (or `BATCHSCORE_CONFIG`),
+    /// else the first `batchscore.toml` in `cwd` or one of its parents, else none.
+    pub fn resolve(named: Option<&str>, discover: bool, cwd: &Path) -> Result<Self, UsageError> {
+        if let Some(path) = named {
+            return Self::load(path);
+        }
+        if discover {
+            for dir in cwd.ancestors() {
+                let candidate = dir.join(DISCOVERED_NAME);
+                if candidate.is_file() {
+                    return Self::load(&candidate.display().to_string());
+                }
+            }
+        }
+        Ok(Self::default())
+    }
+
     /// Reads and parses a config file.
     pub fn load(path: &str) -> Result<Self, UsageError> {
         let text = std::fs::read_to_string(path)
@@ -129,6 +152,7 @@ impl ConfigFile {
         let mut config: ConfigFile =
             toml::from_str(&text).map_err(|e| UsageError(format!("config file {path}: {e}")))?;
         config.base = Path::new(path).parent().map(Path::to_path_buf);
+        config.path = Some(PathBuf::from(path));
         Ok(config)
     }
 
@@ -150,6 +174,27 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_is_discovered_in_the_directory_or_a_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        assert!(ConfigFile::resolve(None, true, &nested).unwrap().path.is_none());
+        std::fs::write(dir.path().join(DISCOVERED_NAME), "[paths]\ninput = \"in\"\n").unwrap();
+        let found = ConfigFile::resolve(None, true, &nested).unwrap();
+        assert_eq!(found.path.as_deref(), Some(dir.path().join(DISCOVERED_NAME).as_path()));
+        assert_eq!(
+            found.location(&found.paths.input).unwrap(),
+            dir.path().join("in").display().to_string()
+        );
+        assert!(ConfigFile::resolve(None, false, &nested).unwrap().path.is_none(), "--no-config");
+        let named = dir.path().join("other.toml");
+        std::fs::write(&named, "").unwrap();
+        let chosen =
+            ConfigFile::resolve(Some(&named.display().to_string()), true, &nested).unwrap();
+        assert_eq!(chosen.path.as_deref(), Some(named.as_path()));
+    }
 
     #[test]
     fn rejects_unknown_keys_and_resolves_relative_paths() {

@@ -107,10 +107,8 @@ fn dispatch(
     slot: &mut Option<Storage>,
     received: &mut Option<signals::Received>,
 ) -> anyhow::Result<u8> {
-    let config = match &cli.config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
-    };
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let config = ConfigFile::resolve(cli.config.as_deref(), !cli.no_config, &cwd)?;
     let options = settings::storage_options(&cli.storage_options, &config, std::env::vars())?;
     let storage = slot.insert(Storage::with_options(options)?);
     *received =

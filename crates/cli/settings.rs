@@ -297,6 +297,86 @@ pub fn storage_options(
     Ok(options)
 }
 
+/// Where a shard's index (and count) came from.
+const FROM_FLAGS: &str = "--shard-index/--shard-count (or BATCHSCORE_SHARD_INDEX/_COUNT)";
+
+/// This process's shard, and where it came from. Index: `--shard-index` (or
+/// `BATCHSCORE_SHARD_INDEX`), else the variable `--shard-index-env` names, else the engine's
+/// own variable: Kubernetes Indexed Jobs `JOB_COMPLETION_INDEX`, AWS Batch array jobs
+/// `AWS_BATCH_JOB_ARRAY_INDEX`, Slurm arrays `SLURM_ARRAY_TASK_ID` (less
+/// `SLURM_ARRAY_TASK_MIN`), else 0. Count: `--shard-count` (or `BATCHSCORE_SHARD_COUNT`), else
+/// the engine's (`AWS_BATCH_JOB_ARRAY_SIZE`, `SLURM_ARRAY_TASK_COUNT`; Kubernetes has none: the
+/// Job's `completions` must be passed), else the config file, else 1.
+fn shard(
+    args: &RunArgs,
+    config: &ConfigFile,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Shard, String), UsageError> {
+    let number = |name: &str, value: String| -> Result<u32, UsageError> {
+        value.trim().parse().map_err(|_| {
+            UsageError(format!("{name}=`{value}` is not a shard number (0 to 4294967295)"))
+        })
+    };
+    let var = |name: &str| -> Result<Option<u32>, UsageError> {
+        env(name).map(|v| number(name, v)).transpose()
+    };
+    let named = args.shard_index_env.clone().or_else(|| config.run.shard_index_env.clone());
+    // (index, count, source) from the engine's variables, if the process runs under one.
+    let engine: Option<(u32, Option<u32>, &str)> = if let Some(i) = var("JOB_COMPLETION_INDEX")? {
+        Some((i, None, "JOB_COMPLETION_INDEX (Kubernetes Indexed Job)"))
+    } else if let Some(i) = var("AWS_BATCH_JOB_ARRAY_INDEX")? {
+        Some((
+            i,
+            var("AWS_BATCH_JOB_ARRAY_SIZE")?,
+            "AWS_BATCH_JOB_ARRAY_INDEX/_SIZE (AWS Batch array job)",
+        ))
+    } else if let Some(id) = var("SLURM_ARRAY_TASK_ID")? {
+        let min = var("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+        let count = var("SLURM_ARRAY_TASK_COUNT")?;
+        if let (Some(max), Some(count)) = (var("SLURM_ARRAY_TASK_MAX")?, count)
+            && u64::from(max) + 1 != u64::from(min) + u64::from(count)
+        {
+            return Err(UsageError(format!(
+                "the Slurm array holds {count} tasks from {min} to {max}: shards need a \
+                 contiguous array such as --array=0-{}",
+                count.saturating_sub(1)
+            )));
+        }
+        let index = id.checked_sub(min).ok_or_else(|| {
+            UsageError(format!("SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}"))
+        })?;
+        Some((index, count, "SLURM_ARRAY_TASK_ID/_COUNT (Slurm array)"))
+    } else {
+        None
+    };
+    let (index, index_from) = match (args.shard_index, &named, engine) {
+        (Some(i), _, _) => (i, FROM_FLAGS.to_string()),
+        (None, Some(name), _) => {
+            let value = env(name)
+                .ok_or_else(|| UsageError(format!("shard index variable {name} is not set")))?;
+            (number(name, value)?, name.clone())
+        }
+        (None, None, Some((i, _, from))) => (i, from.to_string()),
+        (None, None, None) => (0, "default".to_string()),
+    };
+    let engine_count = engine.and_then(|(_, count, _)| count);
+    let count = match (args.shard_count, engine_count, config.run.shard_count) {
+        (Some(n), _, _) => n,
+        (None, Some(n), _) if args.shard_index.is_none() && named.is_none() => n,
+        (None, _, Some(n)) => n,
+        (None, Some(n), None) => n,
+        (None, None, None) if engine.is_some() && args.shard_index.is_none() && named.is_none() => {
+            return Err(UsageError(format!(
+                "{index_from} gives this process's shard index but not the shard count: pass \
+                 --shard-count (or BATCHSCORE_SHARD_COUNT), e.g. the Job's completions"
+            )));
+        }
+        (None, None, None) => 1,
+    };
+    let shard = Shard::new(index, count).map_err(usage)?;
+    Ok((shard, index_from))
+}
+
 /// Resolves `batchscore run`.
 pub fn run_spec(
     args: &RunArgs,
@@ -311,21 +391,7 @@ pub fn run_spec(
         "BATCHSCORE_OUTPUT",
         "paths.output",
     )?;
-    let shard_count = args.shard_count.or(config.run.shard_count).unwrap_or(1);
-    let shard_index = match args.shard_index {
-        Some(i) => i,
-        None => match args.shard_index_env.clone().or_else(|| config.run.shard_index_env.clone()) {
-            Some(var) => {
-                let value = std::env::var(&var)
-                    .map_err(|_| UsageError(format!("shard index variable {var} is not set")))?;
-                value.trim().parse().map_err(|_| {
-                    UsageError(format!("shard index variable {var}=`{value}` is not a number"))
-                })?
-            }
-            None => 0,
-        },
-    };
-    let shard = Shard::new(shard_index, shard_count).map_err(usage)?;
+    let (shard, shard_from) = shard(args, config, |name| std::env::var(name).ok())?;
     let max_failed = args
         .max_failed
         .clone()
@@ -356,6 +422,7 @@ pub fn run_spec(
     settings["output"] = json!(output);
     settings["output_spec"] = json!(output_spec);
     settings["shard"] = json!(shard);
+    settings["shard_from"] = json!(shard_from);
     settings["max_failed"] = json!(max_failed);
     settings["threads"] = json!(threads);
     settings["min_part_rows"] = json!(min_part_rows);
@@ -547,6 +614,77 @@ mod tests {
             }
             let _ = window(Some(text.clone()), Some(text.clone()), None, now);
         }
+    }
+
+    /// `batchscore run ARGS`, as clap parses it.
+    fn run_args(args: &[&str]) -> RunArgs {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(
+            ["batchscore", "run"].iter().chain(args).copied().collect::<Vec<_>>(),
+        )
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Run(args) => args,
+            _ => unreachable!("a run command"),
+        }
+    }
+
+    fn shard_of(args: &[&str], env: &[(&str, &str)]) -> Result<(u32, u32, String), String> {
+        let env: std::collections::HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        shard(&run_args(args), &ConfigFile::default(), |name| env.get(name).cloned())
+            .map(|(s, from)| (s.index(), s.count(), from))
+            .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn shards_come_from_flags_or_the_engines_environment() {
+        assert_eq!(shard_of(&[], &[]).unwrap().0..1, 0..1);
+        assert_eq!(shard_of(&[], &[]).unwrap().1, 1);
+        // Kubernetes Indexed Job: the index, and the count from the flag.
+        let (i, n, from) =
+            shard_of(&["--shard-count", "8"], &[("JOB_COMPLETION_INDEX", "5")]).unwrap();
+        assert_eq!((i, n), (5, 8));
+        assert!(from.contains("JOB_COMPLETION_INDEX"), "{from}");
+        let err = shard_of(&[], &[("JOB_COMPLETION_INDEX", "5")]).unwrap_err();
+        assert!(err.contains("--shard-count"), "{err}");
+        // AWS Batch array job: index and size.
+        let env = [("AWS_BATCH_JOB_ARRAY_INDEX", "3"), ("AWS_BATCH_JOB_ARRAY_SIZE", "10")];
+        assert_eq!(shard_of(&[], &env).unwrap().0..shard_of(&[], &env).unwrap().1, 3..10);
+        // Slurm: 1-based arrays are shifted to 0-based shards; stepped arrays are refused.
+        let slurm = [
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "4"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ];
+        let (i, n, _) = shard_of(&[], &slurm).unwrap();
+        assert_eq!((i, n), (3, 4));
+        let stepped = [
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_MAX", "8"),
+            ("SLURM_ARRAY_TASK_COUNT", "5"),
+        ];
+        assert!(shard_of(&[], &stepped).unwrap_err().contains("contiguous"));
+        // Flags win over the engine; a named variable wins over detection.
+        let (i, n, from) = shard_of(&["--shard-index", "1", "--shard-count", "2"], &env).unwrap();
+        assert_eq!((i, n), (1, 2));
+        assert!(from.starts_with("--shard-index"), "{from}");
+        let (i, _, from) = shard_of(
+            &["--shard-index-env", "MY_INDEX", "--shard-count", "9"],
+            &[("MY_INDEX", "7"), ("JOB_COMPLETION_INDEX", "2")],
+        )
+        .unwrap();
+        assert_eq!((i, from.as_str()), (7, "MY_INDEX"));
+        // Garbage and out-of-range values are usage errors naming the variable.
+        assert!(
+            shard_of(&[], &[("AWS_BATCH_JOB_ARRAY_INDEX", "x")])
+                .unwrap_err()
+                .contains("AWS_BATCH_JOB_ARRAY_INDEX")
+        );
+        let beyond = [("AWS_BATCH_JOB_ARRAY_INDEX", "10"), ("AWS_BATCH_JOB_ARRAY_SIZE", "10")];
+        assert!(shard_of(&[], &beyond).is_err());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub fn az(prefix: &str) -> String {
 
 /// The binary, pointed at the emulator (or a proxy in front of it) at `endpoint`.
 pub fn batchscore_at(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_batchscore"))
+    crate::common::command()
         .args(args)
         .env_remove("RUST_LOG")
         .env_remove("BATCHSCORE_CONFIG")

@@ -17,14 +17,23 @@ pub const ROWS: usize = 600;
 /// Part-size flags that split the fixture (18,000 rows in 1,500-row groups) into many units.
 pub const SMALL_PARTS: [&str; 4] = ["--min-part-rows", "1000", "--max-part-rows", "3000"];
 
-/// Runs the binary with `args`; logs are quiet unless asked.
-pub fn batchscore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_batchscore"))
-        .args(args)
+/// The binary, started in an empty directory of its own (no `batchscore.toml` to discover,
+/// such as the repository's own), without the caller's log or config settings.
+pub fn command() -> Command {
+    static NEUTRAL: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = NEUTRAL.get_or_init(|| tempfile::tempdir().expect("a temporary directory"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_batchscore"));
+    command
+        .current_dir(dir.path())
         .env_remove("RUST_LOG")
         .env_remove("BATCHSCORE_CONFIG")
-        .output()
-        .expect("the binary runs")
+        .env_remove("BATCHSCORE_NO_CONFIG");
+    command
+}
+
+/// Runs the binary with `args`; logs are quiet unless asked.
+pub fn batchscore(args: &[&str]) -> Output {
+    command().args(args).output().expect("the binary runs")
 }
 
 /// Runs the binary and requires exit code `code`; returns stdout and stderr.
