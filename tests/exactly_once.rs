@@ -239,3 +239,83 @@ fn concurrent_attempts_on_local_disk_all_succeed_with_one_runs_output() {
             .unwrap();
     assert!(!listing.contains('#'), "{listing}");
 }
+
+/// `batchscore status` tells a waiting pipeline where a run stands, by exit code and summary.
+#[test]
+fn status_says_incomplete_complete_or_failed() {
+    let f = Paths::new(fixture());
+    let dir = tempdir();
+    let out = dir.path().display().to_string();
+    let status = |run: &str, json: bool| {
+        let mut args = vec!["status", "--output", &out, "--run-id", run];
+        if json {
+            args.extend(["--summary", "json"]);
+        }
+        let output = crate::common::batchscore(&args);
+        let text = String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), text)
+    };
+    assert_eq!(status("nope", false).0, Some(2), "no such run");
+    let mut args = run_args(&f, &out);
+    args.extend(["--run-id", "s", "--shard-count", "2", "--shard-index", "0"]);
+    expect_code(&args, 0);
+    let (code, text) = status("s", false);
+    assert_eq!(code, Some(75), "{text}");
+    assert!(
+        text.contains("incomplete: 1 of 2 shards committed")
+            && text.contains("shard-00001-of-00002"),
+        "{text}"
+    );
+    let (_, json) = status("s", true);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["state"], "incomplete");
+    args.pop();
+    args.push("1");
+    expect_code(&args, 0);
+    let (code, text) = status("s", false);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("(complete)"), "{text}");
+    let (_, json) = status("s", true);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["totals"]["rows"], DEVICES as u64 * ROWS as u64);
+    // A run with a failed device: "failed" under the default tolerance of 0, complete within 1.
+    let registry = dir.path().join("partial").display().to_string();
+    expect_code(
+        &[
+            "train",
+            "--input",
+            &f.readings,
+            "--registry",
+            &registry,
+            "--devices",
+            "0..2",
+            "--n-estimators",
+            "5",
+        ],
+        0,
+    );
+    for (run, tolerance, code) in [("f0", "0", 3), ("f1", "1", 0)] {
+        let args = [
+            "run",
+            "--input",
+            &f.readings,
+            "--registry",
+            &registry,
+            "--output",
+            &out,
+            "--devices",
+            "0..3",
+            "--run-id",
+            run,
+            "--max-failed",
+            tolerance,
+        ];
+        expect_code(&args, code);
+        let (got, text) = status(run, false);
+        assert_eq!(got, Some(code), "{text}");
+        assert!(text.contains("failed    2: model_missing"), "{text}");
+    }
+    std::fs::write(dir.path().join("s/_SUCCESS"), b"{}").unwrap();
+    assert_eq!(status("s", false).0, Some(4), "a damaged _SUCCESS");
+}

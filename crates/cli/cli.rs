@@ -40,9 +40,27 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Inspect and verify a model registry.
     Models(ModelsArgs),
+    /// Where a run stands, read from its output: shards committed or missing, units, rows,
+    /// failed series. Exit code 0 complete, 3 complete with more failures than the run
+    /// tolerates, 75 incomplete (wait and ask again), 2 no such run.
+    Status(StatusArgs),
     /// Show the effective settings (flags > environment > config file > defaults) as JSON;
     /// secret values are shown as ***.
     Config,
+}
+
+/// `batchscore status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Where the run's output lives (the run's `--output`).
+    #[arg(long, env = "BATCHSCORE_OUTPUT", value_name = "URL")]
+    pub output: Option<String>,
+    /// The run id.
+    #[arg(long, env = "BATCHSCORE_RUN_ID", value_name = "ID")]
+    pub run_id: String,
+    /// `text` (default) or `json` (the whole status).
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub summary: SummaryFormat,
 }
 
 /// Options shared by `run` and `train`.

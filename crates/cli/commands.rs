@@ -6,14 +6,14 @@ use anyhow::{Context, Result};
 use batchscore_detectors::{Detector, IsolationForest, OneClassSvm, Pca};
 use batchscore_io::Storage;
 use batchscore_registry::{DetectorModel, ImportPlan, KeyPattern, ModelKey, Registry};
-use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, error_chain};
+use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, RunState, error_chain};
 use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning};
 use chrono::Utc;
 use rayon::prelude::*;
 
 use crate::cli::{
     FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand, PartitionArg,
-    RunArgs, SummaryFormat, TrainArgs,
+    RunArgs, StatusArgs, SummaryFormat, TrainArgs,
 };
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
@@ -209,6 +209,77 @@ pub fn train(
         printer.out(&format!("    model {key}: {reason}"));
     }
     Ok(EXIT_PARTIAL)
+}
+
+/// Exit code of `status` for a run that is not complete yet: EX_TEMPFAIL, "ask again later".
+const EXIT_INCOMPLETE: u8 = 75;
+
+/// `batchscore status`: where a run stands, from its output alone.
+pub fn status(
+    args: &StatusArgs,
+    config: &ConfigFile,
+    storage: &Storage,
+    printer: Printer,
+) -> Result<u8> {
+    let output =
+        args.output.clone().or_else(|| config.location(&config.paths.output)).ok_or_else(|| {
+            UsageError(
+                "missing --output: pass it, set BATCHSCORE_OUTPUT, or set `paths.output` in the \
+                 config file"
+                    .into(),
+            )
+        })?;
+    let output = storage.open(&output).map_err(|e| UsageError(e.to_string()))?;
+    let s = batchscore_scheduler::status(&output, &args.run_id)?;
+    let code = match s.state {
+        RunState::Complete => 0,
+        RunState::Failed => EXIT_PARTIAL,
+        RunState::Incomplete => EXIT_INCOMPLETE,
+    };
+    if args.summary == SummaryFormat::Json {
+        printer.out(&serde_json::to_string_pretty(&s)?);
+        return Ok(code);
+    }
+    let committed = s.shards.iter().filter(|sh| sh.committed).count();
+    let state = match s.state {
+        RunState::Complete => "complete".to_string(),
+        RunState::Failed => "complete, with more failures than the run tolerates".to_string(),
+        RunState::Incomplete => {
+            format!("incomplete: {committed} of {} shards committed", s.shards.len())
+        }
+    };
+    let t = &s.totals;
+    let mut lines = vec![
+        format!("run {}  ({state})", s.run_id),
+        format!("  output    {}/", s.url),
+        format!("  units     {} of {} committed", s.units_committed, s.units),
+        format!(
+            "  rows      {} scored, {} anomalies; {} series scored, {} failed, {} without input",
+            thousands(t.rows),
+            thousands(t.anomalies),
+            thousands(t.devices_scored),
+            thousands(t.devices_failed),
+            thousands(t.devices_no_input)
+        ),
+    ];
+    let missing: Vec<&str> =
+        s.shards.iter().filter(|sh| !sh.committed).map(|sh| sh.name.as_str()).collect();
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(10).copied().collect();
+        let more = missing.len().saturating_sub(shown.len());
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        lines.push(format!("  waiting   {}{more}", shown.join(", ")));
+    }
+    for d in s.failed.iter().take(10) {
+        lines.push(format!(
+            "  failed    {}: {}: {}",
+            d.model_key(),
+            d.stage.as_deref().unwrap_or("?"),
+            d.reason.as_deref().unwrap_or("")
+        ));
+    }
+    printer.out(&lines.join("\n"));
+    Ok(code)
 }
 
 /// Generates the embedded sample and trains its models on first use, when the config asks.

@@ -118,6 +118,7 @@ fn dispatch(
         Command::Train(args) => commands::train(args, &config, storage, printer),
         Command::Generate(args) => commands::generate(args, storage, printer),
         Command::Models(args) => commands::models(args, &config, storage, printer),
+        Command::Status(args) => commands::status(args, &config, storage, printer),
         Command::Config => commands::show_config(&config, storage, printer),
     }
 }

@@ -32,6 +32,11 @@ pub enum SchedulerError {
          new --run-id"
     )]
     RunConflict { run_id: String, url: String, changes: String },
+    /// No run of this id under the output location (no `_plan.json`).
+    #[error(
+        "no run `{run_id}` at {url} (no _plan.json: a wrong --output or --run-id, or no shard has started)"
+    )]
+    RunNotFound { run_id: String, url: String },
     /// A shard of the run was started with another shard count than the run was planned for.
     #[error(
         "run `{run_id}` at {url} is planned for {planned} shards, this shard says {given}: \
@@ -81,6 +86,7 @@ impl SchedulerError {
             SchedulerError::InvalidSetting { .. }
             | SchedulerError::RunConflict { .. }
             | SchedulerError::ShardCountConflict { .. }
+            | SchedulerError::RunNotFound { .. }
             | SchedulerError::InputMissing { .. } => ErrorClass::Usage,
             SchedulerError::Input(_)
             | SchedulerError::Schema { .. }
@@ -161,6 +167,7 @@ mod tests {
             ),
             (SchedulerError::Io(IoError::Cancelled), ErrorClass::Interrupted),
             (SchedulerError::TrainingStopped, ErrorClass::Interrupted),
+            (SchedulerError::RunNotFound { run_id: s(), url: s() }, ErrorClass::Usage),
             (SchedulerError::ThreadPool { threads: 2, reason: s() }, ErrorClass::Internal),
             (
                 SchedulerError::Arrow {

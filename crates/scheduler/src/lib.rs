@@ -18,6 +18,7 @@ mod progress;
 mod run;
 mod score;
 mod select;
+mod status;
 mod train;
 
 pub use batchscore_io::{error_causes, error_chain};
@@ -30,4 +31,5 @@ pub use pool::worker_pool;
 pub use progress::{NoProgress, Progress};
 pub use run::{PlanSummary, RunReport, RunSpec, dry_run, run};
 pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
+pub use status::{RunState, RunStatus, ShardState, status};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};

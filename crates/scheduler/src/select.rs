@@ -254,7 +254,7 @@ impl Shard {
 }
 
 /// How many failed devices a run tolerates before it counts as failed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub enum MaxFailed {
     Count(u64),
     Percent(f64),

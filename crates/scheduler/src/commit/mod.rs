@@ -22,11 +22,42 @@ use std::collections::{BTreeMap, HashMap};
 use batchscore_io::{Location, Written};
 
 pub(crate) use records::FORMAT;
+pub(crate) use records::from_json;
+use records::to_json;
 pub use records::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, Totals};
 pub(crate) use records::{PLAN, PlanRecord, Receipt, SUCCESS, failures_table, merge_outcomes};
-use records::{from_json, to_json};
 
 use crate::{SchedulerError, Shard};
+
+/// Checks a `_SUCCESS` found in `out`: a merged manifest of the run `plan` records, written by
+/// `shard_count` shards, whose totals agree with its parts and outcomes. A damaged one is an
+/// error, never "complete".
+pub(crate) fn validate_success(
+    out: &Location,
+    bytes: &[u8],
+    plan: &PlanRecord,
+    shard_count: u32,
+) -> Result<Manifest, SchedulerError> {
+    let url = out.url_of(SUCCESS);
+    let corrupt = |reason: String| SchedulerError::CorruptRecord { url: url.clone(), reason };
+    let m: Manifest = from_json(out, SUCCESS, bytes)?;
+    if m.format != FORMAT || m.run_id != plan.run_id || m.scope != "all" {
+        return Err(corrupt(format!(
+            "format {}, run `{}`, scope `{}`: not this run's merged manifest",
+            m.format, m.run_id, m.scope
+        )));
+    }
+    if m.shard_count != shard_count {
+        return Err(corrupt(format!("written by {} shards, not {shard_count}", m.shard_count)));
+    }
+    let units = plan.units as u64;
+    if m.totals != Totals::of(&m.parts, &m.devices, units)
+        || m.parts.iter().any(|p| p.unit as u64 >= units)
+    {
+        return Err(corrupt("its totals do not match its parts and outcomes".into()));
+    }
+    Ok(m)
+}
 
 /// One attempt's hold on a run directory, from the claim to `_SUCCESS`.
 #[derive(Debug)]
@@ -285,32 +316,9 @@ impl RunCommit {
         Ok(true)
     }
 
-    /// Checks a `_SUCCESS` found in place: a manifest of this run and shard count whose totals
-    /// agree with its parts and outcomes. A damaged one is an error, never "complete".
+    /// Checks a `_SUCCESS` found in place (see [`validate_success`]).
     fn validate_success(&self, bytes: &[u8]) -> Result<Manifest, SchedulerError> {
-        let url = self.out.url_of(SUCCESS);
-        let corrupt = |reason: String| SchedulerError::CorruptRecord { url: url.clone(), reason };
-        let m: Manifest = from_json(&self.out, SUCCESS, bytes)?;
-        if m.format != FORMAT || m.run_id != self.plan.run_id || m.scope != "all" {
-            return Err(corrupt(format!(
-                "format {}, run `{}`, scope `{}`: not this run's merged manifest",
-                m.format, m.run_id, m.scope
-            )));
-        }
-        if m.shard_count != self.shard.count() {
-            return Err(corrupt(format!(
-                "written by {} shards, not {}",
-                m.shard_count,
-                self.shard.count()
-            )));
-        }
-        let units = self.plan.units as u64;
-        if m.totals != Totals::of(&m.parts, &m.devices, units)
-            || m.parts.iter().any(|p| p.unit as u64 >= units)
-        {
-            return Err(corrupt("its totals do not match its parts and outcomes".into()));
-        }
-        Ok(m)
+        validate_success(&self.out, bytes, &self.plan, self.shard.count())
     }
 
     /// Removes staging files a killed attempt left on local disk (object_store stages a local

@@ -1,0 +1,123 @@
+//! A run's state, read from its output directory alone: which shards committed, how many
+//! units, what `_SUCCESS` says. What an operator or a pipeline step waits on (`batchscore
+//! status`); it writes nothing.
+
+use std::collections::BTreeSet;
+
+use batchscore_io::Location;
+use serde::Serialize;
+
+use crate::commit::{
+    DeviceOutcome, DeviceStatus, Manifest, PLAN, PlanRecord, Receipt, SUCCESS, Totals, from_json,
+    validate_success,
+};
+use crate::{MaxFailed, SchedulerError, Shard};
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// `_SUCCESS` is there and valid, and failed series are within the run's `--max-failed`.
+    Complete,
+    /// `_SUCCESS` is there, but more series failed than the run's `--max-failed` allows.
+    Failed,
+    /// Some shards have not committed yet (running, waiting for a retry, or lost).
+    Incomplete,
+}
+
+/// One shard's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardState {
+    pub name: String,
+    pub committed: bool,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStatus {
+    pub run_id: String,
+    pub url: String,
+    pub state: RunState,
+    /// Shards of the run, as its plan records them (older runs: as their manifests show).
+    pub shards: Vec<ShardState>,
+    /// Units of the plan, and those with a receipt.
+    pub units: usize,
+    pub units_committed: usize,
+    /// Totals of `_SUCCESS`, or of the shard manifests committed so far.
+    pub totals: Totals,
+    /// Failed series (device, or device and sensor), with stage and reason.
+    pub failed: Vec<DeviceOutcome>,
+    /// The run's tolerance of failed series, as it was started.
+    pub max_failed: Option<MaxFailed>,
+}
+
+/// Reads the state of run `run_id` under `output` (one listing and a few small reads).
+pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerError> {
+    let out = output.join(run_id)?;
+    let Some(plan_bytes) = out.get_opt(PLAN)? else {
+        return Err(SchedulerError::RunNotFound {
+            run_id: run_id.to_string(),
+            url: out.url().to_string(),
+        });
+    };
+    let plan: PlanRecord = from_json(&out, PLAN, &plan_bytes)?;
+    let listed: Vec<String> = out.list("")?.into_iter().map(|e| e.path).collect();
+    let manifests: BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|p| p.strip_prefix("_manifests/")?.strip_suffix(".json"))
+        .collect();
+    let count = plan.shard_count.or_else(|| shard_count_of(&manifests)).unwrap_or(1);
+    let shards: Vec<ShardState> = (0..count)
+        .map(|i| {
+            let name = Shard::name_of(i, count);
+            ShardState { committed: manifests.contains(name.as_str()), name }
+        })
+        .collect();
+    let units_committed =
+        (0..plan.units).filter(|&u| listed.iter().any(|p| *p == Receipt::path(u))).count();
+    let max_failed =
+        plan.settings.get("max_failed").and_then(|v| serde_json::from_value(v.clone()).ok());
+    let (totals, devices, complete) = if listed.iter().any(|p| p == SUCCESS) {
+        let manifest = validate_success(&out, &out.get(SUCCESS)?, &plan, count)?;
+        (manifest.totals, manifest.devices, true)
+    } else {
+        let mut devices = Vec::new();
+        let mut parts = Vec::new();
+        for shard in shards.iter().filter(|s| s.committed) {
+            let path = format!("_manifests/{}.json", shard.name);
+            let m: Manifest = from_json(&out, &path, &out.get(&path)?)?;
+            parts.extend(m.parts);
+            devices.extend(m.devices);
+        }
+        let devices = crate::commit::merge_outcomes(devices);
+        (Totals::of(&parts, &devices, plan.units as u64), devices, false)
+    };
+    let failed: Vec<DeviceOutcome> =
+        devices.into_iter().filter(|d| d.status == DeviceStatus::Failed).collect();
+    let state = match complete {
+        false => RunState::Incomplete,
+        true => {
+            let series = totals.devices_scored + totals.devices_failed + totals.devices_no_input;
+            let over =
+                max_failed.unwrap_or(MaxFailed::Count(0)).exceeded(totals.devices_failed, series);
+            if over { RunState::Failed } else { RunState::Complete }
+        }
+    };
+    Ok(RunStatus {
+        run_id: plan.run_id,
+        url: out.url().to_string(),
+        state,
+        shards,
+        units: plan.units,
+        units_committed,
+        totals,
+        failed,
+        max_failed,
+    })
+}
+
+/// The shard count that manifests named `shard-I-of-N` show (runs of builds that did not record
+/// it in their plan).
+fn shard_count_of(manifests: &BTreeSet<&str>) -> Option<u32> {
+    manifests.iter().find_map(|m| m.rsplit_once("-of-")?.1.parse().ok())
+}
