@@ -3,6 +3,7 @@
 
 mod azure;
 mod common;
+mod engines;
 mod exactly_once;
 mod failures;
 mod hostile;

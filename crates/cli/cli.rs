@@ -40,6 +40,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Inspect and verify a model registry.
     Models(ModelsArgs),
+    /// Run on batch engines: `batch plan` writes the job that runs `batchscore run` as
+    /// shards of one run (Kubernetes Indexed Job, Slurm array, AWS Batch array job).
+    Batch(BatchArgs),
     /// Where a run stands, read from its output: shards committed or missing, units, rows,
     /// failed series. Exit code 0 complete, 3 complete with more failures than the run
     /// tolerates, 75 incomplete (wait and ask again), 2 no such run.
@@ -47,6 +50,74 @@ pub enum Command {
     /// Show the effective settings (flags > environment > config file > defaults) as JSON;
     /// secret values are shown as ***.
     Config,
+}
+
+/// `batchscore batch`.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    #[command(subcommand)]
+    pub command: BatchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Write the job for one run as N shards: the run id, the window and the shard count are
+    /// fixed here, so every shard scores the same plan; each shard finds its index in the
+    /// engine's environment. The `batchscore run` flags follow `--`.
+    Plan(BatchPlanArgs),
+}
+
+/// The engines `batch plan` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetArg {
+    Kubernetes,
+    Slurm,
+    AwsBatch,
+}
+
+/// `batchscore batch plan`.
+#[derive(Debug, Args)]
+pub struct BatchPlanArgs {
+    /// The engine: `kubernetes` (Indexed Job YAML), `slurm` (sbatch array script) or
+    /// `aws-batch` (`aws batch submit-job --cli-input-json` input).
+    #[arg(long, value_enum)]
+    pub target: TargetArg,
+    /// Shards of the run (tasks several times the node count let the engine balance them).
+    #[arg(long, value_name = "N")]
+    pub shards: u32,
+    /// The job's name (lowercase letters, digits, '-'); the run id is NAME-WINDOWSTART.
+    #[arg(long)]
+    pub name: String,
+    /// Shards running at once (default: all).
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<u32>,
+    /// Retries of a shard after a retry-worthy failure (exit codes other than 2, 3, 4).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Container image holding batchscore (kubernetes).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Job queue (aws-batch).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Job definition (aws-batch).
+    #[arg(long)]
+    pub job_definition: Option<String>,
+    /// Window start of the run (RFC 3339, `YYYY-MM-DD HH:MM:SS` UTC or `YYYY-MM-DD`).
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// Window end (exclusive).
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+    /// The last whole period before now, fixed when the template is written.
+    #[arg(long, value_name = "PERIOD", conflicts_with_all = ["from", "to"])]
+    pub last: Option<String>,
+    /// Write the template to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<String>,
+    /// `batchscore run` flags every shard gets (input, registry, output, devices, ...).
+    #[arg(last = true, value_name = "RUN_FLAGS")]
+    pub run_args: Vec<String>,
 }
 
 /// `batchscore status`.

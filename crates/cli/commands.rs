@@ -12,8 +12,8 @@ use chrono::Utc;
 use rayon::prelude::*;
 
 use crate::cli::{
-    FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand, PartitionArg,
-    RunArgs, StatusArgs, SummaryFormat, TrainArgs,
+    BatchPlanArgs, Cli, FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand,
+    PartitionArg, RunArgs, StatusArgs, SummaryFormat, TargetArg, TrainArgs,
 };
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
@@ -209,6 +209,76 @@ pub fn train(
         printer.out(&format!("    model {key}: {reason}"));
     }
     Ok(EXIT_PARTIAL)
+}
+
+/// Flags `batch plan` fixes for every shard, which the shards' own flags must not set.
+const PINNED_RUN_FLAGS: [&str; 7] =
+    ["--run-id", "--from", "--to", "--last", "--shard-index", "--shard-count", "--shard-index-env"];
+
+/// `batchscore batch plan`: the job for one run as shards of an engine's array construct.
+pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
+    use batchscore_batch::{Engine, JobSpec};
+    if let Some(flag) = args.run_args.iter().find(|a| {
+        PINNED_RUN_FLAGS.iter().any(|p| a.as_str() == *p || a.starts_with(&format!("{p}=")))
+    }) {
+        return Err(UsageError(format!(
+            "{flag} is fixed by `batch plan` for every shard (use its --from/--to/--last and \
+             --shards), not passed through"
+        ))
+        .into());
+    }
+    let window =
+        settings::window(args.from.clone(), args.to.clone(), args.last.clone(), Utc::now())?;
+    let at = |us: i64| chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
+    let run_id = match window.from_us {
+        Some(from) => format!("{}-{}", args.name, at(from).format("%Y%m%dT%H%M%SZ")),
+        None => args.name.clone(),
+    };
+    let mut command: Vec<String> = ["batchscore", "run"].map(String::from).to_vec();
+    command.extend(args.run_args.iter().cloned());
+    command.extend(["--run-id".to_string(), run_id]);
+    for (flag, us) in [("--from", window.from_us), ("--to", window.to_us)] {
+        if let Some(us) = us {
+            command.extend([
+                flag.to_string(),
+                at(us).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ]);
+        }
+    }
+    command.extend(["--shard-count".to_string(), args.shards.to_string()]);
+    // The shards' command must parse as it will on every node: a typo fails here, not on 1,000
+    // nodes at once.
+    if let Err(e) = <Cli as clap::Parser>::try_parse_from(&command) {
+        return Err(UsageError(format!(
+            "the shards' command `{}` does not parse: {e}",
+            command.join(" ")
+        ))
+        .into());
+    }
+    let engine = match args.target {
+        TargetArg::Kubernetes => Engine::Kubernetes,
+        TargetArg::Slurm => Engine::Slurm,
+        TargetArg::AwsBatch => Engine::AwsBatch,
+    };
+    let spec = JobSpec {
+        name: args.name.clone(),
+        shards: args.shards,
+        parallelism: args.parallelism.unwrap_or(args.shards),
+        retries: args.retries,
+        command,
+        image: args.image.clone(),
+        queue: args.queue.clone(),
+        job_definition: args.job_definition.clone(),
+    };
+    let text = batchscore_batch::template(engine, &spec).map_err(|e| UsageError(e.to_string()))?;
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("cannot write {path}"))?;
+            printer.note(&format!("wrote {path}"));
+        }
+        None => printer.out(text.trim_end()),
+    }
+    Ok(0)
 }
 
 /// Exit code of `status` for a run that is not complete yet: EX_TEMPFAIL, "ask again later".

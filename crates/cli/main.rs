@@ -119,6 +119,9 @@ fn dispatch(
         Command::Generate(args) => commands::generate(args, storage, printer),
         Command::Models(args) => commands::models(args, &config, storage, printer),
         Command::Status(args) => commands::status(args, &config, storage, printer),
+        Command::Batch(args) => match &args.command {
+            cli::BatchCommand::Plan(plan) => commands::batch_plan(plan, printer),
+        },
         Command::Config => commands::show_config(&config, storage, printer),
     }
 }

@@ -132,7 +132,7 @@ fn count_or_fraction(name: &str, text: &str) -> Result<CountOrFraction, UsageErr
     }
 }
 
-fn window(
+pub fn window(
     from: Option<String>,
     to: Option<String>,
     last: Option<String>,
