@@ -182,6 +182,7 @@ fn a_planned_window_pins_the_run_id_and_bad_plans_are_refused() {
         "{joined}"
     );
     let readings = fixture().readings();
+    let dir_s = dir.path().display().to_string();
     for bad in [
         vec!["--target", "slurm", "--shards", "2", "--name", "Bad_Name", "--", "--input", "x"],
         vec!["--target", "slurm", "--shards", "2", "--name", "ok", "--", "--run-id", "mine"],
@@ -201,15 +202,22 @@ fn a_planned_window_pins_the_run_id_and_bad_plans_are_refused() {
             "--input",
             "x",
         ],
+        vec!["--target", "kubernetes", "--shards", "2", "--name", "ok", "--", "--input", &readings],
         vec![
             "--target",
             "kubernetes",
             "--shards",
-            "2",
+            "100001",
             "--name",
             "ok",
+            "--image",
+            "i",
             "--",
             "--input",
+            &readings,
+        ],
+        vec![
+            "--target", "slurm", "--shards", "2", "--name", "ok", "--out", &dir_s, "--", "--input",
             &readings,
         ],
     ] {

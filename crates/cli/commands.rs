@@ -273,7 +273,8 @@ pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
     let text = batchscore_batch::template(engine, &spec).map_err(|e| UsageError(e.to_string()))?;
     match &args.out {
         Some(path) => {
-            std::fs::write(path, &text).with_context(|| format!("cannot write {path}"))?;
+            std::fs::write(path, &text)
+                .map_err(|e| UsageError(format!("cannot write the template to {path}: {e}")))?;
             printer.note(&format!("wrote {path}"));
         }
         None => printer.out(text.trim_end()),

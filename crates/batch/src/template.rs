@@ -85,7 +85,18 @@ fn scalar(text: &str) -> String {
     json!(text).to_string()
 }
 
+/// The most pods an Indexed Job runs at once (`.spec.parallelism` is at most 10^5); shards
+/// beyond it would only queue.
+const KUBERNETES_MAX_PARALLELISM: u32 = 100_000;
+
 fn kubernetes(spec: &JobSpec) -> Result<String, TemplateError> {
+    if spec.shards > KUBERNETES_MAX_PARALLELISM {
+        return Err(invalid(format!(
+            "{} shards: a Kubernetes Indexed Job runs at most {KUBERNETES_MAX_PARALLELISM} pods at \
+             once; use fewer shards",
+            spec.shards
+        )));
+    }
     let image = spec.image.as_deref().ok_or_else(|| {
         invalid("a Kubernetes Job needs --image (an image with batchscore in it)")
     })?;
@@ -157,6 +168,7 @@ fn slurm(spec: &JobSpec) -> String {
          #SBATCH --job-name={name}\n\
          #SBATCH --array=0-{last}%{parallelism}\n\
          #SBATCH --requeue\n\
+         # Slurm's MaxArraySize (1001 by default) bounds the array: ask the site for more shards.\n\
          # A task is retried here up to {retries} times on retry-worthy exit codes; codes\n\
          # {permanent} are permanent (usage, failed keys, bad input).\n\
          attempt=0\n\
@@ -238,6 +250,8 @@ mod tests {
         let one = JobSpec { shards: 1, ..spec() };
         assert!(template(Engine::AwsBatch, &one).unwrap_err().to_string().contains("2 to 10,000"));
         assert!(template(Engine::Kubernetes, &JobSpec { image: None, ..spec() }).is_err());
+        let huge = JobSpec { shards: 100_001, ..spec() };
+        assert!(template(Engine::Kubernetes, &huge).unwrap_err().to_string().contains("100000"));
         assert!(template(Engine::AwsBatch, &JobSpec { queue: None, ..spec() }).is_err());
     }
 
