@@ -151,25 +151,51 @@ fn a_run_id_cannot_be_reused_for_other_inputs() {
     );
 }
 
-/// Regression: a rerun refused because an input file was touched did not say what changed.
+/// Input rewritten after a run was planned (issue 12: the refusal must say what changed). A
+/// shard reading the stored plan meets the changed file when it opens it and names it; with a
+/// plan record of an older build (no stored plan), the listing is compared and the rewritten and
+/// removed files are named.
 #[test]
-fn a_refused_rerun_names_the_input_files_that_changed() {
+fn input_rewritten_after_planning_is_named() {
     let dir = tempdir();
     let readings = dir.path().join("readings");
     copy_dir(Path::new(&fixture().readings()), &readings);
     let readings_s = readings.display().to_string();
     let out = dir.path().join("out").display().to_string();
     let registry = fixture().registry();
-    run_job(&readings_s, &registry, &out, &["--run-id", "r"], 0);
-    // Rewritten with the same bytes (a new version tag), and one file removed.
-    let touched = readings.join("part-00001.parquet");
-    let bytes = std::fs::read(&touched).unwrap();
-    std::fs::remove_file(&touched).unwrap();
-    std::fs::write(&touched, bytes).unwrap();
-    std::fs::remove_file(readings.join("part-00002.parquet")).unwrap();
-    let text = run_job(&readings_s, &registry, &out, &["--run-id", "r"], 2);
+    let shard = |i: &str| {
+        let mut args = vec!["--run-id", "r", "--shard-count", "2", "--shard-index", i];
+        args.extend(SMALL_PARTS);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let run = |i: &str, code| {
+        let args = shard(i);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_job(&readings_s, &registry, &out, &args, code)
+    };
+    run("0", 0);
+    // Every file rewritten with the same bytes: a new version tag.
+    for e in std::fs::read_dir(&readings).unwrap() {
+        let path = e.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let text = run("1", 2);
     assert!(
-        text.contains("input files rewritten: part-00001.parquet (same size, new version tag)"),
+        text.contains("changed after the run was planned") && text.contains("part-0000"),
+        "{text}"
+    );
+    // The same with a plan record of an older build: the listing is compared.
+    let plan_path = dir.path().join("out/r/_plan.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    record.as_object_mut().unwrap().remove("plan");
+    std::fs::write(&plan_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    std::fs::remove_file(readings.join("part-00002.parquet")).unwrap();
+    let text = run("1", 2);
+    assert!(
+        text.contains("input files rewritten: part-00000.parquet (same size, new version tag)"),
         "{text}"
     );
     assert!(text.contains("input files removed: part-00002.parquet"), "{text}");
@@ -318,4 +344,55 @@ fn status_says_incomplete_complete_or_failed() {
     }
     std::fs::write(dir.path().join("s/_SUCCESS"), b"{}").unwrap();
     assert_eq!(status("s", false).0, Some(4), "a damaged _SUCCESS");
+}
+
+/// The first shard stores the plan with the run; later shards read it instead of listing and
+/// opening every file (they open only their own units' files), and a shard whose settings
+/// differ from the run's is refused, naming the setting.
+#[test]
+fn shards_read_the_stored_plan_and_open_only_their_files() {
+    let f = Paths::new(fixture());
+    let dir = tempdir();
+    let out = dir.path().display().to_string();
+    let shard = |i: &str, extra: &[&str], code| {
+        let mut args = run_args(&f, &out);
+        args.extend(["-v", "--run-id", "p", "--shard-count", "6", "--shard-index", i]);
+        args.extend(extra);
+        expect_code(&args, code)
+    };
+    let first = shard("0", &[], 0);
+    assert!(!first.contains("plan read from the run"), "the first shard scans: {first}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("p/_plan.json")).unwrap()).unwrap();
+    let files = record["plan"]["files"].as_array().unwrap().len();
+    for i in ["1", "2", "3", "4", "5"] {
+        let text = shard(i, &[], 0);
+        let opened: usize = text
+            .lines()
+            .find(|l| l.contains("plan read from the run"))
+            .and_then(|l| l.split("files=").nth(1))
+            .and_then(|n| n.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("shard {i} did not read the stored plan: {text}"));
+        assert!(opened < files, "shard {i} opened {opened} of {files} files");
+    }
+    let m = manifest(&dir.path().join("p"));
+    assert_eq!(m["totals"]["rows"], DEVICES as u64 * ROWS as u64);
+    let text = shard("1", &["--devices", "0..10"], 2);
+    assert!(text.contains("the device selection changed"), "{text}");
+    // (run_args already sets the part bounds; a shard with others is a separate invocation.)
+    let mut other =
+        vec!["run", "--input", &f.readings, "--registry", &f.registry_url, "--output", &out];
+    other.extend([
+        "--run-id",
+        "p",
+        "--shard-count",
+        "3",
+        "--shard-index",
+        "1",
+        "--max-part-rows",
+        "9000",
+    ]);
+    let text = expect_code(&other, 2);
+    assert!(text.contains("the part size bounds changed"), "{text}");
 }

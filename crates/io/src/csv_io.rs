@@ -18,7 +18,6 @@ use arrow::csv::ReaderBuilder;
 use arrow::csv::reader::Format;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 
 use crate::{Entry, IoError, Location};
 
@@ -63,8 +62,7 @@ impl CsvSource {
                 let head = if end == 0 {
                     bytes::Bytes::new()
                 } else {
-                    store
-                        .get_range(&path, 0..end)
+                    crate::location::get_range_if(&store, &path, 0..end, entry.e_tag.as_deref())
                         .await
                         .map_err(|e| IoError::storage(url.clone(), e))?
                 };

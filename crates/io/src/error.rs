@@ -66,6 +66,13 @@ pub enum IoError {
     /// A required object does not exist.
     #[error("not found: {url}")]
     NotFound { url: String },
+    /// A file changed after it was planned (its version tag differs): the run it belongs to
+    /// scores the files as they were.
+    #[error(
+        "{url} changed after the run was planned (its version tag differs): score it under a new \
+         run id"
+    )]
+    Changed { url: String },
     /// The storage backend failed.
     #[error("storage error at {url}")]
     Storage {
@@ -130,6 +137,7 @@ impl IoError {
             IoError::InvalidUrl { .. }
             | IoError::InvalidOption { .. }
             | IoError::NotFound { .. }
+            | IoError::Changed { .. }
             | IoError::Storage { .. }
             | IoError::Runtime(_) => ErrorClass::Usage,
         }
@@ -149,6 +157,7 @@ impl IoError {
         let url = url.into();
         match source {
             object_store::Error::NotFound { .. } => IoError::NotFound { url },
+            object_store::Error::Precondition { .. } => IoError::Changed { url },
             source if is_cancellation(&source) => IoError::Cancelled,
             source => IoError::Storage { url, source },
         }

@@ -274,6 +274,27 @@ fn local_root(
     Ok((Backend::Local, "file".into(), root, abs.display().to_string()))
 }
 
+/// The bytes `range` of the object at `path`, refused (`Precondition`) when the object's version
+/// tag is no longer `e_tag`: a file read at a plan's version, not whatever replaced it since.
+pub(crate) async fn get_range_if(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    e_tag: Option<&str>,
+) -> object_store::Result<Bytes> {
+    match e_tag {
+        None => store.get_range(path, range).await,
+        Some(tag) => {
+            let options = object_store::GetOptions {
+                range: Some(object_store::GetRange::Bounded(range)),
+                if_match: Some(tag.to_string()),
+                ..Default::default()
+            };
+            store.get_opts(path, options).await?.bytes().await
+        }
+    }
+}
+
 /// object_store's local staging names: `NAME#DIGITS` (it refuses such names for objects).
 fn is_staging_name(name: &str) -> bool {
     match name.rsplit_once('#') {

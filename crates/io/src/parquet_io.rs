@@ -135,6 +135,7 @@ async fn fetch_footer(
     store: &Arc<dyn ObjectStore>,
     path: &Path,
     size: u64,
+    e_tag: Option<&str>,
 ) -> Result<Bytes, ParquetError> {
     let tail_len = FOOTER_SIZE as u64;
     // A file too short for the magic and a footer (an empty file, say) is refused before any
@@ -143,7 +144,9 @@ async fn fetch_footer(
         return Err(ParquetError::General(format!("{size} bytes is too small for a Parquet file")));
     }
     let prefetch = (FOOTER_PREFETCH as u64).min(size);
-    let tail = store.get_range(path, size - prefetch..size).await.map_err(external)?;
+    let tail = crate::location::get_range_if(store, path, size - prefetch..size, e_tag)
+        .await
+        .map_err(external)?;
     let len =
         footer_len(tail.get(tail.len().saturating_sub(FOOTER_SIZE)..).unwrap_or_default(), size)?;
     if len + tail_len <= prefetch {
@@ -198,7 +201,7 @@ impl ParquetSource {
             async move {
                 let (store, path) = location.resolve(&entry.path)?;
                 let url = location.url_of(&entry.path);
-                let footer = fetch_footer(&store, &path, entry.size)
+                let footer = fetch_footer(&store, &path, entry.size, entry.e_tag.as_deref())
                     .await
                     .map_err(|source| IoError::parquet(url.clone(), source))?;
                 let source = Self::from_footer(location, entry, footer)

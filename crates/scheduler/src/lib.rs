@@ -19,6 +19,7 @@ mod run;
 mod score;
 mod select;
 mod status;
+mod stored;
 mod train;
 
 pub use batchscore_io::{error_causes, error_chain};

@@ -10,12 +10,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::commit::{
-    Committed, DeviceOutcome, DeviceStatus, Manifest, PartInfo, PartWrite, PlanRecord, Receipt,
-    RunCommit, merge_outcomes,
+    Committed, DeviceOutcome, DeviceStatus, Manifest, PLAN, PartInfo, PartWrite, PlanRecord,
+    Receipt, RunCommit, from_json, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset};
 use crate::output::{OutputFormat, OutputSpec};
 use crate::score::score_unit;
+use crate::stored::StoredPlan;
 use crate::{
     DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, SensorSelection,
     Shard, TimeWindow,
@@ -124,6 +125,67 @@ struct Prepared {
     fingerprint: Fingerprint,
     run_id: String,
     total_rows: u64,
+    /// The whole run's plan as `_plan.json` stores it (the dataset of a shard that read a
+    /// stored plan holds only its own files).
+    stored: StoredPlan,
+}
+
+/// Rows per unit: ~16 units so a job spreads over cores and nodes, within the part-size bounds
+/// that keep files analytics-sized. Depends only on the input, never on threads or shards.
+fn target_rows(spec: &RunSpec, total_rows: u64) -> u64 {
+    total_rows.div_ceil(16).clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows))
+}
+
+/// A shard of a run whose plan is stored: the plan is read, not computed (no listing, no
+/// footers but those of this shard's files), after checking that this shard's settings are the
+/// run's. `None` when there is nothing to read: no `--run-id` (the id derives from a scan), no
+/// `_plan.json` yet (this is the first shard), or one from a build that stored no plan.
+fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerError> {
+    let Some(run_id) = &spec.run_id else {
+        return Ok(None);
+    };
+    check_run_id(run_id)?;
+    let out = spec.output.join(run_id)?;
+    let Some(bytes) = out.get_opt(PLAN)? else {
+        return Ok(None);
+    };
+    let record: PlanRecord = from_json(&out, PLAN, &bytes)?;
+    let Some(stored) = record.plan else {
+        return Ok(None);
+    };
+    let registry = Registry::open_existing(spec.registry.clone())?;
+    let ours = setting_components(spec, &registry, target_rows(spec, stored.total_rows))?;
+    let changed: Vec<String> = ours
+        .iter()
+        .filter(|(name, digest)| record.components.get(*name) != Some(digest))
+        .map(|(name, _)| format!("the {name} changed"))
+        .collect();
+    if !changed.is_empty() {
+        return Err(SchedulerError::RunConflict {
+            run_id: run_id.clone(),
+            url: out.url().to_string(),
+            changes: changed.join("; "),
+        });
+    }
+    spec.output_spec.check(&stored.columns)?;
+    check_sensor_selection(&spec.sensors, &stored.columns)?;
+    let mine = stored.plan().shard_units(spec.shard);
+    let (dataset, plan) = stored.for_units(&spec.input, &mine)?;
+    tracing::info!(run_id = %run_id, files = dataset.files.len(), "plan read from the run; only this shard's files opened");
+    let fingerprint = Fingerprint {
+        digest: record.fingerprint,
+        components: record.components,
+        files: record.files,
+    };
+    Ok(Some(Prepared {
+        registry,
+        dataset,
+        plan,
+        fingerprint,
+        run_id: run_id.clone(),
+        total_rows: stored.total_rows,
+        stored,
+    }))
 }
 
 fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
@@ -144,11 +206,7 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
     spec.output_spec.check(&dataset.columns)?;
     check_sensor_selection(&spec.sensors, &dataset.columns)?;
     let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
-    // Aim for ~16 units so a job spreads over cores and nodes, within the part-size bounds that
-    // keep files analytics-sized. Depends only on the input, never on threads or shards.
-    let target = total_rows
-        .div_ceil(16)
-        .clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows));
+    let target = target_rows(spec, total_rows);
     let plan = Plan::build(&dataset.slices, target);
     let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target)?;
     let run_id = match &spec.run_id {
@@ -156,7 +214,8 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
         None => format!("run-{}", &fingerprint.digest[..16]),
     };
     check_run_id(&run_id)?;
-    Ok(Prepared { registry, dataset, plan, fingerprint, run_id, total_rows })
+    let stored = StoredPlan::of(&dataset, &plan, total_rows);
+    Ok(Prepared { registry, dataset, plan, fingerprint, run_id, total_rows, stored })
 }
 
 /// A sensor selection needs series to select from.
@@ -196,8 +255,12 @@ pub fn dry_run(spec: &RunSpec) -> Result<PlanSummary, SchedulerError> {
 pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, SchedulerError> {
     let started = Instant::now();
     let mut timings = BTreeMap::new();
-    let Prepared { registry, dataset, plan, fingerprint, run_id, total_rows } = prepare(spec)?;
-    let commit = claim(spec, &plan, fingerprint, run_id)?;
+    let prepared = match prepare_from_stored(spec)? {
+        Some(prepared) => prepared,
+        None => prepare(spec)?,
+    };
+    let Prepared { registry, dataset, plan, fingerprint, run_id, total_rows, stored } = prepared;
+    let commit = claim(spec, &plan, fingerprint, run_id, stored)?;
     let run_id = commit.run_id().to_string();
     timings.insert("plan".to_string(), ms(started.elapsed()));
     tracing::info!(run_id = %run_id, units = plan.units.len(), rows = total_rows, files = dataset.files.len(), "planned");
@@ -267,6 +330,7 @@ fn claim(
     plan: &Plan,
     fingerprint: Fingerprint,
     run_id: String,
+    stored: StoredPlan,
 ) -> Result<RunCommit, SchedulerError> {
     let out = spec.output.join(&run_id)?;
     let record = PlanRecord {
@@ -278,6 +342,7 @@ fn claim(
         units: plan.units.len(),
         shard_count: Some(spec.shard.count()),
         settings: run_level(&spec.settings, spec.shard.count()),
+        plan: Some(stored),
     };
     RunCommit::claim(out, record, spec.shard)
 }
@@ -445,33 +510,49 @@ fn plan_fingerprint(
         target_rows: target,
         units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
     };
-    let encode = |value: &dyn erased::Json| {
-        value
-            .to_json()
-            .map(|bytes| hex::encode(Sha256::digest(&bytes)))
-            .map_err(|e| SchedulerError::Encode { what: "plan fingerprint", reason: e.to_string() })
-    };
     // An empty fallback here would give every plan the same run id and disarm the conflict
     // check that rests on it.
-    let digest = encode(&material)?;
-    let mut components = BTreeMap::new();
+    let digest = digest_of(&material)?;
+    let mut components = setting_components(spec, registry, target)?;
     for (name, value) in [
-        ("input location", &material.input as &dyn erased::Json),
-        ("input files", &material.files),
-        ("registry location", &material.registry),
-        ("registry index (models trained or imported since)", &material.registry_index),
-        ("device selection", &material.selection),
-        ("sensor selection", &material.sensors),
-        ("time window", &material.window),
-        ("column settings", &material.columns),
+        ("input files", &material.files as &dyn erased::Json),
         ("input columns", &material.resolved),
-        ("output profile or format", &material.output),
-        ("part size bounds", &material.target_rows),
         ("work units", &material.units),
     ] {
-        components.insert(name.to_string(), encode(value)?);
+        components.insert(name.to_string(), digest_of(value)?);
     }
     Ok(Fingerprint { digest, components, files: dataset.identity.clone() })
+}
+
+fn digest_of(value: &dyn erased::Json) -> Result<String, SchedulerError> {
+    value
+        .to_json()
+        .map(|bytes| hex::encode(Sha256::digest(&bytes)))
+        .map_err(|e| SchedulerError::Encode { what: "plan fingerprint", reason: e.to_string() })
+}
+
+/// The digests of what a shard's own settings decide (not what a scan finds): the part of
+/// the fingerprint a shard reading a stored plan can check against it.
+fn setting_components(
+    spec: &RunSpec,
+    registry: &Registry,
+    target: u64,
+) -> Result<BTreeMap<String, String>, SchedulerError> {
+    let mut components = BTreeMap::new();
+    for (name, value) in [
+        ("input location", &spec.input.url() as &dyn erased::Json),
+        ("registry location", &registry.url()),
+        ("registry index (models trained or imported since)", &registry.fingerprint()),
+        ("device selection", &spec.selection.canonical()),
+        ("sensor selection", &spec.sensors.canonical()),
+        ("time window", &spec.window),
+        ("column settings", &spec.columns),
+        ("output profile or format", &spec.output_spec),
+        ("part size bounds", &target),
+    ] {
+        components.insert(name.to_string(), digest_of(value)?);
+    }
+    Ok(components)
 }
 
 /// JSON encoding behind a trait object, so components of different types hash alike.

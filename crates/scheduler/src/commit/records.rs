@@ -39,6 +39,10 @@ pub(crate) struct PlanRecord {
     /// whichever shard finishes last.
     #[serde(default)]
     pub settings: serde_json::Value,
+    /// What the first shard's scan found, so the others need not scan again; absent in
+    /// records of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::stored::StoredPlan>,
 }
 
 /// What happened to one device.

@@ -64,7 +64,7 @@ impl InputColumns {
 }
 
 /// The input's columns as found in its first file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Columns {
     pub device: String,
     pub timestamp: String,
@@ -72,7 +72,7 @@ pub(crate) struct Columns {
 }
 
 /// What the non-key columns hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Shape {
     /// One column per sensor, in the first file's order.
     Wide { sensors: Vec<String> },

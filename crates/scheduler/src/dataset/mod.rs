@@ -50,7 +50,7 @@ impl InputFile {
 
 /// A row group (or a chunk of a CSV file) that survived pruning, with the device interval its
 /// statistics allow.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Slice {
     pub file: usize,
     /// The row group, or for CSV the chunk of `CSV_CHUNK_BYTES`.
@@ -67,7 +67,7 @@ pub(crate) struct Slice {
 pub(crate) struct Dataset {
     pub files: Vec<InputFile>,
     /// The device of each file that sits in a `device=N` partition.
-    hive_device: Vec<Option<i64>>,
+    pub hive_device: Vec<Option<i64>>,
     pub columns: Columns,
     pub slices: Vec<Slice>,
     /// Input files listed, before partition pruning.
@@ -142,6 +142,34 @@ impl Dataset {
         dataset.check_schemas()?;
         dataset.prune(selection, window);
         Ok(dataset)
+    }
+}
+
+impl Dataset {
+    /// A dataset of already planned files and slices (a stored plan): the files are opened
+    /// (footers, CSV heads) but not listed, checked or pruned again.
+    pub(crate) fn from_parts(
+        location: &Location,
+        entries: &[Entry],
+        hive_device: Vec<Option<i64>>,
+        columns: Columns,
+        slices: Vec<Slice>,
+        (files_listed, row_groups_total): (usize, usize),
+    ) -> Result<Self, SchedulerError> {
+        let files = open_sources(location, entries)?;
+        let identity = entries
+            .iter()
+            .map(|e| (e.path.clone(), e.size, e.e_tag.clone().unwrap_or_default()))
+            .collect();
+        Ok(Dataset {
+            files,
+            hive_device,
+            columns,
+            slices,
+            files_listed,
+            row_groups_total,
+            identity,
+        })
     }
 }
 
