@@ -380,6 +380,29 @@ fn shards_read_the_stored_plan_and_open_only_their_files() {
     assert_eq!(m["totals"]["rows"], DEVICES as u64 * ROWS as u64);
     let text = shard("1", &["--devices", "0..10"], 2);
     assert!(text.contains("the device selection changed"), "{text}");
+    // A damaged stored plan is an error naming the record.
+    let plan_path = dir.path().join("p/_plan.json");
+    let mut damaged = record.clone();
+    damaged["plan"]["units"][1]["slices"] = serde_json::json!([999]);
+    std::fs::write(&plan_path, serde_json::to_vec(&damaged).unwrap()).unwrap();
+    std::fs::remove_file(dir.path().join("p/_SUCCESS")).unwrap();
+    for receipt in std::fs::read_dir(dir.path().join("p/_receipts")).unwrap() {
+        std::fs::remove_file(receipt.unwrap().path()).unwrap();
+    }
+    let mut again = run_args(&f, &out);
+    again.extend(["--run-id", "p", "--shard-count", "6"]);
+    let text = (0..6)
+        .map(|i| {
+            let mut args = again.clone();
+            let i = i.to_string();
+            args.extend(["--shard-index", &i]);
+            String::from_utf8_lossy(&crate::common::batchscore(&args).stderr).into_owned()
+        })
+        .collect::<String>();
+    assert!(
+        text.contains("_plan.json") && text.contains("the stored plan names a slice it lacks"),
+        "{text}"
+    );
     // (run_args already sets the part bounds; a shard with others is a separate invocation.)
     let mut other =
         vec!["run", "--input", &f.readings, "--registry", &f.registry_url, "--output", &out];

@@ -170,7 +170,7 @@ fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerErro
     spec.output_spec.check(&stored.columns)?;
     check_sensor_selection(&spec.sensors, &stored.columns)?;
     let mine = stored.plan().shard_units(spec.shard);
-    let (dataset, plan) = stored.for_units(&spec.input, &mine)?;
+    let (dataset, plan) = stored.for_units(&spec.input, &mine, &out.url_of(PLAN))?;
     tracing::info!(run_id = %run_id, files = dataset.files.len(), "plan read from the run; only this shard's files opened");
     let fingerprint = Fingerprint {
         digest: record.fingerprint,

@@ -99,13 +99,15 @@ impl StoredPlan {
     /// The dataset and plan of one shard: only the files of the units `mine` are opened (one
     /// footer or head read each); those units carry their slices, the others none (this shard
     /// never reads them).
+    /// `plan_url` names the plan record in errors.
     pub fn for_units(
         &self,
         location: &Location,
         mine: &[usize],
+        plan_url: &str,
     ) -> Result<(Dataset, Plan), SchedulerError> {
         let corrupt = |reason: &str| SchedulerError::CorruptRecord {
-            url: location.url().to_string(),
+            url: plan_url.to_string(),
             reason: format!("the stored plan {reason}"),
         };
         let mut file_map: Vec<Option<usize>> = vec![None; self.files.len()];
