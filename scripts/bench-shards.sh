@@ -13,16 +13,28 @@ if [[ "${1:-}" == "--inside" ]]; then
     work="$1" shards="$2" bin="$3"
     export AZURE_STORAGE_USE_EMULATOR=true
     requests() { grep -c 'BlobStorageContextMiddleware: RequestMethod=' "$AZURITE_DEBUG_LOG" || true; }
+    # Azurite writes its log asynchronously: wait until the count stops growing (at most 30 s).
+    settled() {
+        local last now
+        last="$(requests)"
+        for _ in $(seq 1 30); do
+            sleep 1
+            now="$(requests)"
+            [[ "$now" == "$last" ]] && break
+            last="$now"
+        done
+        echo "$last"
+    }
     "$BATCHSCORE_PYTHON" "$root/scripts/azurite/blob.py" put-dir "$work/data/readings" batchscore-test shards/readings
     "$BATCHSCORE_PYTHON" "$root/scripts/azurite/blob.py" put-dir "$work/models" batchscore-test shards/models
     measure() { # label, run id, shard index
         local before after
-        before="$(requests)"
+        before="$(settled)"
         /usr/bin/time -f "%e %M" -o "$work/time" "$bin" --no-config -q run \
             --input az://batchscore-test/shards/readings --registry az://batchscore-test/shards/models \
             --output az://batchscore-test/shards/out --run-id "$2" \
             --shard-count "$shards" --shard-index "$3" >/dev/null
-        after="$(requests)"
+        after="$(settled)"
         read -r wall rss < "$work/time"
         echo "| $1 | $((after - before)) | $wall s | $((rss / 1024)) MB |"
     }

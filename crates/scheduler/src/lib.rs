@@ -11,6 +11,7 @@
 mod commit;
 mod dataset;
 mod error;
+mod fingerprint;
 mod output;
 mod plan;
 mod pool;

@@ -7,13 +7,13 @@ use batchscore_io::{ErrorClass, Location, WriteOptions};
 use batchscore_registry::Registry;
 use rayon::prelude::*;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::commit::{
     Committed, DeviceOutcome, DeviceStatus, Manifest, PLAN, PartInfo, PartWrite, PlanRecord,
     Receipt, RunCommit, from_json, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset};
+use crate::fingerprint::{Fingerprint, plan_fingerprint, setting_components};
 use crate::output::{OutputFormat, OutputSpec};
 use crate::score::score_unit;
 use crate::stored::StoredPlan;
@@ -461,110 +461,6 @@ fn add_no_input(
             stage: None,
             reason: None,
         });
-    }
-}
-
-/// What determines the run's output, hashed: the digest the run id and the conflict check rest
-/// on, a digest per component and the input files, so a refused rerun can say what changed.
-pub(crate) struct Fingerprint {
-    pub digest: String,
-    pub components: BTreeMap<String, String>,
-    pub files: Vec<(String, u64, String)>,
-}
-
-fn plan_fingerprint(
-    spec: &RunSpec,
-    dataset: &Dataset,
-    registry: &Registry,
-    plan: &Plan,
-    target: u64,
-) -> Result<Fingerprint, SchedulerError> {
-    #[derive(Serialize)]
-    struct Material<'a> {
-        version: &'static str,
-        input: &'a str,
-        files: &'a [(String, u64, String)],
-        registry: &'a str,
-        registry_index: &'a str,
-        selection: String,
-        sensors: String,
-        window: &'a TimeWindow,
-        columns: &'a InputColumns,
-        resolved: &'a Columns,
-        output: &'a OutputSpec,
-        target_rows: u64,
-        units: Vec<(i64, i64)>,
-    }
-    let material = Material {
-        version: "batchscore-run-v1",
-        input: spec.input.url(),
-        files: &dataset.identity,
-        registry: registry.url(),
-        registry_index: registry.fingerprint(),
-        selection: spec.selection.canonical(),
-        sensors: spec.sensors.canonical(),
-        window: &spec.window,
-        columns: &spec.columns,
-        resolved: &dataset.columns,
-        output: &spec.output_spec,
-        target_rows: target,
-        units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
-    };
-    // An empty fallback here would give every plan the same run id and disarm the conflict
-    // check that rests on it.
-    let digest = digest_of(&material)?;
-    let mut components = setting_components(spec, registry, target)?;
-    for (name, value) in [
-        ("input files", &material.files as &dyn erased::Json),
-        ("input columns", &material.resolved),
-        ("work units", &material.units),
-    ] {
-        components.insert(name.to_string(), digest_of(value)?);
-    }
-    Ok(Fingerprint { digest, components, files: dataset.identity.clone() })
-}
-
-fn digest_of(value: &dyn erased::Json) -> Result<String, SchedulerError> {
-    value
-        .to_json()
-        .map(|bytes| hex::encode(Sha256::digest(&bytes)))
-        .map_err(|e| SchedulerError::Encode { what: "plan fingerprint", reason: e.to_string() })
-}
-
-/// The digests of what a shard's own settings decide (not what a scan finds): the part of
-/// the fingerprint a shard reading a stored plan can check against it.
-fn setting_components(
-    spec: &RunSpec,
-    registry: &Registry,
-    target: u64,
-) -> Result<BTreeMap<String, String>, SchedulerError> {
-    let mut components = BTreeMap::new();
-    for (name, value) in [
-        ("input location", &spec.input.url() as &dyn erased::Json),
-        ("registry location", &registry.url()),
-        ("registry index (models trained or imported since)", &registry.fingerprint()),
-        ("device selection", &spec.selection.canonical()),
-        ("sensor selection", &spec.sensors.canonical()),
-        ("time window", &spec.window),
-        ("column settings", &spec.columns),
-        ("output profile or format", &spec.output_spec),
-        ("part size bounds", &target),
-    ] {
-        components.insert(name.to_string(), digest_of(value)?);
-    }
-    Ok(components)
-}
-
-/// JSON encoding behind a trait object, so components of different types hash alike.
-mod erased {
-    pub(super) trait Json {
-        fn to_json(&self) -> serde_json::Result<Vec<u8>>;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-            serde_json::to_vec(self)
-        }
     }
 }
 
