@@ -244,26 +244,24 @@ fn concurrent_attempts_on_local_disk_all_succeed_with_one_runs_output() {
     let mut clean_args = args.clone();
     clean_args.extend(["--output", &clean]);
     expect_code(&clean_args, 0);
-    let (got, want) = (dir.path().join("out/r"), dir.path().join("clean/r"));
-    let mut dirs = vec![want.clone()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(&want).unwrap();
-            if p.is_dir() {
-                dirs.push(p.clone());
-            } else if rel.starts_with("_receipts") || rel.to_string_lossy().starts_with("part-") {
-                // Manifests hold timings and the plan record the output path: parts and
-                // receipts are what must be byte-identical.
-                let same = std::fs::read(&p).unwrap() == std::fs::read(got.join(rel)).unwrap();
-                assert!(same, "{rel:?} differs from a single attempt's");
-            }
-        }
-    }
-    let listing =
-        String::from_utf8(std::process::Command::new("find").arg(&got).output().unwrap().stdout)
-            .unwrap();
-    assert!(!listing.contains('#'), "{listing}");
+    // Manifests hold timings and the plan record the output path: parts and receipts are
+    // what must be byte-identical, and no staging file (`NAME#N`) may be left.
+    let committed = |run: &str| -> Vec<(String, Vec<u8>)> {
+        files(&dir.path().join(run))
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("_receipts") || p.starts_with("part-"))
+            .collect()
+    };
+    assert!(
+        committed("out/r") == committed("clean/r"),
+        "parts or receipts differ from a single attempt's"
+    );
+    let stray: Vec<String> = files(&dir.path().join("out/r"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.contains('#'))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
 }
 
 /// `batchscore status` tells a waiting pipeline where a run stands, by exit code and summary.

@@ -187,11 +187,8 @@ fn staging_files_of_a_killed_attempt_are_gone_once_the_run_completes() {
         std::fs::remove_file(run.join(gone)).unwrap();
     }
     run_job(&f.readings(), &f.registry(), &out, &args, 0);
-    let stray: Vec<_> = all_files(&run)
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| p.to_string_lossy().contains('#'))
-        .collect();
+    let stray: Vec<String> =
+        files(&run).into_iter().map(|(p, _)| p).filter(|p| p.contains('#')).collect();
     assert!(stray.is_empty(), "{stray:?}");
     assert!(run.join("part-00001.parquet").exists());
 }
@@ -372,26 +369,6 @@ fn an_endless_device_list_is_refused() {
     assert!(text.contains("larger than 64 MiB"), "{text}");
 }
 
-/// Every file below `dir`, as text (lossy), with its path.
-fn all_files(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                files.push((
-                    p.clone(),
-                    String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
-                ));
-            }
-        }
-    }
-    files
-}
-
 #[test]
 fn planted_secrets_appear_in_no_output_manifest_or_message() {
     const PROXY_PASSWORD: &str = "PlantedProxyPassw0rd";
@@ -444,7 +421,11 @@ fn planted_secrets_appear_in_no_output_manifest_or_message() {
     assert_ne!(failed.status.code(), Some(0));
     let mut outputs: Vec<(std::path::PathBuf, String)> =
         printed.into_iter().enumerate().map(|(i, t)| (format!("<output {i}>").into(), t)).collect();
-    outputs.extend(all_files(&dir.path().join("out")));
+    outputs.extend(
+        files(&dir.path().join("out"))
+            .into_iter()
+            .map(|(path, bytes)| (path.into(), String::from_utf8_lossy(&bytes).into_owned())),
+    );
     assert!(outputs.iter().any(|(p, _)| p.ends_with("_SUCCESS")), "the run wrote its records");
     for (path, text) in &outputs {
         for secret in [PROXY_PASSWORD, SAS_SIGNATURE, ACCOUNT_KEY] {

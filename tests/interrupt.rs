@@ -68,25 +68,6 @@ fn workload() -> &'static Workload {
     })
 }
 
-/// Every file under `dir`, by path relative to it.
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// The parts and receipts of a run directory (manifests hold timings, so they differ).
 fn committed(run: &Path) -> BTreeMap<String, Vec<u8>> {
     files(run)
@@ -132,7 +113,8 @@ fn rerun_and_compare(out: &Path) {
         assert!(got[path] == *bytes, "{path} differs from the uninterrupted run's");
     }
     let stray: Vec<String> = files(&run)
-        .into_keys()
+        .into_iter()
+        .map(|(path, _)| path)
         .filter(|k| {
             !(k.starts_with("part-")
                 || k.starts_with("_receipts/part-")

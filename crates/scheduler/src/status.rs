@@ -73,8 +73,10 @@ pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerErr
             ShardState { committed: manifests.contains(name.as_str()), name }
         })
         .collect();
+    let receipts: BTreeSet<&str> =
+        listed.iter().map(String::as_str).filter(|p| p.starts_with("_receipts/")).collect();
     let units_committed =
-        (0..plan.units).filter(|&u| listed.iter().any(|p| *p == Receipt::path(u))).count();
+        (0..plan.units).filter(|&u| receipts.contains(Receipt::path(u).as_str())).count();
     let max_failed =
         plan.settings.get("max_failed").and_then(|v| serde_json::from_value(v.clone()).ok());
     let (totals, devices, complete) = if listed.iter().any(|p| p == SUCCESS) {
