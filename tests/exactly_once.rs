@@ -190,7 +190,15 @@ fn input_rewritten_after_planning_is_named() {
     let plan_path = dir.path().join("out/r/_plan.json");
     let mut record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
-    record.as_object_mut().unwrap().remove("plan");
+    // (Those builds listed `[path, size, version tag]` per file where the stored plan is now.)
+    let plan = record.as_object_mut().unwrap().remove("plan").unwrap();
+    let identities: Vec<serde_json::Value> = plan["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| serde_json::json!([f["path"], f["size"], f["e_tag"].as_str().unwrap_or_default()]))
+        .collect();
+    record["files"] = serde_json::json!(identities);
     std::fs::write(&plan_path, serde_json::to_vec(&record).unwrap()).unwrap();
     std::fs::remove_file(readings.join("part-00002.parquet")).unwrap();
     let text = run("1", 2);

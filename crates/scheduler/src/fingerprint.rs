@@ -15,11 +15,11 @@ use crate::output::OutputSpec;
 use crate::{InputColumns, Plan, RunSpec, SchedulerError, TimeWindow};
 
 /// What determines the run's output, hashed: the digest the run id and the conflict check rest
-/// on, a digest per component and the input files, so a refused rerun can say what changed.
+/// on, and a digest per component, so a refused rerun can say what changed (the input files it
+/// names come from the stored plan).
 pub(crate) struct Fingerprint {
     pub digest: String,
     pub components: BTreeMap<String, String>,
-    pub files: Vec<(String, u64, String)>,
 }
 
 pub(crate) fn plan_fingerprint(
@@ -71,7 +71,7 @@ pub(crate) fn plan_fingerprint(
     ] {
         components.insert(name.to_string(), digest_of(value)?);
     }
-    Ok(Fingerprint { digest, components, files: dataset.identity.clone() })
+    Ok(Fingerprint { digest, components })
 }
 
 fn digest_of(value: &dyn erased::Json) -> Result<String, SchedulerError> {

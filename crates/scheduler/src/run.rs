@@ -172,11 +172,7 @@ fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerErro
     let mine = stored.plan().shard_units(spec.shard);
     let (dataset, plan) = stored.for_units(&spec.input, &mine, &out.url_of(PLAN))?;
     tracing::info!(run_id = %run_id, files = dataset.files.len(), "plan read from the run; only this shard's files opened");
-    let fingerprint = Fingerprint {
-        digest: record.fingerprint,
-        components: record.components,
-        files: record.files,
-    };
+    let fingerprint = Fingerprint { digest: record.fingerprint, components: record.components };
     Ok(Some(Prepared {
         registry,
         dataset,
@@ -338,7 +334,7 @@ fn claim(
         run_id,
         fingerprint: fingerprint.digest,
         components: fingerprint.components,
-        files: fingerprint.files,
+        files: Vec::new(),
         units: plan.units.len(),
         shard_count: Some(spec.shard.count()),
         settings: run_level(&spec.settings, spec.shard.count()),

@@ -28,7 +28,8 @@ pub(crate) struct PlanRecord {
     /// refused rerun can say what differs; absent in records of older builds.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub components: BTreeMap<String, String>,
-    /// `(path, size, version tag)` of every input file the plan read.
+    /// `(path, size, version tag)` of every input file the plan read, in records of builds that
+    /// stored no plan (the stored plan lists them now: see [`PlanRecord::file_identities`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<(String, u64, String)>,
     pub units: usize,
@@ -157,6 +158,22 @@ pub struct Manifest {
 }
 
 impl PlanRecord {
+    /// `(path, size, version tag)` of every input file the plan read.
+    fn file_identities(&self) -> BTreeMap<&str, (u64, &str)> {
+        match &self.plan {
+            Some(plan) => plan
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), (f.size, f.e_tag.as_deref().unwrap_or_default())))
+                .collect(),
+            None => self
+                .files
+                .iter()
+                .map(|(p, size, tag)| (p.as_str(), (*size, tag.as_str())))
+                .collect(),
+        }
+    }
+
     /// What differs between the plan `self` records and `other`, in words: the components
     /// whose digests differ, and which input files were added, removed or rewritten.
     pub(crate) fn differences(&self, other: &PlanRecord) -> String {
@@ -172,10 +189,7 @@ impl PlanRecord {
             })
             .map(|(name, _)| format!("the {name} changed"))
             .collect();
-        let before: BTreeMap<&str, (u64, &str)> =
-            self.files.iter().map(|(p, size, tag)| (p.as_str(), (*size, tag.as_str()))).collect();
-        let now: BTreeMap<&str, (u64, &str)> =
-            other.files.iter().map(|(p, size, tag)| (p.as_str(), (*size, tag.as_str()))).collect();
+        let (before, now) = (self.file_identities(), other.file_identities());
         let mut list = |what: &str, paths: Vec<String>| {
             if !paths.is_empty() {
                 let more = paths.len().saturating_sub(SHOWN);
