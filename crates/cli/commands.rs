@@ -6,14 +6,14 @@ use anyhow::{Context, Result};
 use batchscore_detectors::{Detector, IsolationForest, OneClassSvm, Pca};
 use batchscore_io::Storage;
 use batchscore_registry::{DetectorModel, ImportPlan, KeyPattern, ModelKey, Registry};
-use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, RunState, error_chain};
+use batchscore_scheduler::{DeviceStatus, PlanSummary, RunReport, error_chain};
 use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning};
 use chrono::Utc;
 use rayon::prelude::*;
 
 use crate::cli::{
-    BatchPlanArgs, Cli, FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand,
-    PartitionArg, RunArgs, StatusArgs, SummaryFormat, TargetArg, TrainArgs,
+    FormatArg, GenerateArgs, InputArgs, LayoutArg, ModelsArgs, ModelsCommand, PartitionArg,
+    RunArgs, SummaryFormat, TrainArgs,
 };
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
@@ -209,148 +209,6 @@ pub fn train(
         printer.out(&format!("    model {key}: {reason}"));
     }
     Ok(EXIT_PARTIAL)
-}
-
-/// Flags `batch plan` fixes for every shard, which the shards' own flags must not set.
-const PINNED_RUN_FLAGS: [&str; 7] =
-    ["--run-id", "--from", "--to", "--last", "--shard-index", "--shard-count", "--shard-index-env"];
-
-/// `batchscore batch plan`: the job for one run as shards of an engine's array construct.
-pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
-    use batchscore_batch::{Engine, JobSpec};
-    if let Some(flag) = args.run_args.iter().find(|a| {
-        PINNED_RUN_FLAGS.iter().any(|p| a.as_str() == *p || a.starts_with(&format!("{p}=")))
-    }) {
-        return Err(UsageError(format!(
-            "{flag} is fixed by `batch plan` for every shard (use its --from/--to/--last and \
-             --shards), not passed through"
-        ))
-        .into());
-    }
-    let window =
-        settings::window(args.from.clone(), args.to.clone(), args.last.clone(), Utc::now())?;
-    let at = |us: i64| chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
-    let run_id = match window.from_us {
-        Some(from) => format!("{}-{}", args.name, at(from).format("%Y%m%dT%H%M%SZ")),
-        None => args.name.clone(),
-    };
-    let mut command: Vec<String> = ["batchscore", "run"].map(String::from).to_vec();
-    command.extend(args.run_args.iter().cloned());
-    command.extend(["--run-id".to_string(), run_id]);
-    for (flag, us) in [("--from", window.from_us), ("--to", window.to_us)] {
-        if let Some(us) = us {
-            command.extend([
-                flag.to_string(),
-                at(us).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-            ]);
-        }
-    }
-    command.extend(["--shard-count".to_string(), args.shards.to_string()]);
-    // The shards' command must parse as it will on every node: a typo fails here, not on 1,000
-    // nodes at once.
-    if let Err(e) = <Cli as clap::Parser>::try_parse_from(&command) {
-        return Err(UsageError(format!(
-            "the shards' command `{}` does not parse: {e}",
-            command.join(" ")
-        ))
-        .into());
-    }
-    let engine = match args.target {
-        TargetArg::Kubernetes => Engine::Kubernetes,
-        TargetArg::Slurm => Engine::Slurm,
-        TargetArg::AwsBatch => Engine::AwsBatch,
-    };
-    let spec = JobSpec {
-        name: args.name.clone(),
-        shards: args.shards,
-        parallelism: args.parallelism.unwrap_or(args.shards),
-        retries: args.retries,
-        command,
-        image: args.image.clone(),
-        queue: args.queue.clone(),
-        job_definition: args.job_definition.clone(),
-    };
-    let text = batchscore_batch::template(engine, &spec).map_err(|e| UsageError(e.to_string()))?;
-    match &args.out {
-        Some(path) => {
-            std::fs::write(path, &text)
-                .map_err(|e| UsageError(format!("cannot write the template to {path}: {e}")))?;
-            printer.note(&format!("wrote {path}"));
-        }
-        None => printer.out(text.trim_end()),
-    }
-    Ok(0)
-}
-
-/// Exit code of `status` for a run that is not complete yet: EX_TEMPFAIL, "ask again later".
-const EXIT_INCOMPLETE: u8 = 75;
-
-/// `batchscore status`: where a run stands, from its output alone.
-pub fn status(
-    args: &StatusArgs,
-    config: &ConfigFile,
-    storage: &Storage,
-    printer: Printer,
-) -> Result<u8> {
-    let output =
-        args.output.clone().or_else(|| config.location(&config.paths.output)).ok_or_else(|| {
-            UsageError(
-                "missing --output: pass it, set BATCHSCORE_OUTPUT, or set `paths.output` in the \
-                 config file"
-                    .into(),
-            )
-        })?;
-    let output = storage.open(&output).map_err(|e| UsageError(e.to_string()))?;
-    let s = batchscore_scheduler::status(&output, &args.run_id)?;
-    let code = match s.state {
-        RunState::Complete => 0,
-        RunState::Failed => EXIT_PARTIAL,
-        RunState::Incomplete => EXIT_INCOMPLETE,
-    };
-    if args.summary == SummaryFormat::Json {
-        printer.out(&serde_json::to_string_pretty(&s)?);
-        return Ok(code);
-    }
-    let committed = s.shards.iter().filter(|sh| sh.committed).count();
-    let state = match s.state {
-        RunState::Complete => "complete".to_string(),
-        RunState::Failed => "complete, with more failures than the run tolerates".to_string(),
-        RunState::Incomplete => {
-            format!("incomplete: {committed} of {} shards committed", s.shards.len())
-        }
-    };
-    let t = &s.totals;
-    let mut lines = vec![
-        format!("run {}  ({state})", s.run_id),
-        format!("  output    {}/", s.url),
-        format!("  units     {} of {} committed", s.units_committed, s.units),
-        format!(
-            "  rows      {} scored, {} anomalies; {} series scored, {} failed, {} without input",
-            thousands(t.rows),
-            thousands(t.anomalies),
-            thousands(t.devices_scored),
-            thousands(t.devices_failed),
-            thousands(t.devices_no_input)
-        ),
-    ];
-    let missing: Vec<&str> =
-        s.shards.iter().filter(|sh| !sh.committed).map(|sh| sh.name.as_str()).collect();
-    if !missing.is_empty() {
-        let shown: Vec<&str> = missing.iter().take(10).copied().collect();
-        let more = missing.len().saturating_sub(shown.len());
-        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-        lines.push(format!("  waiting   {}{more}", shown.join(", ")));
-    }
-    for d in s.failed.iter().take(10) {
-        lines.push(format!(
-            "  failed    {}: {}: {}",
-            d.model_key(),
-            d.stage.as_deref().unwrap_or("?"),
-            d.reason.as_deref().unwrap_or("")
-        ));
-    }
-    printer.out(&lines.join("\n"));
-    Ok(code)
 }
 
 /// Generates the embedded sample and trains its models on first use, when the config asks.

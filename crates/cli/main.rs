@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod printer;
 mod progress;
+mod runs;
 mod settings;
 mod signals;
 mod usage;
@@ -118,9 +119,9 @@ fn dispatch(
         Command::Train(args) => commands::train(args, &config, storage, printer),
         Command::Generate(args) => commands::generate(args, storage, printer),
         Command::Models(args) => commands::models(args, &config, storage, printer),
-        Command::Status(args) => commands::status(args, &config, storage, printer),
+        Command::Status(args) => runs::status(args, &config, storage, printer),
         Command::Batch(args) => match &args.command {
-            cli::BatchCommand::Plan(plan) => commands::batch_plan(plan, printer),
+            cli::BatchCommand::Plan(plan) => runs::batch_plan(plan, printer),
         },
         Command::Config => commands::show_config(&config, storage, printer),
     }
