@@ -359,19 +359,24 @@ fn shard(
         (None, None, Some((i, _, from))) => (i, from.to_string()),
         (None, None, None) => (0, "default".to_string()),
     };
+    // The engine's count goes with the engine's index: it outranks the config file only when
+    // the index came from the engine too.
+    let from_engine = engine.is_some() && args.shard_index.is_none() && named.is_none();
     let engine_count = engine.and_then(|(_, count, _)| count);
-    let count = match (args.shard_count, engine_count, config.run.shard_count) {
-        (Some(n), _, _) => n,
-        (None, Some(n), _) if args.shard_index.is_none() && named.is_none() => n,
-        (None, _, Some(n)) => n,
-        (None, Some(n), None) => n,
-        (None, None, None) if engine.is_some() && args.shard_index.is_none() && named.is_none() => {
+    let count = args
+        .shard_count
+        .or(engine_count.filter(|_| from_engine))
+        .or(config.run.shard_count)
+        .or(engine_count);
+    let count = match count {
+        Some(n) => n,
+        None if from_engine => {
             return Err(UsageError(format!(
                 "{index_from} gives this process's shard index but not the shard count: pass \
                  --shard-count (or BATCHSCORE_SHARD_COUNT), e.g. the Job's completions"
             )));
         }
-        (None, None, None) => 1,
+        None => 1,
     };
     let shard = Shard::new(index, count).map_err(usage)?;
     Ok((shard, index_from))
