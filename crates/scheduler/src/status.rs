@@ -8,8 +8,8 @@ use batchscore_io::Location;
 use serde::Serialize;
 
 use crate::commit::{
-    DeviceOutcome, DeviceStatus, Manifest, PLAN, PlanRecord, Receipt, SUCCESS, Totals, from_json,
-    validate_success,
+    DeviceOutcome, DeviceStatus, PLAN, PlanRecord, Receipt, SUCCESS, Totals, from_json,
+    read_manifest, validate_success,
 };
 use crate::{MaxFailed, SchedulerError, Shard};
 
@@ -87,7 +87,7 @@ pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerErr
         let mut parts = Vec::new();
         for shard in shards.iter().filter(|s| s.committed) {
             let path = format!("_manifests/{}.json", shard.name);
-            let m: Manifest = from_json(&out, &path, &out.get(&path)?)?;
+            let m = read_manifest(&out, &path, &plan.run_id, count)?;
             parts.extend(m.parts);
             devices.extend(m.devices);
         }

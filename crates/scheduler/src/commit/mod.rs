@@ -29,6 +29,24 @@ pub(crate) use records::{PLAN, PlanRecord, Receipt, SUCCESS, failures_table, mer
 
 use crate::{SchedulerError, Shard};
 
+/// Reads the shard manifest at `path` of the run `run_id` split into `shard_count` shards; a
+/// manifest of another run or shard count is a damaged record.
+pub(crate) fn read_manifest(
+    out: &Location,
+    path: &str,
+    run_id: &str,
+    shard_count: u32,
+) -> Result<Manifest, SchedulerError> {
+    let m: Manifest = from_json(out, path, &out.get(path)?)?;
+    if m.run_id != run_id || m.shard_count != shard_count {
+        return Err(SchedulerError::CorruptRecord {
+            url: out.url_of(path),
+            reason: format!("a manifest of run `{}` with {} shards", m.run_id, m.shard_count),
+        });
+    }
+    Ok(m)
+}
+
 /// Checks a `_SUCCESS` found in `out`: a merged manifest of the run `plan` records, written by
 /// `shard_count` shards, whose totals agree with its parts and outcomes. A damaged one is an
 /// error, never "complete".
@@ -279,16 +297,7 @@ impl RunCommit {
         let mut failures_tables = Vec::new();
         let mut timings_ms = BTreeMap::new();
         for path in &names {
-            let m: Manifest = from_json(&self.out, path, &self.out.get(path)?)?;
-            if m.run_id != self.plan.run_id || m.shard_count != count {
-                return Err(SchedulerError::CorruptRecord {
-                    url: self.out.url_of(path),
-                    reason: format!(
-                        "a manifest of run `{}` with {} shards",
-                        m.run_id, m.shard_count
-                    ),
-                });
-            }
+            let m = read_manifest(&self.out, path, &self.plan.run_id, count)?;
             parts.extend(m.parts);
             devices.extend(m.devices);
             failures_tables.extend(m.failures_tables);
