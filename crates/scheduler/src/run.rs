@@ -122,12 +122,17 @@ struct Prepared {
     registry: Registry,
     dataset: Dataset,
     plan: Plan,
-    fingerprint: Fingerprint,
     run_id: String,
     total_rows: u64,
-    /// The whole run's plan as `_plan.json` stores it (the dataset of a shard that read a
-    /// stored plan holds only its own files).
-    stored: StoredPlan,
+    origin: Origin,
+}
+
+/// Where a prepared plan came from, which decides how the run is claimed.
+enum Origin {
+    /// A scan: the fingerprint and the whole plan, to store unless a shard stored them first.
+    Scanned(Fingerprint, StoredPlan),
+    /// The plan record the run already holds (the dataset has only this shard's files).
+    Stored(PlanRecord),
 }
 
 /// Rows per unit: ~16 units so a job spreads over cores and nodes, within the part-size bounds
@@ -150,7 +155,13 @@ fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerErro
         return Ok(None);
     };
     let record: PlanRecord = from_json(&out, PLAN, &bytes)?;
-    let Some(stored) = record.plan else {
+    if record.run_id != *run_id {
+        return Err(SchedulerError::CorruptRecord {
+            url: out.url_of(PLAN),
+            reason: format!("the plan record of run `{}` sits under run `{run_id}`", record.run_id),
+        });
+    }
+    let Some(stored) = &record.plan else {
         return Ok(None);
     };
     let registry = Registry::open_existing(spec.registry.clone())?;
@@ -172,15 +183,14 @@ fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerErro
     let mine = stored.plan().shard_units(spec.shard);
     let (dataset, plan) = stored.for_units(&spec.input, &mine, &out.url_of(PLAN))?;
     tracing::info!(run_id = %run_id, files = dataset.files.len(), "plan read from the run; only this shard's files opened");
-    let fingerprint = Fingerprint { digest: record.fingerprint, components: record.components };
+    let total_rows = stored.total_rows;
     Ok(Some(Prepared {
         registry,
         dataset,
         plan,
-        fingerprint,
         run_id: run_id.clone(),
-        total_rows: stored.total_rows,
-        stored,
+        total_rows,
+        origin: Origin::Stored(record),
     }))
 }
 
@@ -210,8 +220,8 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
         None => format!("run-{}", &fingerprint.digest[..16]),
     };
     check_run_id(&run_id)?;
-    let stored = StoredPlan::of(&dataset, &plan, total_rows);
-    Ok(Prepared { registry, dataset, plan, fingerprint, run_id, total_rows, stored })
+    let origin = Origin::Scanned(fingerprint, StoredPlan::of(&dataset, &plan, total_rows));
+    Ok(Prepared { registry, dataset, plan, run_id, total_rows, origin })
 }
 
 /// A sensor selection needs series to select from.
@@ -255,8 +265,12 @@ pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Schedul
         Some(prepared) => prepared,
         None => prepare(spec)?,
     };
-    let Prepared { registry, dataset, plan, fingerprint, run_id, total_rows, stored } = prepared;
-    let commit = claim(spec, &plan, fingerprint, run_id, stored)?;
+    let Prepared { registry, dataset, plan, run_id, total_rows, origin } = prepared;
+    let commit = match origin {
+        Origin::Scanned(fingerprint, stored) => claim(spec, &plan, fingerprint, run_id, stored)?,
+        // The record is in hand: nothing to write, nothing to read again.
+        Origin::Stored(record) => RunCommit::join(spec.output.join(&run_id)?, record, spec.shard)?,
+    };
     let run_id = commit.run_id().to_string();
     timings.insert("plan".to_string(), ms(started.elapsed()));
     tracing::info!(run_id = %run_id, units = plan.units.len(), rows = total_rows, files = dataset.files.len(), "planned");

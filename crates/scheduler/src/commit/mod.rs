@@ -115,30 +115,38 @@ impl RunCommit {
     /// that the record found there is for the same plan and shard count; then lists the
     /// directory once.
     pub fn claim(out: Location, plan: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
-        let conflict = |found: &PlanRecord| SchedulerError::RunConflict {
-            run_id: plan.run_id.clone(),
-            url: out.url().to_string(),
-            changes: found.differences(&plan),
-        };
-        let plan = if out.put_if_absent(PLAN, to_json("plan record", &plan)?)? {
-            plan
-        } else {
-            let found: PlanRecord = from_json(&out, PLAN, &out.get(PLAN)?)?;
-            if found.run_id != plan.run_id || found.fingerprint != plan.fingerprint {
-                return Err(conflict(&found));
-            }
-            if let Some(planned) = found.shard_count
-                && planned != shard.count()
-            {
-                return Err(SchedulerError::ShardCountConflict {
-                    run_id: plan.run_id,
-                    url: out.url().to_string(),
-                    planned,
-                    given: shard.count(),
-                });
-            }
-            found
-        };
+        if out.put_if_absent(PLAN, to_json("plan record", &plan)?)? {
+            return Self::open(out, plan, shard);
+        }
+        let found: PlanRecord = from_json(&out, PLAN, &out.get(PLAN)?)?;
+        if found.run_id != plan.run_id || found.fingerprint != plan.fingerprint {
+            return Err(SchedulerError::RunConflict {
+                run_id: plan.run_id.clone(),
+                url: out.url().to_string(),
+                changes: found.differences(&plan),
+            });
+        }
+        Self::join(out, found, shard)
+    }
+
+    /// Joins the run whose `_plan.json` holds `found` (a shard that read the stored plan):
+    /// checks the shard count, nothing is written.
+    pub fn join(out: Location, found: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
+        if let Some(planned) = found.shard_count
+            && planned != shard.count()
+        {
+            return Err(SchedulerError::ShardCountConflict {
+                run_id: found.run_id,
+                url: out.url().to_string(),
+                planned,
+                given: shard.count(),
+            });
+        }
+        Self::open(out, found, shard)
+    }
+
+    /// Lists the run directory once, for "committed?" on the first pass.
+    fn open(out: Location, plan: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
         let listing = out.list("")?.into_iter().map(|e| (e.path, e.size)).collect();
         Ok(Self { out, shard, plan, listing })
     }
