@@ -212,10 +212,7 @@ fn a_wrong_column_type_is_a_clear_error_naming_file_and_column() {
         ],
     )
     .unwrap();
-    let file = std::fs::File::create(readings.join("bad-types.parquet")).unwrap();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    write_parquet(&readings.join("bad-types.parquet"), &batch);
     let output = dir.path().join("out").display().to_string();
     let stderr = run_job(&readings.display().to_string(), &fixture().registry(), &output, &[], 4);
     assert!(stderr.contains("bad-types.parquet") && stderr.contains("`temperature`"), "{stderr}");

@@ -239,10 +239,7 @@ fn device_ids_beyond_i64_are_an_error_naming_the_value_not_dropped_rows() {
         ],
     )
     .unwrap();
-    let file = std::fs::File::create(input.join("ids.parquet")).unwrap();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    write_parquet(&input.join("ids.parquet"), &batch);
     let text = run_job(&input.display().to_string(), &fixture().registry(), &out_dir(&dir), &[], 4);
     assert!(text.contains("18446744073709551615") && text.contains("device_id"), "{text}");
 }

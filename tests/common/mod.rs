@@ -206,6 +206,14 @@ pub fn labels(data: &Path) -> HashMap<(i64, i64), bool> {
     out
 }
 
+/// Writes `batch` as a Parquet file at `path`, as a hostile or foreign writer would leave it.
+pub fn write_parquet(path: &Path, batch: &RecordBatch) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+}
+
 /// All files of a run directory with their bytes, by relative path.
 pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
