@@ -16,7 +16,7 @@ use crate::common::*;
 
 /// Uploads the fixture's readings and registry under `prefix` with the independent client;
 /// returns their `az://` URLs.
-fn upload_fixture(endpoint: &str, prefix: &str) -> (String, String) {
+pub(crate) fn upload_fixture(endpoint: &str, prefix: &str) -> (String, String) {
     let f = fixture();
     blob_py(endpoint, &["put-dir", &f.readings(), CONTAINER, &format!("{prefix}/readings")]);
     blob_py(endpoint, &["put-dir", &f.registry(), CONTAINER, &format!("{prefix}/models")]);
@@ -46,7 +46,7 @@ fn remote(name: &str) -> Option<Remote> {
 /// A config file with fast retries, a request timeout shorter than the proxy's slow answers, and
 /// small multipart blocks, so faults cost little time, slow answers become client timeouts, and
 /// every part of the fixture goes up in several blocks.
-fn storage_config(dir: &Path) -> String {
+pub(crate) fn storage_config(dir: &Path) -> String {
     let path = dir.join("storage.toml");
     std::fs::write(
         &path,
@@ -65,7 +65,7 @@ fn remote_manifest(endpoint: &str, run_prefix: &str) -> serde_json::Value {
 
 /// Checks a committed run on Azurite: every part the manifest names is a blob of the recorded
 /// size, and no other part blob exists. Returns the scored rows.
-fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
+pub(crate) fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
     let m = remote_manifest(endpoint, run_prefix);
     let blobs = list_blobs(endpoint, &format!("{run_prefix}/"));
     let parts: Vec<(String, u64)> = blobs
@@ -84,7 +84,7 @@ fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
 }
 
 /// Part files and receipts of a run: the bytes that must not depend on faults or attempts.
-fn committed_bytes(endpoint: &str, run_prefix: &str) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn committed_bytes(endpoint: &str, run_prefix: &str) -> Vec<(String, Vec<u8>)> {
     list_blobs(endpoint, &format!("{run_prefix}/"))
         .into_iter()
         .filter(|(name, _)| name.ends_with(".parquet") || name.contains("/_receipts/"))

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
 mod azure;
+mod azure_batch;
 mod common;
 mod engines;
 mod exactly_once;

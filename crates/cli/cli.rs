@@ -41,7 +41,8 @@ pub enum Command {
     /// Inspect and verify a model registry.
     Models(ModelsArgs),
     /// Run on batch engines: `batch plan` writes the job that runs `batchscore run` as
-    /// shards of one run (Kubernetes Indexed Job, Slurm array, AWS Batch array job).
+    /// shards of one run (Azure Batch job schedule, Kubernetes Indexed Job, Slurm array, AWS
+    /// Batch array job); `batch fan-out` is the Azure Batch job manager that adds the shards.
     Batch(BatchArgs),
     /// Where a run stands, read from its output: shards committed or missing, units, rows,
     /// failed series. Exit code 0 complete, 3 complete with more failures than the run
@@ -64,12 +65,75 @@ pub enum BatchCommand {
     /// Write the job for one run as N shards: the run id, the window and the shard count are
     /// fixed here, so every shard scores the same plan; each shard finds its index in the
     /// engine's environment. The `batchscore run` flags follow `--`.
-    Plan(BatchPlanArgs),
+    Plan(Box<BatchPlanArgs>),
+    /// The job manager task of an Azure Batch job (what `batch plan --target azure-batch`
+    /// schedules): fixes the run's window from the job's creation time, stores the run's plan,
+    /// and adds the shard tasks through the Batch REST API, signed in as the node's managed
+    /// identity. Retrying it adds nothing twice. The `batchscore run` flags follow `--`.
+    FanOut(Box<FanOutArgs>),
+}
+
+/// Where tasks find batchscore on an Azure Batch node (shared by `plan` and `fan-out`).
+#[derive(Debug, Args, Clone)]
+pub struct AzureTaskArgs {
+    /// Application package holding the `batchscore` binary, `ID[:VERSION]` (azure-batch);
+    /// tasks run `$AZ_BATCH_APP_PACKAGE_<id>_<version>/batchscore`.
+    #[arg(long = "app-package", value_name = "ID[:VERSION]")]
+    pub app_packages: Vec<String>,
+    /// The program to run when it is on the node's PATH or at a fixed path (default
+    /// `batchscore`); with --image, the image's `batchscore`.
+    #[arg(long, value_name = "PATH")]
+    pub program: Option<String>,
+    /// Longest run of one shard attempt, e.g. `50m` (Batch ends it and retries).
+    #[arg(long, value_name = "PERIOD")]
+    pub task_wall_clock: Option<String>,
+    /// Batch REST API version (default 2025-06-01).
+    #[arg(long, value_name = "VERSION")]
+    pub api_version: Option<String>,
+}
+
+/// `batchscore batch fan-out`.
+#[derive(Debug, Args)]
+pub struct FanOutArgs {
+    /// The schedule's name; the run id is NAME-WINDOWSTART.
+    #[arg(long)]
+    pub name: String,
+    /// Shard tasks to add.
+    #[arg(long, value_name = "N")]
+    pub shards: u32,
+    /// The schedule's interval (`1h`): the window is the last whole interval ending at least
+    /// --delay before the job was created.
+    #[arg(long, value_name = "PERIOD", required_unless_present = "from")]
+    pub every: Option<String>,
+    /// Time left after an interval ends for late readings (`5m`).
+    #[arg(long, value_name = "PERIOD", default_value = "0s")]
+    pub delay: String,
+    /// Take this as the job's creation time instead of asking Batch (re-running an interval
+    /// by hand).
+    #[arg(long, value_name = "TIME", conflicts_with = "from")]
+    pub scheduled_time: Option<String>,
+    /// A fixed window instead of one derived from the job (a one-off run).
+    #[arg(long, value_name = "TIME", requires = "to")]
+    pub from: Option<String>,
+    #[arg(long, value_name = "TIME", requires = "from")]
+    pub to: Option<String>,
+    /// Retries of a shard task that exits nonzero.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Container image holding batchscore (container pools).
+    #[arg(long)]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub task: AzureTaskArgs,
+    /// `batchscore run` flags every shard gets.
+    #[arg(last = true, value_name = "RUN_FLAGS")]
+    pub run_args: Vec<String>,
 }
 
 /// The engines `batch plan` writes for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TargetArg {
+    AzureBatch,
     Kubernetes,
     Slurm,
     AwsBatch,
@@ -78,8 +142,10 @@ pub enum TargetArg {
 /// `batchscore batch plan`.
 #[derive(Debug, Args)]
 pub struct BatchPlanArgs {
-    /// The engine: `kubernetes` (Indexed Job YAML), `slurm` (sbatch array script) or
-    /// `aws-batch` (`aws batch submit-job --cli-input-json` input).
+    /// The engine: `azure-batch` (a job schedule for `az batch job-schedule create
+    /// --json-file`, or with --from/--to/--last a one-off job and its tasks), `kubernetes`
+    /// (Indexed Job YAML), `slurm` (sbatch array script) or `aws-batch` (`aws batch
+    /// submit-job --cli-input-json` input).
     #[arg(long, value_enum)]
     pub target: TargetArg,
     /// Shards of the run (tasks several times the node count let the engine balance them).
@@ -94,9 +160,38 @@ pub struct BatchPlanArgs {
     /// Retries of a shard after a retry-worthy failure (exit codes other than 2, 3, 4).
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
-    /// Container image holding batchscore (kubernetes).
+    /// Container image holding batchscore (kubernetes; azure-batch container pools).
     #[arg(long)]
     pub image: Option<String>,
+    /// The pool the jobs run on (azure-batch): one created with a user-assigned identity
+    /// (see infra/batch-pool.bicep).
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Run every PERIOD (azure-batch): a job schedule, each job scoring the last whole
+    /// interval (`1h`, `15m`, `1d`).
+    #[arg(long, value_name = "PERIOD", conflicts_with_all = ["from", "to", "last"])]
+    pub every: Option<String>,
+    /// Start each job this long after its interval ends, for late readings (azure-batch).
+    #[arg(long, value_name = "PERIOD", default_value = "0s")]
+    pub delay: String,
+    /// How late a job may start before Batch skips its slot (azure-batch; default: half the
+    /// interval).
+    #[arg(long, value_name = "PERIOD")]
+    pub start_window: Option<String>,
+    /// Longest a job runs before Batch ends it (azure-batch; default and maximum: the
+    /// interval, so one slow run cannot make the next slot go missing).
+    #[arg(long, value_name = "PERIOD")]
+    pub job_wall_clock: Option<String>,
+    /// `NAME=VALUE` every task gets (azure-batch), e.g.
+    /// `AZURE_STORAGE_ACCOUNT_NAME=acct`; repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Client id of the pool's user-assigned identity (azure-batch): tasks sign in to storage
+    /// and Batch as it (sets AZURE_CLIENT_ID for every task).
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    #[command(flatten)]
+    pub azure: AzureTaskArgs,
     /// Job queue (aws-batch).
     #[arg(long)]
     pub queue: Option<String>,

@@ -7,6 +7,7 @@
 //! 75 storage unavailable, worth retrying later; 130 / 143 stopped by SIGINT / SIGTERM (the same
 //! command resumes the run).
 
+mod azure;
 mod cli;
 mod commands;
 mod config;
@@ -20,6 +21,7 @@ mod usage;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use batchscore_batch::azure::BatchError;
 use batchscore_io::{ErrorClass, IoError, Storage};
 use batchscore_registry::RegistryError;
 use batchscore_scheduler::SchedulerError;
@@ -122,6 +124,7 @@ fn dispatch(
         Command::Status(args) => runs::status(args, &config, storage, printer),
         Command::Batch(args) => match &args.command {
             cli::BatchCommand::Plan(plan) => runs::batch_plan(plan, printer),
+            cli::BatchCommand::FanOut(fan_out) => azure::fan_out(fan_out, printer),
         },
         Command::Config => commands::show_config(&config, storage, printer),
     }
@@ -158,6 +161,9 @@ fn error_class(error: &anyhow::Error) -> ErrorClass {
             return e.class();
         }
         if let Some(e) = cause.downcast_ref::<IoError>() {
+            return e.class();
+        }
+        if let Some(e) = cause.downcast_ref::<BatchError>() {
             return e.class();
         }
     }

@@ -5,7 +5,7 @@ use anyhow::Result;
 use chrono::Utc;
 
 use batchscore_io::Storage;
-use batchscore_scheduler::RunState;
+use batchscore_scheduler::{RunState, TimeWindow};
 
 use crate::cli::{BatchPlanArgs, Cli, StatusArgs, SummaryFormat, TargetArg};
 use crate::commands::EXIT_PARTIAL;
@@ -18,50 +18,77 @@ use crate::usage::UsageError;
 const PINNED_RUN_FLAGS: [&str; 7] =
     ["--run-id", "--from", "--to", "--last", "--shard-index", "--shard-count", "--shard-index-env"];
 
-/// `batchscore batch plan`: the job for one run as shards of an engine's array construct.
-pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
-    use batchscore_batch::{Engine, JobSpec};
-    if let Some(flag) = args.run_args.iter().find(|a| {
+/// Refuses run flags that `batch plan` or `batch fan-out` fix for every shard.
+pub fn check_pass_through(run_args: &[String]) -> Result<(), UsageError> {
+    if let Some(flag) = run_args.iter().find(|a| {
         PINNED_RUN_FLAGS.iter().any(|p| a.as_str() == *p || a.starts_with(&format!("{p}=")))
     }) {
         return Err(UsageError(format!(
             "{flag} is fixed by `batch plan` for every shard (use its --from/--to/--last and \
              --shards), not passed through"
-        ))
-        .into());
+        )));
     }
-    let window =
-        settings::window(args.from.clone(), args.to.clone(), args.last.clone(), Utc::now())?;
-    let at = |us: i64| chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
-    let run_id = match window.from_us {
-        Some(from) => format!("{}-{}", args.name, at(from).format("%Y%m%dT%H%M%SZ")),
-        None => args.name.clone(),
-    };
-    let mut command: Vec<String> = ["batchscore", "run"].map(String::from).to_vec();
-    command.extend(args.run_args.iter().cloned());
-    command.extend(["--run-id".to_string(), run_id]);
+    Ok(())
+}
+
+fn at(us: i64) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// The run id of job `name` scoring the window starting at `from_us`: the same for every
+/// attempt, and for a one-off job that finishes a scheduled run.
+pub fn run_id_of(name: &str, from_us: Option<i64>) -> String {
+    match from_us {
+        Some(from) => format!("{name}-{}", at(from).format("%Y%m%dT%H%M%SZ")),
+        None => name.to_string(),
+    }
+}
+
+/// The shards' `batchscore run` flags: those passed through, then the pinned run id and window.
+pub fn pinned_run_args(run_args: &[String], run_id: &str, window: &TimeWindow) -> Vec<String> {
+    let mut args = run_args.to_vec();
+    args.extend(["--run-id".to_string(), run_id.to_string()]);
     for (flag, us) in [("--from", window.from_us), ("--to", window.to_us)] {
         if let Some(us) = us {
-            command.extend([
+            args.extend([
                 flag.to_string(),
                 at(us).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             ]);
         }
     }
-    command.extend(["--shard-count".to_string(), args.shards.to_string()]);
-    // The shards' command must parse as it will on every node: a typo fails here, not on 1,000
-    // nodes at once.
-    if let Err(e) = <Cli as clap::Parser>::try_parse_from(&command) {
-        return Err(UsageError(format!(
-            "the shards' command `{}` does not parse: {e}",
-            command.join(" ")
-        ))
-        .into());
+    args
+}
+
+/// The shards' command must parse as it will on every node: a typo fails here, not on 1,000
+/// nodes at once. Returns the parsed command.
+pub fn parse_shard_command(run_args: &[String], shards: u32) -> Result<Cli, UsageError> {
+    let mut command: Vec<String> = ["batchscore", "run"].map(String::from).to_vec();
+    command.extend(run_args.iter().cloned());
+    command.extend(["--shard-count".to_string(), shards.to_string()]);
+    <Cli as clap::Parser>::try_parse_from(&command).map_err(|e| {
+        UsageError(format!("the shards' command `{}` does not parse: {e}", command.join(" ")))
+    })
+}
+
+/// `batchscore batch plan`: the job for one run as shards of an engine's array construct.
+pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
+    use batchscore_batch::{Engine, JobSpec};
+    check_pass_through(&args.run_args)?;
+    if args.target == TargetArg::AzureBatch {
+        return crate::azure::plan(args, printer);
     }
+    let window =
+        settings::window(args.from.clone(), args.to.clone(), args.last.clone(), Utc::now())?;
+    let run_id = run_id_of(&args.name, window.from_us);
+    let mut run_args = pinned_run_args(&args.run_args, &run_id, &window);
+    run_args.extend(["--shard-count".to_string(), args.shards.to_string()]);
+    parse_shard_command(&run_args, args.shards)?;
+    let mut command: Vec<String> = ["batchscore", "run"].map(String::from).to_vec();
+    command.extend(run_args);
     let engine = match args.target {
         TargetArg::Kubernetes => Engine::Kubernetes,
         TargetArg::Slurm => Engine::Slurm,
-        TargetArg::AwsBatch => Engine::AwsBatch,
+        TargetArg::AwsBatch | TargetArg::AzureBatch => Engine::AwsBatch,
     };
     let spec = JobSpec {
         name: args.name.clone(),
@@ -74,15 +101,21 @@ pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
         job_definition: args.job_definition.clone(),
     };
     let text = batchscore_batch::template(engine, &spec).map_err(|e| UsageError(e.to_string()))?;
-    match &args.out {
+    write_out(args.out.as_deref(), &text, printer)?;
+    Ok(0)
+}
+
+/// Writes a template to `out`, or to stdout.
+pub fn write_out(out: Option<&str>, text: &str, printer: Printer) -> Result<(), UsageError> {
+    match out {
         Some(path) => {
-            std::fs::write(path, &text)
+            std::fs::write(path, text)
                 .map_err(|e| UsageError(format!("cannot write the template to {path}: {e}")))?;
             printer.note(&format!("wrote {path}"));
         }
         None => printer.out(text.trim_end()),
     }
-    Ok(0)
+    Ok(())
 }
 
 /// Exit code of `status` for a run that is not complete yet: EX_TEMPFAIL, "ask again later".

@@ -23,8 +23,8 @@ pub use error::{Cancelled, ErrorClass, IoError, error_causes, error_chain};
 pub use hive::hive_value;
 pub use location::{Canceller, Entry, Location, Storage};
 pub use options::{
-    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MULTIPART_PART_SIZE, RetrySettings, StorageOptions,
-    compact_service_errors, redact,
+    AzureIdentity, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MULTIPART_PART_SIZE, RetrySettings,
+    StorageOptions, compact_service_errors, redact,
 };
 pub use parquet_io::{ParquetSource, WriteOptions, decode_parquet, encode_csv, encode_parquet};
 pub use upload::Written;

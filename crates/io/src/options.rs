@@ -30,6 +30,37 @@ pub struct StorageOptions {
     pub(crate) multipart_part_size: usize,
 }
 
+/// The settings that say who a process is to Microsoft Entra ID, as storage reads them:
+/// workload identity (client id, tenant, federated token file), a service principal (client
+/// id, secret, tenant) or a managed identity (optionally chosen by client id, object id or
+/// resource id, at an overridable endpoint).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AzureIdentity {
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub tenant_id: Option<String>,
+    pub authority_host: Option<String>,
+    pub federated_token_file: Option<String>,
+    pub msi_endpoint: Option<String>,
+    pub object_id: Option<String>,
+    pub msi_resource_id: Option<String>,
+}
+
+impl std::fmt::Debug for AzureIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureIdentity")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "***"))
+            .field("tenant_id", &self.tenant_id)
+            .field("authority_host", &self.authority_host)
+            .field("federated_token_file", &self.federated_token_file)
+            .field("msi_endpoint", &self.msi_endpoint)
+            .field("object_id", &self.object_id)
+            .field("msi_resource_id", &self.msi_resource_id)
+            .finish()
+    }
+}
+
 /// Retries of failed requests: attempts, total time, and the exponential backoff between them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetrySettings {
@@ -203,6 +234,28 @@ impl StorageOptions {
             .collect()
     }
 
+    /// The Azure identity settings, under whichever of object_store's aliases they were given
+    /// (`azure_client_id`, `AZURE_CLIENT_ID`, `client_id`, ...): what another Azure service's
+    /// client (Azure Batch) needs to sign in the way storage does.
+    pub fn azure_identity(&self) -> AzureIdentity {
+        let mut id = AzureIdentity::default();
+        for (key, value) in self.for_backend::<AzureConfigKey>() {
+            let slot = match key {
+                AzureConfigKey::ClientId => &mut id.client_id,
+                AzureConfigKey::ClientSecret => &mut id.client_secret,
+                AzureConfigKey::AuthorityId => &mut id.tenant_id,
+                AzureConfigKey::AuthorityHost => &mut id.authority_host,
+                AzureConfigKey::FederatedTokenFile => &mut id.federated_token_file,
+                AzureConfigKey::MsiEndpoint => &mut id.msi_endpoint,
+                AzureConfigKey::ObjectId => &mut id.object_id,
+                AzureConfigKey::MsiResourceId => &mut id.msi_resource_id,
+                _ => continue,
+            };
+            *slot = Some(value.to_string());
+        }
+        id
+    }
+
     /// The options one backend understands, with its parsed key type.
     pub(crate) fn for_backend<K: FromStr>(&self) -> impl Iterator<Item = (K, &str)> {
         self.options.iter().filter_map(|(k, v)| Some((K::from_str(k).ok()?, v.as_str())))
@@ -306,6 +359,24 @@ pub fn compact_service_errors(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn azure_identity_reads_every_alias() {
+        let mut o = StorageOptions::default();
+        o.set_from_env([
+            ("AZURE_CLIENT_ID".to_string(), "cid".to_string()),
+            ("AZURE_TENANT_ID".to_string(), "tid".to_string()),
+            ("AZURE_FEDERATED_TOKEN_FILE".to_string(), "/t".to_string()),
+            ("IDENTITY_ENDPOINT".to_string(), "http://127.0.0.1:1/token".to_string()),
+        ]);
+        o.set("azure_client_secret", "s3cret").unwrap();
+        let id = o.azure_identity();
+        assert_eq!(id.client_id.as_deref(), Some("cid"));
+        assert_eq!(id.tenant_id.as_deref(), Some("tid"));
+        assert_eq!(id.federated_token_file.as_deref(), Some("/t"));
+        assert_eq!(id.msi_endpoint.as_deref(), Some("http://127.0.0.1:1/token"));
+        assert!(!format!("{id:?}").contains("s3cret"));
+    }
 
     #[test]
     fn keys_are_validated_and_secrets_redacted() {

@@ -141,11 +141,10 @@ fn target_rows(spec: &RunSpec, total_rows: u64) -> u64 {
     total_rows.div_ceil(16).clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows))
 }
 
-/// A shard of a run whose plan is stored: the plan is read, not computed (no listing, no
-/// footers but those of this shard's files), after checking that this shard's settings are the
-/// run's. `None` when there is nothing to read: no `--run-id` (the id derives from a scan), no
-/// `_plan.json` yet (this is the first shard), or one from a build that stored no plan.
-fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerError> {
+/// The plan record run `spec.run_id` already holds, checked against this call's settings (the
+/// registry it opened comes along). `None` when there is nothing to read: no `--run-id` (the id
+/// derives from a scan), no `_plan.json` yet, or one from a build that stored no plan.
+fn stored_record(spec: &RunSpec) -> Result<Option<(PlanRecord, Registry)>, SchedulerError> {
     let Some(run_id) = &spec.run_id else {
         return Ok(None);
     };
@@ -180,18 +179,80 @@ fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerErro
     }
     spec.output_spec.check(&stored.columns)?;
     check_sensor_selection(&spec.sensors, &stored.columns)?;
+    Ok(Some((record, registry)))
+}
+
+/// A shard of a run whose plan is stored: the plan is read, not computed (no listing, no
+/// footers but those of this shard's files), after checking that this shard's settings are the
+/// run's.
+fn prepare_from_stored(spec: &RunSpec) -> Result<Option<Prepared>, SchedulerError> {
+    let Some((record, registry)) = stored_record(spec)? else {
+        return Ok(None);
+    };
+    let Some(stored) = &record.plan else {
+        return Ok(None);
+    };
+    let out = spec.output.join(&record.run_id)?;
     let mine = stored.plan().shard_units(spec.shard);
     let (dataset, plan) = stored.for_units(&spec.input, &mine, &out.url_of(PLAN))?;
-    tracing::info!(run_id = %run_id, files = dataset.files.len(), "plan read from the run; only this shard's files opened");
+    tracing::info!(run_id = %record.run_id, files = dataset.files.len(), "plan read from the run; only this shard's files opened");
     let total_rows = stored.total_rows;
     Ok(Some(Prepared {
         registry,
         dataset,
         plan,
-        run_id: run_id.clone(),
+        run_id: record.run_id.clone(),
         total_rows,
         origin: Origin::Stored(record),
     }))
+}
+
+/// What [`store_plan`] found or wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredRun {
+    pub run_id: String,
+    pub output_url: String,
+    pub units: usize,
+    pub shard_count: u32,
+    /// Rows of the whole plan.
+    pub rows: u64,
+    /// True when the run already held this plan (an earlier attempt stored it).
+    pub existed: bool,
+}
+
+/// Plans run `spec` and stores the plan with it (create-only), scoring nothing: what a job
+/// manager does once so that its shards read the plan instead of each listing the input and
+/// reading every footer. Storing again with the same settings finds the plan and changes
+/// nothing; other settings are refused as for a shard.
+pub fn store_plan(spec: &RunSpec) -> Result<StoredRun, SchedulerError> {
+    if let Some((record, _)) = stored_record(spec)? {
+        RunCommit::join(spec.output.join(&record.run_id)?, record.clone(), spec.shard)?;
+        let rows = record.plan.as_ref().map_or(0, |p| p.total_rows);
+        return Ok(StoredRun {
+            output_url: spec.output.url_of(&record.run_id),
+            units: record.units,
+            shard_count: spec.shard.count(),
+            rows,
+            existed: true,
+            run_id: record.run_id,
+        });
+    }
+    let Prepared { plan, run_id, origin, total_rows, .. } = prepare(spec)?;
+    let Origin::Scanned(fingerprint, stored) = origin else {
+        return Err(SchedulerError::InvalidSetting {
+            setting: "run-id",
+            reason: "a scanned plan was expected".into(),
+        });
+    };
+    let commit = claim(spec, &plan, fingerprint, run_id, stored)?;
+    Ok(StoredRun {
+        run_id: commit.run_id().to_string(),
+        output_url: commit.url().to_string(),
+        units: plan.units.len(),
+        shard_count: spec.shard.count(),
+        rows: total_rows,
+        existed: false,
+    })
 }
 
 fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
