@@ -226,3 +226,69 @@ fn a_planned_window_pins_the_run_id_and_bad_plans_are_refused() {
         expect_code(&args, 2);
     }
 }
+
+#[test]
+fn azure_batch_one_off_job_and_its_tasks() {
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    let file = dir.path().join("job.json");
+    let file_s = file.display().to_string();
+    let mut extra = vec!["--pool", "scoring", "--from", "2026-01-01", "--to", "2026-01-02"];
+    extra.extend(["--retries", "2", "--out", &file_s]);
+    let said = plan("azure-batch", &out.display().to_string(), &extra);
+    assert!(said.contains("az batch job set --job-id nightly-20260101T000000Z"), "{said}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let job = &plan["job"];
+    assert_eq!(job["id"], "nightly-20260101T000000Z");
+    assert_eq!(job["poolInfo"]["poolId"], "scoring");
+    assert_eq!(job["onAllTasksComplete"], "noaction", "a job without tasks counts as complete");
+    let tasks = plan["tasks"]["value"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    // Each task as Batch runs it: its command line split into words (here by `sh`, which splits
+    // it the same way), the index and count only in its environment settings.
+    let bin = Path::new(env!("CARGO_BIN_EXE_batchscore")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    for (i, task) in tasks.iter().enumerate() {
+        assert_eq!(task["id"], format!("shard-{i:05}-of-00003"));
+        assert_eq!(task["constraints"]["maxTaskRetryCount"], 2);
+        let mut sh = std::process::Command::new("/bin/sh");
+        sh.args(["-c", task["commandLine"].as_str().unwrap()]).env("PATH", &path);
+        sh.current_dir(dir.path()).env_remove("BATCHSCORE_CONFIG");
+        for e in task["environmentSettings"].as_array().unwrap() {
+            sh.env(e["name"].as_str().unwrap(), e["value"].as_str().unwrap());
+        }
+        let output = sh.output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    check_complete(&out, "nightly-20260101T000000Z");
+
+    // What cannot work is refused before anything is submitted.
+    let readings = fixture().readings();
+    let base = ["--target", "azure-batch", "--shards", "2", "--name", "ok"];
+    for bad in [
+        vec!["--every", "1h", "--", "--input", &readings],
+        vec!["--pool", "p", "--", "--input", &readings],
+        vec!["--pool", "p", "--every", "30s", "--", "--input", &readings],
+        vec!["--pool", "p", "--every", "1h", "--delay", "1h", "--", "--input", &readings],
+        vec!["--pool", "p", "--every", "1h", "--start-window", "1h", "--", "--input", &readings],
+        vec!["--pool", "p", "--every", "1h", "--job-wall-clock", "2h", "--", "--input", &readings],
+        vec!["--pool", "p", "--every", "1h", "--parallelism", "2", "--", "--input", &readings],
+        vec!["--pool", "p", "--last", "1h", "--", "--input", "a b"],
+        vec!["--pool", "p", "--every", "1h", "--app-package", "a b", "--", "--input", &readings],
+    ] {
+        let mut args = vec!["batch", "plan"];
+        args.extend(base);
+        args.extend(bad.iter());
+        expect_code(&args, 2);
+    }
+    // Outside a Batch task the job manager says what is missing.
+    let text = expect_code(
+        &[
+            "batch", "fan-out", "--name", "ok", "--shards", "2", "--every", "1h", "--", "--input",
+            &readings,
+        ],
+        2,
+    );
+    assert!(text.contains("AZ_BATCH_ACCOUNT_URL is not set"), "{text}");
+}

@@ -80,11 +80,11 @@ pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
     let window =
         settings::window(args.from.clone(), args.to.clone(), args.last.clone(), Utc::now())?;
     let run_id = run_id_of(&args.name, window.from_us);
-    let mut run_args = pinned_run_args(&args.run_args, &run_id, &window);
-    run_args.extend(["--shard-count".to_string(), args.shards.to_string()]);
+    let run_args = pinned_run_args(&args.run_args, &run_id, &window);
     parse_shard_command(&run_args, args.shards)?;
     let mut command: Vec<String> = ["batchscore", "run"].map(String::from).to_vec();
     command.extend(run_args);
+    command.extend(["--shard-count".to_string(), args.shards.to_string()]);
     let engine = match args.target {
         TargetArg::Kubernetes => Engine::Kubernetes,
         TargetArg::Slurm => Engine::Slurm,
