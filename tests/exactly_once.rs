@@ -302,12 +302,27 @@ fn status_says_incomplete_complete_or_failed() {
     let (_, json) = status("s", true);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["state"], "incomplete");
+    // A failed attempt of shard 1 (other settings than the run's) leaves its reason for
+    // `status`, which shows it until an attempt commits the shard.
     args.pop();
     args.push("1");
+    let mut other = args.clone();
+    other.extend(["--devices", "0..5"]);
+    expect_code(&other, 2);
+    let (code, text) = status("s", false);
+    assert_eq!(code, Some(75), "{text}");
+    assert!(
+        text.contains("shard     shard-00001-of-00002 last failed at")
+            && text.contains("(usage): run `s`"),
+        "{text}"
+    );
+    let (_, json) = status("s", true);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["shards"][1]["error"]["class"], "usage", "{json}");
     expect_code(&args, 0);
     let (code, text) = status("s", false);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("(complete)"), "{text}");
+    assert!(text.contains("(complete)") && !text.contains("last failed"), "{text}");
     let (_, json) = status("s", true);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json["totals"]["rows"], DEVICES as u64 * ROWS as u64);

@@ -177,6 +177,14 @@ pub fn status(
         let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         lines.push(format!("  waiting   {}{more}", shown.join(", ")));
     }
+    for sh in s.shards.iter().filter(|sh| !sh.committed) {
+        if let Some(e) = &sh.error {
+            lines.push(format!(
+                "  shard     {} last failed at {} ({}): {}",
+                sh.name, e.at, e.class, e.error
+            ));
+        }
+    }
     for d in s.failed.iter().take(10) {
         lines.push(format!(
             "  failed    {}: {}: {}",

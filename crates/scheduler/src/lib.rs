@@ -24,7 +24,7 @@ mod stored;
 mod train;
 
 pub use batchscore_io::{error_causes, error_chain};
-pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo};
+pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, ShardError};
 pub use dataset::{InputColumns, Layout};
 pub use error::SchedulerError;
 pub use output::{OutputFormat, OutputProfile, OutputSpec};

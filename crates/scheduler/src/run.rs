@@ -319,7 +319,41 @@ pub fn dry_run(spec: &RunSpec) -> Result<PlanSummary, SchedulerError> {
 }
 
 /// Runs this shard's part of a scoring job. See [`crate::commit`] for the commit protocol.
+///
+/// A shard of a named run that fails leaves a record of why in the run
+/// (`_shard_errors/SHARD.json`), which `status` shows until an attempt commits the shard: an
+/// engine that retries the task shows only exit codes, an operator wants the reason.
 pub fn run(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, SchedulerError> {
+    let result = run_shard(spec, progress);
+    if let Err(error) = &result {
+        record_shard_error(spec, error);
+    }
+    result
+}
+
+/// Writes the failure record of this shard, best effort: the failure being reported matters
+/// more than a record that could not be written (storage may be what failed).
+fn record_shard_error(spec: &RunSpec, error: &SchedulerError) {
+    let class = error.class();
+    let (Some(run_id), false) = (&spec.run_id, class == ErrorClass::Interrupted) else {
+        return;
+    };
+    let Ok(out) = spec.output.join(run_id) else { return };
+    let record = crate::commit::ShardError {
+        shard: spec.shard.name(),
+        class: crate::commit::class_name(class).to_string(),
+        error: batchscore_io::error_chain(error),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    if let Ok(bytes) = serde_json::to_vec_pretty(&record) {
+        let path = crate::commit::ShardError::path(&record.shard);
+        if let Err(e) = out.put(&path, bytes.into()) {
+            tracing::warn!(error = %e, "cannot record why the shard failed");
+        }
+    }
+}
+
+fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, SchedulerError> {
     let started = Instant::now();
     let mut timings = BTreeMap::new();
     let prepared = match prepare_from_stored(spec)? {

@@ -8,8 +8,8 @@ use batchscore_io::Location;
 use serde::Serialize;
 
 use crate::commit::{
-    DeviceOutcome, DeviceStatus, PLAN, PlanRecord, Receipt, SUCCESS, Totals, from_json,
-    read_manifest, validate_success,
+    DeviceOutcome, DeviceStatus, PLAN, PlanRecord, Receipt, SUCCESS, ShardError, Totals,
+    from_json, read_manifest, validate_success,
 };
 use crate::{MaxFailed, SchedulerError, Shard};
 
@@ -30,6 +30,10 @@ pub enum RunState {
 pub struct ShardState {
     pub name: String,
     pub committed: bool,
+    /// Why the last failed attempt of a shard not committed yet failed (an engine may still
+    /// retry it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ShardError>,
 }
 
 /// What `status` reports.
@@ -67,12 +71,23 @@ pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerErr
         .filter_map(|p| p.strip_prefix("_manifests/")?.strip_suffix(".json"))
         .collect();
     let count = plan.shard_count.or_else(|| shard_count_of(&manifests)).unwrap_or(1);
-    let shards: Vec<ShardState> = (0..count)
-        .map(|i| {
-            let name = Shard::name_of(i, count);
-            ShardState { committed: manifests.contains(name.as_str()), name }
-        })
+    let errors: BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|p| p.strip_prefix("_shard_errors/")?.strip_suffix(".json"))
         .collect();
+    let mut shards = Vec::new();
+    for i in 0..count {
+        let name = Shard::name_of(i, count);
+        let committed = manifests.contains(name.as_str());
+        let error = match !committed && errors.contains(name.as_str()) {
+            // A damaged or vanished record says less than nothing: skip it.
+            true => out
+                .get_opt(&ShardError::path(&name))?
+                .and_then(|bytes| serde_json::from_slice::<ShardError>(&bytes).ok()),
+            false => None,
+        };
+        shards.push(ShardState { name, committed, error });
+    }
     let receipts: BTreeSet<&str> =
         listed.iter().map(String::as_str).filter(|p| p.starts_with("_receipts/")).collect();
     let units_committed =

@@ -24,8 +24,10 @@ use batchscore_io::{Location, Written};
 pub(crate) use records::FORMAT;
 pub(crate) use records::from_json;
 use records::to_json;
-pub use records::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, Totals};
-pub(crate) use records::{PLAN, PlanRecord, Receipt, SUCCESS, failures_table, merge_outcomes};
+pub use records::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, ShardError, Totals};
+pub(crate) use records::{
+    PLAN, PlanRecord, Receipt, SUCCESS, class_name, failures_table, merge_outcomes,
+};
 
 use crate::{SchedulerError, Shard};
 

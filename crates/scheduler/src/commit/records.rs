@@ -399,3 +399,36 @@ mod tests {
         );
     }
 }
+
+/// Why a shard's last attempt failed (`_shard_errors/SHARD.json`), written by the attempt;
+/// not part of the commit: a committed shard's record is stale and ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardError {
+    pub shard: String,
+    /// `usage`, `bad_input`, `unavailable` or `internal`.
+    pub class: String,
+    /// The error and its causes, credentials redacted.
+    pub error: String,
+    /// When the attempt failed (RFC 3339).
+    pub at: String,
+}
+
+impl ShardError {
+    pub const DIR: &'static str = "_shard_errors";
+
+    pub fn path(shard: &str) -> String {
+        format!("{}/{shard}.json", Self::DIR)
+    }
+}
+
+/// The name of an error class in records.
+pub fn class_name(class: batchscore_io::ErrorClass) -> &'static str {
+    use batchscore_io::ErrorClass;
+    match class {
+        ErrorClass::Usage => "usage",
+        ErrorClass::BadInput => "bad_input",
+        ErrorClass::Unavailable => "unavailable",
+        ErrorClass::Interrupted => "interrupted",
+        ErrorClass::Internal => "internal",
+    }
+}
