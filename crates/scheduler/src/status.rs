@@ -8,8 +8,8 @@ use batchscore_io::Location;
 use serde::Serialize;
 
 use crate::commit::{
-    DeviceOutcome, DeviceStatus, PLAN, PlanRecord, Receipt, SUCCESS, ShardError, Totals,
-    from_json, read_manifest, validate_success,
+    DeviceOutcome, DeviceStatus, PLAN, PlanRecord, Receipt, SUCCESS, ShardError, Totals, from_json,
+    read_manifest, validate_success,
 };
 use crate::{MaxFailed, SchedulerError, Shard};
 
