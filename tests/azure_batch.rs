@@ -93,12 +93,13 @@ fn a_scheduled_job_on_a_simulated_pool_scores_its_window_exactly_once_through_fa
     );
     let shown = serde_json::to_string_pretty(&report).unwrap();
     eprintln!(
-        "simulated pool: {} tasks, manager attempts {}, wall {} s, requests {}, calls {}",
+        "simulated pool: {} tasks, manager attempts {}, wall {} s, requests {}, calls {}\n{}",
         report["tasks_added"],
         report["manager"]["exit_codes"],
         report["wall_seconds"],
         report["requests"],
-        report["calls"]
+        report["calls"],
+        report["manager"]["stdout"].as_str().unwrap_or("")
     );
     assert!(ok, "the simulated pool failed: {shown}");
     assert_eq!(report["violations"], serde_json::json!([]), "{shown}");
