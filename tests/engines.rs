@@ -282,6 +282,10 @@ fn azure_batch_one_off_job_and_its_tasks() {
         args.extend(bad.iter());
         expect_code(&args, 2);
     }
+    let zero = ["batch", "plan", "--target", "azure-batch", "--shards", "0", "--name", "ok"];
+    let mut args = zero.to_vec();
+    args.extend(["--pool", "p", "--every", "1h", "--", "--input", &readings]);
+    assert!(expect_code(&args, 2).contains("--shards must be at least 1"));
     // Outside a Batch task the job manager says what is missing.
     let text = expect_code(
         &[

@@ -119,6 +119,9 @@ pub fn plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
         )
         .into());
     }
+    if args.shards == 0 {
+        return Err(UsageError("--shards must be at least 1".into()).into());
+    }
     let template = task_template(&args.azure, args.image.clone(), args.retries)?;
     let env = environment(args)?;
     let now = Utc::now();
@@ -230,6 +233,9 @@ fn batch_env(name: &'static str) -> Result<String, batchscore_batch::azure::Batc
 /// `batch fan-out`: the job manager of an Azure Batch job.
 pub fn fan_out(args: &FanOutArgs, printer: Printer) -> Result<u8> {
     check_pass_through(&args.run_args)?;
+    if args.shards == 0 {
+        return Err(UsageError("--shards must be at least 1".into()).into());
+    }
     let account = batch_env("AZ_BATCH_ACCOUNT_URL")?;
     let job_id = batch_env("AZ_BATCH_JOB_ID")?;
     let template = task_template(&args.task, args.image.clone(), args.retries)?;
