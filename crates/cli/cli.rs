@@ -157,7 +157,8 @@ pub struct BatchPlanArgs {
     /// Shards running at once (default: all).
     #[arg(long, value_name = "N")]
     pub parallelism: Option<u32>,
-    /// Retries of a shard after a retry-worthy failure (exit codes other than 2, 3, 4).
+    /// Retries of a shard after a retry-worthy failure (exit codes other than 2, 3, 4; on
+    /// Azure Batch, which cannot tell codes apart, after any nonzero exit).
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
     /// Container image holding batchscore (kubernetes; azure-batch container pools).
