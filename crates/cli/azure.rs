@@ -15,7 +15,9 @@ use batchscore_scheduler::TimeWindow;
 use crate::cli::{AzureTaskArgs, BatchPlanArgs, FanOutArgs};
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
-use crate::runs::{check_pass_through, parse_shard_command, pinned_run_args, run_id_of, write_out};
+use crate::runs::{
+    check_pass_through, parse_shard_command, pinned_run_args, run_id_of, time_text, write_out,
+};
 use crate::settings;
 use crate::usage::UsageError;
 
@@ -270,10 +272,7 @@ pub fn fan_out(args: &FanOutArgs, printer: Printer) -> Result<u8> {
         .map(|i| shard_task(&template, &run_args, i, args.shards))
         .collect::<Result<Vec<_>, _>>()?;
     let report = client.add_tasks(&job_id, &tasks)?;
-    let span = |us: Option<i64>| {
-        us.and_then(chrono::DateTime::from_timestamp_micros)
-            .map_or("-".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-    };
+    let span = |us: Option<i64>| us.map_or("-".to_string(), time_text);
     printer.out(&format!(
         "fan-out {job_id}: run {run_id}, window {} to {}\n  plan      {} units, {} rows ({})\n  \
          output    {}/\n  tasks     {} shards: {} added, {} already in the job, {} resent; \

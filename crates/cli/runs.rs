@@ -35,6 +35,11 @@ fn at(us: i64) -> chrono::DateTime<Utc> {
     chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
+/// A window bound as the shards' `--from`/`--to` take it (RFC 3339, UTC).
+pub fn time_text(us: i64) -> String {
+    at(us).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// The run id of job `name` scoring the window starting at `from_us`: the same for every
 /// attempt, and for a one-off job that finishes a scheduled run.
 pub fn run_id_of(name: &str, from_us: Option<i64>) -> String {
@@ -50,10 +55,7 @@ pub fn pinned_run_args(run_args: &[String], run_id: &str, window: &TimeWindow) -
     args.extend(["--run-id".to_string(), run_id.to_string()]);
     for (flag, us) in [("--from", window.from_us), ("--to", window.to_us)] {
         if let Some(us) = us {
-            args.extend([
-                flag.to_string(),
-                at(us).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-            ]);
+            args.extend([flag.to_string(), time_text(us)]);
         }
     }
     args
