@@ -16,20 +16,20 @@ use rand::{Rng, SeedableRng};
 use crate::common::*;
 
 /// Readings large enough that a run takes a while on one thread, in many units.
-struct Workload {
+pub(crate) struct Workload {
     _dir: tempfile::TempDir,
-    readings: String,
-    models: String,
+    pub(crate) readings: String,
+    pub(crate) models: String,
     /// Every part and receipt of an uninterrupted run, by relative path.
-    clean: BTreeMap<String, Vec<u8>>,
+    pub(crate) clean: BTreeMap<String, Vec<u8>>,
     /// How long the uninterrupted run took.
     took: Duration,
 }
 
-const RUN_FLAGS: [&str; 8] =
+pub(crate) const RUN_FLAGS: [&str; 8] =
     ["--run-id", "r", "--threads", "1", "--min-part-rows", "5000", "--max-part-rows", "15000"];
 
-fn workload() -> &'static Workload {
+pub(crate) fn workload() -> &'static Workload {
     static W: OnceLock<Workload> = OnceLock::new();
     W.get_or_init(|| {
         let dir = tempdir();
@@ -69,7 +69,7 @@ fn workload() -> &'static Workload {
 }
 
 /// The parts and receipts of a run directory (manifests hold timings, so they differ).
-fn committed(run: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn committed(run: &Path) -> BTreeMap<String, Vec<u8>> {
     files(run)
         .into_iter()
         .filter(|(k, _)| k.starts_with("part-") || k.starts_with("_receipts/"))

@@ -11,5 +11,6 @@ mod hostile;
 mod interrupt;
 mod pipeline;
 mod reference;
+mod serve;
 mod settings;
 mod sklearn;

@@ -51,6 +51,87 @@ pub enum Command {
     /// Show the effective settings (flags > environment > config file > defaults) as JSON;
     /// secret values are shown as ***.
     Config,
+    /// The HTTP service: runs triggered by Azure Logic Apps (asynchronous pattern: POST
+    /// /v1/runs answers 202 + Location, polled until 200) and real-time scoring for Azure
+    /// Stream Analytics (POST /v1/score), with API keys or Entra ID tokens, /healthz, /readyz
+    /// and Prometheus /metrics. Runs use the `run` settings below (the request's devices,
+    /// sensors and window win over them). SIGTERM stops accepting, finishes requests in
+    /// flight and leaves a running run resumable.
+    Serve(Box<ServeArgs>),
+}
+
+/// `batchscore serve`. API keys are read from BATCHSCORE_API_KEYS (comma-separated) or a file,
+/// never from a flag (flags show in process listings).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Where runs are written: OUTPUT/RUN_ID/.
+    #[arg(long, env = "BATCHSCORE_OUTPUT", value_name = "URL")]
+    pub output: Option<String>,
+    /// Failed devices a run tolerates: a count `N` or `P%`.
+    #[arg(long, env = "BATCHSCORE_MAX_FAILED", value_name = "N|P%")]
+    pub max_failed: Option<String>,
+    /// Address to listen on (default 127.0.0.1:8080). Any other than loopback needs keys or
+    /// tokens configured.
+    #[arg(long, env = "BATCHSCORE_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// The URL callers reach this service at (behind an ingress); status URLs are built on it.
+    #[arg(long, env = "BATCHSCORE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// File of accepted API keys, one a line (several for rotation).
+    #[arg(long, env = "BATCHSCORE_API_KEYS_FILE", value_name = "FILE")]
+    pub api_keys_file: Option<String>,
+    /// Accept Entra ID access tokens of this tenant (id or domain): its v2.0 key set, and its
+    /// v1.0 and v2.0 issuers.
+    #[arg(long, env = "BATCHSCORE_ENTRA_TENANT", value_name = "TENANT")]
+    pub entra_tenant: Option<String>,
+    /// Accept JWTs signed by keys of this JWKS URL (instead of --entra-tenant's).
+    #[arg(long, env = "BATCHSCORE_JWT_JWKS_URL", value_name = "URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// Accepted token issuer (`iss`); repeatable.
+    #[arg(
+        long = "jwt-issuer",
+        env = "BATCHSCORE_JWT_ISSUERS",
+        value_delimiter = ',',
+        value_name = "ISS"
+    )]
+    pub jwt_issuers: Vec<String>,
+    /// Accepted token audience (`aud`): this service's App ID URI or client id; repeatable.
+    #[arg(
+        long = "jwt-audience",
+        env = "BATCHSCORE_JWT_AUDIENCES",
+        value_delimiter = ',',
+        value_name = "AUD"
+    )]
+    pub jwt_audiences: Vec<String>,
+    /// Model file bytes held in memory for scoring (default 512MiB).
+    #[arg(long, env = "BATCHSCORE_MODEL_CACHE", value_name = "SIZE")]
+    pub model_cache: Option<String>,
+    /// How often the registry index is read again to pick up new models (default 30s).
+    #[arg(long, env = "BATCHSCORE_REGISTRY_REFRESH", value_name = "DURATION")]
+    pub registry_refresh: Option<String>,
+    /// Largest request body (default 4MiB).
+    #[arg(long, env = "BATCHSCORE_MAX_BODY", value_name = "SIZE")]
+    pub max_body: Option<String>,
+    /// Most rows in one scoring request (default 10000).
+    #[arg(long, env = "BATCHSCORE_MAX_ROWS", value_name = "N")]
+    pub max_rows: Option<usize>,
+    /// Scoring requests served at once (default 16 per core); more wait --queue-wait, then 503.
+    #[arg(long, env = "BATCHSCORE_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// How long a scoring request waits for a slot before 503 (default 100ms).
+    #[arg(long, env = "BATCHSCORE_QUEUE_WAIT", value_name = "DURATION")]
+    pub queue_wait: Option<String>,
+    /// Runs executed at once (default 1).
+    #[arg(long, env = "BATCHSCORE_RUN_WORKERS", value_name = "N")]
+    pub run_workers: Option<usize>,
+    /// Runs that may wait for a worker before new ones get 503 (default 100).
+    #[arg(long, env = "BATCHSCORE_MAX_QUEUED_RUNS", value_name = "N")]
+    pub max_queued_runs: Option<usize>,
+    /// Retry-After of 202 answers, in seconds (default 20, Logic Apps' own poll interval).
+    #[arg(long, env = "BATCHSCORE_POLL_AFTER", value_name = "SECONDS")]
+    pub poll_after: Option<u64>,
 }
 
 /// `batchscore batch`.
@@ -231,7 +312,7 @@ pub struct StatusArgs {
 }
 
 /// Options shared by `run` and `train`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone, Default)]
 pub struct InputArgs {
     /// Readings: a directory or URL holding Parquet or CSV files, wide or long layout.
     #[arg(long, env = "BATCHSCORE_INPUT", value_name = "URL")]
@@ -265,7 +346,7 @@ pub struct InputArgs {
     pub threads: Option<usize>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     #[command(flatten)]
     pub input: InputArgs,

@@ -129,7 +129,7 @@ fn detector_view(detector: &DetectorModel) -> serde_json::Value {
 }
 
 /// Exit code when the job finished but failed items exceed the tolerated share.
-pub const EXIT_PARTIAL: u8 = 3;
+pub const EXIT_PARTIAL: u8 = batchscore_io::EXIT_FAILED_KEYS;
 
 fn interactive(printer: Printer) -> bool {
     !printer.quiet && std::io::stderr().is_terminal()

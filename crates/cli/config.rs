@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::usage::UsageError;
 
 /// A parsed config file. See `configs/sample.toml` for every key, documented.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigFile {
     pub paths: PathsSection,
@@ -19,6 +19,7 @@ pub struct ConfigFile {
     pub train: TrainSection,
     pub sample: Option<SampleSection>,
     pub storage: StorageSection,
+    pub serve: ServeSection,
     /// Directory of the file, for relative paths.
     #[serde(skip)]
     pub base: Option<PathBuf>,
@@ -27,7 +28,7 @@ pub struct ConfigFile {
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PathsSection {
     pub input: Option<String>,
@@ -35,7 +36,7 @@ pub struct PathsSection {
     pub output: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SelectSection {
     pub devices: Option<String>,
@@ -46,7 +47,7 @@ pub struct SelectSection {
     pub last: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunSection {
     pub threads: Option<usize>,
@@ -61,7 +62,7 @@ pub struct RunSection {
     pub output_format: Option<OutputFormat>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
     pub threads: Option<usize>,
@@ -81,8 +82,30 @@ pub struct TrainSection {
     pub unit_rows: Option<u64>,
 }
 
+/// `batchscore serve`: the same keys as its flags, without the leading dashes.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub api_keys_file: Option<String>,
+    pub entra_tenant: Option<String>,
+    pub jwt_jwks_url: Option<String>,
+    pub jwt_issuers: Option<Vec<String>>,
+    pub jwt_audiences: Option<Vec<String>>,
+    pub model_cache: Option<String>,
+    pub registry_refresh: Option<String>,
+    pub max_body: Option<String>,
+    pub max_rows: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub queue_wait: Option<String>,
+    pub run_workers: Option<usize>,
+    pub max_queued_runs: Option<usize>,
+    pub poll_after: Option<u64>,
+}
+
 /// Remote storage: object_store options (credentials, endpoints), retries, limits.
-#[derive(Default, Deserialize)]
+#[derive(Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
     /// object_store option keys to values, e.g. `azure_storage_account_name = "acct"`.
@@ -111,7 +134,7 @@ impl std::fmt::Debug for StorageSection {
 }
 
 /// The embedded demo: generate the sample and train its models on first use.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SampleSection {
     /// Generate `dir` and train `paths.registry` when they are missing.

@@ -14,6 +14,7 @@ mod config;
 mod printer;
 mod progress;
 mod runs;
+mod serve;
 mod settings;
 mod signals;
 mod usage;
@@ -33,9 +34,6 @@ use crate::config::ConfigFile;
 use crate::printer::Printer;
 use crate::usage::UsageError;
 
-const EXIT_INTERNAL: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_BAD_INPUT: u8 = 4;
 const EXIT_RETRY: u8 = 75;
 
 fn main() -> ExitCode {
@@ -127,19 +125,13 @@ fn dispatch(
             cli::BatchCommand::FanOut(fan_out) => azure::fan_out(fan_out, printer),
         },
         Command::Config => commands::show_config(&config, storage, printer),
+        Command::Serve(args) => serve::serve(args, &config, storage, printer),
     }
 }
 
-/// The exit code of an error class: the one place the binary decides it.
+/// The exit code of an error class (decided in `ErrorClass::exit_code`).
 fn class_code(class: ErrorClass) -> u8 {
-    match class {
-        ErrorClass::Usage => EXIT_USAGE,
-        ErrorClass::BadInput => EXIT_BAD_INPUT,
-        ErrorClass::Unavailable => EXIT_RETRY,
-        ErrorClass::Internal => EXIT_INTERNAL,
-        // Without a signal (cancelled some other way) the code of Ctrl-C.
-        ErrorClass::Interrupted => signals::exit_code(signal_hook::consts::SIGINT),
-    }
+    class.exit_code()
 }
 
 /// The class of the first typed error in the chain; an error none of the crates typed is a
@@ -166,6 +158,9 @@ fn error_class(error: &anyhow::Error) -> ErrorClass {
         if let Some(e) = cause.downcast_ref::<BatchError>() {
             return e.class();
         }
+        if let Some(e) = cause.downcast_ref::<batchscore_serve::ServeError>() {
+            return e.class();
+        }
     }
     ErrorClass::Internal
 }
@@ -189,7 +184,12 @@ mod tests {
         assert_eq!(class_code(ErrorClass::BadInput), 4);
         assert_eq!(class_code(ErrorClass::Unavailable), 75);
         assert_eq!(class_code(ErrorClass::Internal), 1);
+        assert_eq!(class_code(ErrorClass::Interrupted), 130);
     }
+
+    const EXIT_INTERNAL: u8 = 1;
+    const EXIT_USAGE: u8 = 2;
+    const EXIT_BAD_INPUT: u8 = 4;
 
     #[test]
     fn errors_map_to_documented_exit_codes() {

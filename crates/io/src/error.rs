@@ -22,6 +22,35 @@ pub enum ErrorClass {
     Internal,
 }
 
+/// The exit code of a job that finished but failed more items than it tolerates (`--max-failed`,
+/// `models verify`, `train`): not an error class, since the job itself ran to its end.
+pub const EXIT_FAILED_KEYS: u8 = 3;
+
+impl ErrorClass {
+    /// The process exit code of this class: the one place it is decided (the binary exits with
+    /// it, the HTTP service reports it). An interruption without a known signal gets Ctrl-C's.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorClass::Usage => 2,
+            ErrorClass::BadInput => 4,
+            ErrorClass::Unavailable => 75,
+            ErrorClass::Internal => 1,
+            ErrorClass::Interrupted => 130,
+        }
+    }
+
+    /// The class's name in records and JSON (`_shard_errors/`, the HTTP service).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Usage => "usage",
+            ErrorClass::BadInput => "bad_input",
+            ErrorClass::Unavailable => "unavailable",
+            ErrorClass::Interrupted => "interrupted",
+            ErrorClass::Internal => "internal",
+        }
+    }
+}
+
 /// The marker of an operation stopped because its [`crate::Storage`] was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stopped on request")]

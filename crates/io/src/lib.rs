@@ -19,7 +19,7 @@ mod parquet_io;
 mod upload;
 
 pub use csv_io::CsvSource;
-pub use error::{Cancelled, ErrorClass, IoError, error_causes, error_chain};
+pub use error::{Cancelled, EXIT_FAILED_KEYS, ErrorClass, IoError, error_causes, error_chain};
 pub use hive::hive_value;
 pub use location::{Canceller, Entry, Location, Storage};
 pub use options::{

@@ -49,6 +49,12 @@ impl Canceller {
     pub fn is_cancelled(&self) -> bool {
         self.0.is_cancelled()
     }
+
+    /// Completes when [`Canceller::cancel`] is called (at once if it was): what a server
+    /// awaits to start its graceful shutdown.
+    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.0.clone().cancelled_owned()
+    }
 }
 
 /// An object-store prefix: where a dataset, a registry or a run's output lives.

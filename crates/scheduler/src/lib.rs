@@ -31,7 +31,7 @@ pub use output::{OutputFormat, OutputProfile, OutputSpec};
 pub use plan::{Plan, Unit};
 pub use pool::worker_pool;
 pub use progress::{NoProgress, Progress};
-pub use run::{PlanSummary, RunReport, RunSpec, StoredRun, dry_run, run, store_plan};
+pub use run::{PlanSummary, RunReport, RunSpec, StoredRun, check_run_id, dry_run, run, store_plan};
 pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
 pub use status::{RunState, RunStatus, ShardState, status};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};

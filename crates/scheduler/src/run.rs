@@ -80,8 +80,8 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-/// Checks a run id is usable as a path segment.
-fn check_run_id(id: &str) -> Result<(), SchedulerError> {
+/// Checks a run id is usable as a path segment (and so as a URL path segment).
+pub fn check_run_id(id: &str) -> Result<(), SchedulerError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && !id.starts_with(['.', '_'])
@@ -341,7 +341,7 @@ fn record_shard_error(spec: &RunSpec, error: &SchedulerError) {
     let Ok(out) = spec.output.join(run_id) else { return };
     let record = crate::commit::ShardError {
         shard: spec.shard.name(),
-        class: crate::commit::class_name(class).to_string(),
+        class: class.name().to_string(),
         error: batchscore_io::error_chain(error),
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };

@@ -25,9 +25,7 @@ pub(crate) use records::FORMAT;
 pub(crate) use records::from_json;
 use records::to_json;
 pub use records::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, ShardError, Totals};
-pub(crate) use records::{
-    PLAN, PlanRecord, Receipt, SUCCESS, class_name, failures_table, merge_outcomes,
-};
+pub(crate) use records::{PLAN, PlanRecord, Receipt, SUCCESS, failures_table, merge_outcomes};
 
 use crate::{SchedulerError, Shard};
 

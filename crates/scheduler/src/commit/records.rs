@@ -420,15 +420,3 @@ impl ShardError {
         format!("{}/{shard}.json", Self::DIR)
     }
 }
-
-/// The name of an error class in records.
-pub fn class_name(class: batchscore_io::ErrorClass) -> &'static str {
-    use batchscore_io::ErrorClass;
-    match class {
-        ErrorClass::Usage => "usage",
-        ErrorClass::BadInput => "bad_input",
-        ErrorClass::Unavailable => "unavailable",
-        ErrorClass::Interrupted => "interrupted",
-        ErrorClass::Internal => "internal",
-    }
-}

@@ -44,6 +44,22 @@ const SENSOR_NAMES: &[&str] = &["sensor", "Tag"];
 const VALUE_NAMES: &[&str] = &["value", "Value"];
 
 impl InputColumns {
+    /// The names a device id may go by (the configured one, else the usual spellings): what
+    /// the HTTP service looks for in a JSON row.
+    pub fn device_names(&self) -> Vec<&str> {
+        Self::candidates(&self.device, DEVICE_NAMES)
+    }
+
+    /// The names of a long-layout row's sensor field.
+    pub fn sensor_names(&self) -> Vec<&str> {
+        Self::candidates(&self.sensor, SENSOR_NAMES)
+    }
+
+    /// The names of a long-layout row's value field.
+    pub fn value_names(&self) -> Vec<&str> {
+        Self::candidates(&self.value, VALUE_NAMES)
+    }
+
     /// The names a column may have: the configured one, else the usual spellings.
     pub(super) fn candidates<'a>(
         configured: &'a Option<String>,
