@@ -26,7 +26,8 @@ fn bench(c: &mut Criterion) {
     let forest = params.fit(&refs(&train)).unwrap();
 
     let mut group = c.benchmark_group("iforest_score");
-    for rows in [1_024usize, 65_536] {
+    // 1 and 3 rows: what a real-time request brings per device (a partial lane group).
+    for rows in [1usize, 3, 1_024, 65_536] {
         let batch = data(rows, 8, 2);
         let columns = refs(&batch);
         let mut out = vec![0.0; rows];

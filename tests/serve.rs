@@ -228,9 +228,31 @@ fn logic_apps_sequence_retries_and_conflicts_run_once() {
     assert_eq!(status, StatusCode::CONFLICT, "{error}");
     assert_eq!(error["error"]["code"], "run_id_conflict");
 
+    // Sixteen callers start another run at the same moment: one run id, one execution.
+    let other =
+        json!({"devices": "20..30", "from": "2026-01-01T00:00:00Z", "to": "2027-01-01T00:00:00Z"});
+    let locations: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    let answer = with_key(client.post(format!("{}/v1/runs", service.url)))
+                        .json(&other)
+                        .send()
+                        .unwrap();
+                    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+                    header(answer.headers(), "location")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(locations.iter().all(|l| *l == locations[0]), "{locations:?}");
+    let raced = body(with_key(client.get(&locations[0])).send().unwrap());
+    assert_eq!(poll(&client, raced).0, StatusCode::OK);
+
     let text = metrics_text(&client, &service);
-    assert_eq!(metric(&text, "batchscore_runs_started_total", ""), 1.0, "{text}");
-    assert_eq!(metric(&text, "batchscore_runs", "state=\"complete\""), 1.0);
+    assert_eq!(metric(&text, "batchscore_runs_started_total", ""), 2.0, "{text}");
+    assert_eq!(metric(&text, "batchscore_runs", "state=\"complete\""), 2.0);
 
     // One run directory, complete, every row once; `batchscore status` agrees.
     let run = Path::new(&output).join(&run_id);
@@ -240,7 +262,7 @@ fn logic_apps_sequence_retries_and_conflicts_run_once() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    assert_eq!(dirs.len(), 3, "{dirs:?}");
     assert!(dirs.contains(&"_requests".to_string()));
 
     let (status, _, missing) =
@@ -337,6 +359,42 @@ fn failed_runs_answer_an_error_status_with_their_class_and_exit_code() {
     }
 }
 
+#[test]
+fn two_servers_on_one_output_commit_a_run_once() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let env = [("BATCHSCORE_API_KEYS", KEY)];
+    let a = Service::start(&strs(&fixture_args(&output)), &env);
+    let b = Service::start(&strs(&fixture_args(&output)), &env);
+    let client = client();
+    let start = json!({"run_id": "shared", "devices": "0..30"});
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [&a, &b]
+            .map(|s| {
+                let (client, start) = (&client, &start);
+                scope.spawn(move || {
+                    body(
+                        with_key(client.post(format!("{}/v1/runs", s.url)))
+                            .json(start)
+                            .send()
+                            .unwrap(),
+                    )
+                })
+            })
+            .into_iter()
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut totals = Vec::new();
+    for answer in answers {
+        let (status, summary, _) = poll(&client, answer);
+        assert_eq!(status, StatusCode::OK, "{summary}");
+        totals.push(summary["totals"].clone());
+    }
+    assert_eq!(totals[0], totals[1]);
+    assert_eq!(scored_rows(&Path::new(&output).join("shared")).len(), DEVICES as usize * ROWS);
+}
+
 /// A config for runs like interrupt.rs's uninterrupted one (same units, so the same bytes).
 fn workload_config(dir: &Path, output: &str) -> String {
     let w = crate::interrupt::workload();
@@ -393,6 +451,17 @@ fn a_server_killed_mid_run_resumes_it_when_polled_after_restart() {
     wait_for(&client, &status_url, |v| {
         v["state"] == "running" && v["progress"]["units_done"].as_u64() >= Some(2)
     });
+    // The HTTP side answers while the run has the cores (not a timing test: a bound far above
+    // any healthy answer, that a server blocked behind its run would miss).
+    for url in [format!("{}/healthz", service.url), status_url.clone()] {
+        let started = Instant::now();
+        assert!(with_key(client.get(&url)).send().unwrap().status().is_success());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{url} took {:?} during a run",
+            started.elapsed()
+        );
+    }
     drop(service); // SIGKILL, mid-run
     let run = Path::new(&output).join("r");
     assert!(
@@ -1034,6 +1103,23 @@ fn real_time_scores_are_bit_identical_to_the_batch_job() {
         }
     }
     assert_eq!(compared, DEVICES as usize * ROWS);
+    // One row a request (Stream Analytics with a batch size of 1): the same bits.
+    for (key, row) in rows.iter().step_by(97).take(60) {
+        let (status, _, answer) = body(
+            with_key(client.post(format!("{}/v1/score", service.url)))
+                .json(&json!({"data": [row]}))
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let (score, decision, _) = batch[key];
+        assert_eq!(answer[0]["score"].as_f64().unwrap().to_bits(), score, "{key:?}: {answer}");
+        assert_eq!(
+            answer[0]["decision"].as_f64().unwrap().to_bits(),
+            decision,
+            "{key:?}: {answer}"
+        );
+    }
 }
 
 #[test]

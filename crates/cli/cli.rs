@@ -19,6 +19,10 @@ pub struct Cli {
     /// Only errors on stderr, no progress bar.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log lines on stderr as text or as JSON objects (one a line, for log collectors such as
+    /// Azure Monitor; `serve`'s access log included).
+    #[arg(long, global = true, env = "BATCHSCORE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// A storage option as object_store names it, e.g. `azure_storage_account_name=acct` or
     /// `timeout=60s`; repeatable; overrides the same option from the environment
     /// (AZURE_*, AWS_*, GOOGLE_*) and the config file's [storage.options].
@@ -389,6 +393,12 @@ pub struct RunArgs {
     /// Summary format on stdout.
     #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
     pub summary: SummaryFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

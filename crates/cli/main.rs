@@ -94,12 +94,13 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        cli::LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        cli::LogFormat::Text => {
+            builder.with_ansi(std::io::stderr().is_terminal()).with_target(false).init()
+        }
+    }
 }
 
 fn dispatch(

@@ -181,7 +181,9 @@ impl Server {
             state.runs.start_workers(state.config.limits.run_workers).map_err(ServeError::Serve)?;
         let refresh =
             tokio::spawn(state.models.clone().refresh_loop(state.config.registry_refresh));
-        tracing::info!(listen = %state.config.listen, "serving");
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(listen = %addr, "serving");
+        }
         let served =
             axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await;
         refresh.abort();

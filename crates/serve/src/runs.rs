@@ -33,6 +33,8 @@ use crate::metrics::{Metrics, StateLabels};
 const REQUESTS: &str = "_requests";
 /// Failed series listed in a run's summary; the count is always given.
 const MAX_LISTED_FAILURES: usize = 100;
+/// Runs kept in memory; past it, finished ones are forgotten (storage still answers for them).
+const MAX_KNOWN_RUNS: usize = 1024;
 
 /// The body of `POST /v1/runs`. Input, registry and output come from the server's settings,
 /// never from a request, and device lists from files (`@file`) are refused.
@@ -372,6 +374,9 @@ impl Runs {
             return;
         }
         let queued = matches!(record.phase, Phase::Queued);
+        if state.records.len() >= MAX_KNOWN_RUNS {
+            state.records.retain(|_, r| !matches!(r.phase, Phase::Complete(_) | Phase::Failed(_)));
+        }
         state.records.insert(run_id.clone(), record);
         if queued {
             state.queue.push_back(run_id);
