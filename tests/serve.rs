@@ -278,21 +278,7 @@ fn failed_runs_answer_an_error_status_with_their_class_and_exit_code() {
     let client = client();
     let env = [("BATCHSCORE_API_KEYS", KEY)];
     // Devices 5..10 have readings but no model: more failed series than the run tolerates.
-    let registry = dir.path().join("registry").display().to_string();
-    expect_code(
-        &[
-            "train",
-            "--input",
-            &f.readings(),
-            "--registry",
-            &registry,
-            "--devices",
-            "0..5",
-            "--seed",
-            "3",
-        ],
-        0,
-    );
+    let registry = subset_registry(dir.path(), "0..5");
     let output = dir.path().join("out").display().to_string();
     let args = [
         "--input",
@@ -983,6 +969,25 @@ print(json.dumps(out))
     assert!(!text.contains("device"), "{text}");
 }
 
+/// A registry of the fixture's models for `devices` only.
+fn subset_registry(dir: &Path, devices: &str) -> String {
+    let f = fixture();
+    let registry = dir.join("registry").display().to_string();
+    let args = [
+        "train",
+        "--input",
+        &f.readings(),
+        "--registry",
+        &registry,
+        "--devices",
+        devices,
+        "--seed",
+        "3",
+    ];
+    expect_code(&args, 0);
+    registry
+}
+
 /// A wide row with every sensor of the fixture's models.
 fn full_row(device: i64, value: f64) -> Value {
     let mut row = json!({"device_id": device});
@@ -1126,21 +1131,7 @@ fn real_time_scores_are_bit_identical_to_the_batch_job() {
 fn a_changed_registry_is_picked_up_without_a_restart() {
     let f = fixture();
     let dir = tempdir();
-    let registry = dir.path().join("registry").display().to_string();
-    expect_code(
-        &[
-            "train",
-            "--input",
-            &f.readings(),
-            "--registry",
-            &registry,
-            "--devices",
-            "0..5",
-            "--seed",
-            "3",
-        ],
-        0,
-    );
+    let registry = subset_registry(dir.path(), "0..5");
     let output = dir.path().join("out").display().to_string();
     let args = [
         "--input",
