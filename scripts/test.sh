@@ -21,7 +21,11 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo deny (licenses, duplicate versions, sources, advisories)"
 scripts/deny.sh
-echo "== test dependencies: Python packages, Azurite"
+echo "== test dependencies: Python packages, Azurite, openssl"
+# tests/serve.rs makes its RS256 key pairs with the openssl command (Debian package).
+if ! command -v openssl >/dev/null; then
+  (apt-get install -y -q openssl || (apt-get update -q && apt-get install -y -q openssl)) >&2
+fi
 BATCHSCORE_PYTHON="$(scripts/python-env.sh)"
 export BATCHSCORE_PYTHON
 # With these set, tests that need scikit-learn or Azurite fail rather than skip.
