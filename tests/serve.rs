@@ -754,7 +754,10 @@ fn overload_answers_503_with_retry_after() {
     let dir = tempdir();
     let output = dir.path().join("out").display().to_string();
     let mut args = fixture_args(&output);
-    args.extend(["--max-in-flight", "1", "--queue-wait", "50ms"].map(String::from));
+    args.extend(
+        ["--max-in-flight", "1", "--queue-wait", "50ms", "--request-timeout", "2s"]
+            .map(String::from),
+    );
     let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
     let row = r#"{"data": [{"device_id": 1, "temperature": 1}]}"#;
     let held = half_sent_score(&service, row);
@@ -775,6 +778,22 @@ fn overload_answers_503_with_retry_after() {
     let after =
         with_key(client.post(format!("{}/v1/score", service.url))).body(row).send().unwrap();
     assert_eq!(after.status(), 200, "the slot is free again");
+    // A client that stops sending its body loses the slot after --request-timeout.
+    let stalled = half_sent_score(&service, row);
+    let started = Instant::now();
+    let mut answer = String::new();
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = (&stalled).read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "timed out early: {:?}",
+        started.elapsed()
+    );
+    let after =
+        with_key(client.post(format!("{}/v1/score", service.url))).body(row).send().unwrap();
+    assert_eq!(after.status(), 200, "the stalled request's slot is free again");
     let text = metrics_text(&client, &service);
     assert_eq!(metric(&text, "batchscore_overload_rejections_total", "/v1/score"), 1.0, "{text}");
 }

@@ -127,6 +127,9 @@ pub struct ServeArgs {
     /// How long a scoring request waits for a slot before 503 (default 100ms).
     #[arg(long, env = "BATCHSCORE_QUEUE_WAIT", value_name = "DURATION")]
     pub queue_wait: Option<String>,
+    /// Longest a scoring request may take, body upload included, before 408 (default 30s).
+    #[arg(long, env = "BATCHSCORE_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
     /// Runs executed at once (default 1).
     #[arg(long, env = "BATCHSCORE_RUN_WORKERS", value_name = "N")]
     pub run_workers: Option<usize>,

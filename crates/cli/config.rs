@@ -99,6 +99,7 @@ pub struct ServeSection {
     pub max_rows: Option<usize>,
     pub max_in_flight: Option<usize>,
     pub queue_wait: Option<String>,
+    pub request_timeout: Option<String>,
     pub run_workers: Option<usize>,
     pub max_queued_runs: Option<usize>,
     pub poll_after: Option<u64>,

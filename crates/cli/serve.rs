@@ -133,6 +133,15 @@ fn serve_config(args: &ServeArgs, config: &ConfigFile) -> Result<ServeConfig, Us
             Some(text) => parse_duration(&text)?,
             None => defaults.queue_wait,
         },
+        request_timeout: match args.request_timeout.clone().or_else(|| s.request_timeout.clone()) {
+            Some(text) => match parse_duration(&text)? {
+                d if d.is_zero() => {
+                    return Err(UsageError("--request-timeout must be longer than 0".into()));
+                }
+                d => d,
+            },
+            None => defaults.request_timeout,
+        },
         max_queued_runs: positive(
             "max-queued-runs",
             or_default(args.max_queued_runs, s.max_queued_runs, defaults.max_queued_runs),

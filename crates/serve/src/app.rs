@@ -48,6 +48,9 @@ pub struct Limits {
     /// Scoring requests served at once; more wait up to `queue_wait`, then get 503.
     pub max_in_flight: usize,
     pub queue_wait: Duration,
+    /// Longest a scoring request may hold its slot, body upload included: a client that
+    /// sends its body slowly (or stops) gets 408 and the slot goes to the next.
+    pub request_timeout: Duration,
     /// Runs waiting for a worker before `POST /v1/runs` answers 503.
     pub max_queued_runs: usize,
     /// Runs executed at once.
@@ -64,6 +67,7 @@ impl Default for Limits {
             max_rows: 10_000,
             max_in_flight: 16 * cores,
             queue_wait: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(30),
             max_queued_runs: 100,
             run_workers: 1,
             poll_after_seconds: 20,
@@ -253,7 +257,8 @@ async fn authenticate(State(state): State<Shared>, request: Request, next: Next)
 }
 
 /// At most `max_in_flight` scoring requests at once; the next wait up to `queue_wait` and are
-/// then answered 503 + `Retry-After` (never 429, which fails a Stream Analytics job).
+/// then answered 503 + `Retry-After` (never 429, which fails a Stream Analytics job). A request
+/// holds its slot at most `request_timeout`, so slow or stalled uploads cannot starve the rest.
 async fn limit_scoring(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let limits = &state.config.limits;
     let permit = match tokio::time::timeout(limits.queue_wait, state.score_slots.acquire()).await {
@@ -273,7 +278,18 @@ async fn limit_scoring(State(state): State<Shared>, request: Request, next: Next
         }
     };
     state.metrics.score_in_flight.inc();
-    let response = next.run(request).await;
+    let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request took longer than {:?} (body upload included)",
+                limits.request_timeout
+            ),
+        )
+        .into_response(),
+    };
     state.metrics.score_in_flight.dec();
     drop(permit);
     response
