@@ -76,17 +76,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// A request body that could not be read or parsed: 413 when it is too large, else 400
-    /// naming what is wrong.
+    /// A request body that is not the JSON expected: 400 naming what is wrong and where.
     pub fn from_json(error: &serde_json::Error) -> Self {
-        Self::bad_request(
-            "malformed_json",
-            format!(
-                "the request body is not valid: {error} (line {}, column {})",
-                error.line(),
-                error.column()
-            ),
-        )
+        // serde_json's message names the line and column already.
+        Self::bad_request("malformed_json", format!("the request body is not valid: {error}"))
     }
 }
 

@@ -21,7 +21,9 @@
 pub mod app;
 pub mod auth;
 mod error;
+mod handlers;
 pub mod metrics;
+mod middleware;
 pub mod models;
 pub mod runs;
 pub mod score;
