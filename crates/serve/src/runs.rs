@@ -528,3 +528,67 @@ fn conflict(run_id: &str) -> ApiError {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use batchscore_scheduler::{
+        DeviceSelection, InputColumns, MaxFailed, OutputSpec, SensorSelection, Shard,
+    };
+
+    fn spec(
+        storage: &batchscore_io::Storage,
+        devices: &str,
+        window: (Option<i64>, Option<i64>),
+    ) -> RunSpec {
+        RunSpec {
+            input: storage.open("memory://in").unwrap(),
+            registry: storage.open("memory://models").unwrap(),
+            output: storage.open("memory://out").unwrap(),
+            run_id: None,
+            selection: DeviceSelection::parse(devices).unwrap(),
+            sensors: SensorSelection::All,
+            window: TimeWindow::new(window.0, window.1).unwrap(),
+            columns: InputColumns::default(),
+            output_spec: OutputSpec::default(),
+            threads: 1,
+            shard: Shard::new(0, 1).unwrap(),
+            max_failed: MaxFailed::Count(0),
+            min_part_rows: 1,
+            max_part_rows: 10,
+            settings: json!({}),
+        }
+    }
+
+    #[test]
+    fn run_ids_follow_what_a_run_reads_not_how_it_was_spelled() {
+        let storage = batchscore_io::Storage::new().unwrap();
+        let hour = 3_600_000_000;
+        let a = derived_run_id(&spec(&storage, "0..10", (Some(0), Some(hour))));
+        assert_eq!(a, derived_run_id(&spec(&storage, "0..=9", (Some(0), Some(hour)))));
+        assert_eq!(
+            a,
+            derived_run_id(&spec(&storage, "0,1,2,3,4,5,6,7,8,9", (Some(0), Some(hour))))
+        );
+        assert_ne!(a, derived_run_id(&spec(&storage, "0..11", (Some(0), Some(hour)))));
+        assert_ne!(a, derived_run_id(&spec(&storage, "0..10", (Some(0), Some(2 * hour)))));
+        assert_ne!(a, derived_run_id(&spec(&storage, "0..10", (None, Some(hour)))));
+        assert!(batchscore_scheduler::check_run_id(&a).is_ok(), "{a}");
+    }
+
+    #[test]
+    fn a_normalised_request_pins_the_window() {
+        let storage = batchscore_io::Storage::new().unwrap();
+        let normal = normalised(&spec(&storage, "0..=9", (Some(0), Some(3_600_000_000))), "r");
+        assert_eq!(normal.devices.as_deref(), Some("0..10"));
+        assert_eq!(normal.sensors.as_deref(), Some("all"));
+        assert_eq!(normal.from.as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(normal.to.as_deref(), Some("1970-01-01T01:00:00Z"));
+        assert_eq!((normal.last, normal.run_id.as_deref()), (None, Some("r")));
+        let open = normalised(&spec(&storage, "all", (None, None)), "r");
+        assert_eq!((open.from, open.to), (None, None));
+        // Requests are refused with unknown fields (input, registry, output among them).
+        let refused = serde_json::from_str::<RunRequest>(r#"{"output": "/elsewhere"}"#);
+        assert!(refused.unwrap_err().to_string().contains("unknown field `output`"));
+    }
+}

@@ -333,6 +333,62 @@ mod tests {
         }
     }
 
+    /// Any JSON value as a row: numbers, strings, nulls, booleans, arrays and objects with
+    /// the field names rows use, nested.
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (-1e6f64..1e6).prop_map(|x| json!(x)),
+            "[a-z0-9.]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            let key = prop_oneof![
+                Just("device_id".to_string()),
+                Just("device".to_string()),
+                Just("sensor".to_string()),
+                Just("value".to_string()),
+                Just("temp".to_string()),
+                "[a-z]{1,4}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key, inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever the rows, the answer has one entry per row, in order, and no row makes the
+        /// service fail as a whole or claim an internal error.
+        #[test]
+        fn one_answer_per_row_whatever_the_rows(rows in proptest::collection::vec(json_value(), 0..30)) {
+            for layout in [Layout::Auto, Layout::Wide, Layout::Long] {
+                let shape = shape(layout);
+                let mut keys = HashMap::new();
+                for row in &rows {
+                    if let Ok(parsed) = parse_row(row, &shape) {
+                        let n = keys.len();
+                        keys.entry(parsed.key).or_insert(n);
+                    }
+                }
+                let models: Vec<Result<Arc<Model>, ModelError>> =
+                    (0..keys.len()).map(|_| Err(ModelError::Missing("none".into()))).collect();
+                let answer = compute(&rows, &shape, &models, &keys);
+                proptest::prop_assert_eq!(answer.len(), rows.len());
+                for (row, entry) in rows.iter().zip(&answer) {
+                    let RowResult::Failed { code, .. } = entry else {
+                        return Err(proptest::test_runner::TestCaseError::fail("scored without a model"));
+                    };
+                    proptest::prop_assert_ne!(*code, "internal", "{}", row);
+                }
+            }
+        }
+    }
+
     #[test]
     fn answers_serialise_as_the_contract_says() {
         let ok = RowResult::Scored {
