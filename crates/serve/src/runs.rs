@@ -215,7 +215,7 @@ fn derived_run_id(spec: &RunSpec) -> String {
     format!("req-{hex}")
 }
 
-/// The 200/500 body of a run whose `_SUCCESS` exists.
+/// The 200/500 body of a run whose `_SUCCESS` exists (callers check the state first).
 fn finished_view(status: &RunStatus) -> (Phase, RunView) {
     let mut body = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
     body["failed_count"] = json!(status.failed.len());
@@ -491,7 +491,13 @@ impl Runs {
             tracing::info!(run_id, "run started");
             let phase = match batchscore_scheduler::run(&spec, progress.as_ref()) {
                 Ok(_) => match batchscore_scheduler::status(&self.output, &run_id) {
-                    Ok(status) => finished_view(&status).0,
+                    Ok(status) if status.state != RunState::Incomplete => finished_view(&status).0,
+                    // One shard of one that returned without `_SUCCESS`: a defect, not success.
+                    Ok(_) => Phase::Failed(failed_body(
+                        &run_id,
+                        ErrorClass::Internal,
+                        "the run ended without committing _SUCCESS",
+                    )),
                     Err(e) => Phase::Failed(failed_body(
                         &run_id,
                         e.class(),
