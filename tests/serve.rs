@@ -798,6 +798,59 @@ fn overload_answers_503_with_retry_after() {
     assert_eq!(metric(&text, "batchscore_overload_rejections_total", "/v1/score"), 1.0, "{text}");
 }
 
+/// Reads until the server closes the connection (or 10 s pass); what it sent, if anything.
+fn read_until_closed(mut stream: TcpStream) -> Option<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn silent_connections_are_closed_and_open_connections_capped() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let mut args = fixture_args(&output);
+    args.extend(["--header-timeout", "1s", "--max-connections", "2"].map(String::from));
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let addr = service.url.trim_start_matches("http://").to_string();
+    // A client that connects and never sends its request head is let go.
+    let started = Instant::now();
+    let silent = TcpStream::connect(&addr).unwrap();
+    assert!(read_until_closed(silent).is_some(), "a silent connection was kept open 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+    // So is one that stops in the middle of its head.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n").unwrap();
+    assert!(read_until_closed(slow).is_some(), "a half-sent head was kept open 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+    // Two connections are open (heads half sent): a third is closed at once, unserved.
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = TcpStream::connect(&addr).unwrap();
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = read_until_closed(third).unwrap_or_default();
+    assert!(!answer.contains("200 OK"), "served beyond --max-connections: {answer}");
+    // Finished heads are answered, and once they close there is room again.
+    for s in &mut held {
+        s.write_all(b"Host: x\r\nConnection: close\r\n\r\n").unwrap();
+    }
+    for s in held {
+        assert!(read_until_closed(s).unwrap().starts_with("HTTP/1.1 200"));
+    }
+    let client = client();
+    assert_eq!(client.get(format!("{}/healthz", service.url)).send().unwrap().status(), 200);
+}
+
 #[test]
 fn oversize_malformed_and_out_of_bounds_requests_are_refused_with_reasons() {
     let dir = tempdir();

@@ -100,6 +100,8 @@ pub struct ServeSection {
     pub max_in_flight: Option<usize>,
     pub queue_wait: Option<String>,
     pub request_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub max_connections: Option<usize>,
     pub run_workers: Option<usize>,
     pub max_queued_runs: Option<usize>,
     pub poll_after: Option<u64>,

@@ -26,7 +26,7 @@ use crate::usage::UsageError;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MODEL_CACHE: &str = "512MiB";
-const DEFAULT_REGISTRY_REFRESH: &str = "30s";
+const DEFAULT_REGISTRY_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Resolves requests into runs with the same code as `batchscore run`: the request's fields
 /// take the place of flags over the server's own settings.
@@ -102,6 +102,19 @@ fn jwt(args: &ServeArgs, config: &ConfigFile) -> Result<Option<JwtSettings>, Usa
     }
 }
 
+/// A positive duration setting, or its default.
+fn duration(
+    name: &str,
+    text: Option<String>,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, UsageError> {
+    match text.map(|t| parse_duration(&t)).transpose()? {
+        Some(d) if d.is_zero() => Err(UsageError(format!("--{name} must be longer than 0"))),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
+}
+
 fn serve_config(args: &ServeArgs, config: &ConfigFile) -> Result<ServeConfig, UsageError> {
     let s = &config.serve;
     let listen = or_default(args.listen.clone(), s.listen.clone(), DEFAULT_LISTEN.into());
@@ -133,15 +146,21 @@ fn serve_config(args: &ServeArgs, config: &ConfigFile) -> Result<ServeConfig, Us
             Some(text) => parse_duration(&text)?,
             None => defaults.queue_wait,
         },
-        request_timeout: match args.request_timeout.clone().or_else(|| s.request_timeout.clone()) {
-            Some(text) => match parse_duration(&text)? {
-                d if d.is_zero() => {
-                    return Err(UsageError("--request-timeout must be longer than 0".into()));
-                }
-                d => d,
-            },
-            None => defaults.request_timeout,
-        },
+        request_timeout: duration(
+            "request-timeout",
+            args.request_timeout.clone().or_else(|| s.request_timeout.clone()),
+            defaults.request_timeout,
+        )?,
+        header_timeout: duration(
+            "header-timeout",
+            args.header_timeout.clone().or_else(|| s.header_timeout.clone()),
+            defaults.header_timeout,
+        )?,
+        max_connections: positive(
+            "max-connections",
+            or_default(args.max_connections, s.max_connections, defaults.max_connections),
+        )?,
+
         max_queued_runs: positive(
             "max-queued-runs",
             or_default(args.max_queued_runs, s.max_queued_runs, defaults.max_queued_runs),
@@ -155,15 +174,11 @@ fn serve_config(args: &ServeArgs, config: &ConfigFile) -> Result<ServeConfig, Us
     };
     let cache =
         or_default(args.model_cache.clone(), s.model_cache.clone(), DEFAULT_MODEL_CACHE.into());
-    let refresh = or_default(
-        args.registry_refresh.clone(),
-        s.registry_refresh.clone(),
-        DEFAULT_REGISTRY_REFRESH.into(),
-    );
-    let registry_refresh = parse_duration(&refresh)?;
-    if registry_refresh.is_zero() {
-        return Err(UsageError("--registry-refresh must be longer than 0".into()));
-    }
+    let registry_refresh = duration(
+        "registry-refresh",
+        args.registry_refresh.clone().or_else(|| s.registry_refresh.clone()),
+        DEFAULT_REGISTRY_REFRESH,
+    )?;
     Ok(ServeConfig {
         listen,
         public_url,

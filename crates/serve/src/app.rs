@@ -50,6 +50,11 @@ pub struct Limits {
     /// Longest a scoring request may hold its slot, body upload included: a client that
     /// sends its body slowly (or stops) gets 408 and the slot goes to the next.
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request head (a connection that sends nothing is
+    /// closed after it).
+    pub header_timeout: Duration,
+    /// Connections open at once; the next are closed at once.
+    pub max_connections: usize,
     /// Runs waiting for a worker before `POST /v1/runs` answers 503.
     pub max_queued_runs: usize,
     /// Runs executed at once.
@@ -67,6 +72,8 @@ impl Default for Limits {
             max_in_flight: 16 * cores,
             queue_wait: Duration::from_millis(100),
             request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 4096,
             max_queued_runs: 100,
             run_workers: 1,
             poll_after_seconds: 20,
@@ -187,17 +194,80 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(listen = %addr, "serving");
         }
-        let served =
-            axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown).await;
+        accept_loop(listener, router(state.clone()), &state.config.limits, shutdown).await;
         refresh.abort();
         state.runs.stop();
         tracing::info!("stopped accepting; waiting for the run workers");
         let _ =
             tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())))
                 .await;
-        served.map_err(ServeError::Serve)
+        Ok(())
     }
 }
+
+/// Accepts connections until `shutdown`, then lets the requests in flight finish (at most
+/// [`DRAIN`]). Hand-rolled rather than `axum::serve` for two bounds it does not set: a client
+/// must send its request head within `header_timeout` (hyper has no such limit without a
+/// timer, so idle half-open connections could pile up), and at most `max_connections` are open
+/// (the next are closed at once).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::warn!(limit = limits.max_connections, "connection refused: too many open");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let first_byte = limits.header_timeout;
+        tokio::spawn(async move {
+            // hyper's head timeout starts with the head's first byte: a client that sends
+            // nothing at all is let go after the same time.
+            let mut first = [0u8; 1];
+            if let Ok(Ok(1..)) = tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
+                let service = TowerToHyperService::new(app);
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                // A connection's errors (a client that vanished, a malformed head) are its own.
+                let _ = watcher.watch(connection.into_owned()).await;
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after {DRAIN:?}; stopping anyway");
+    }
+}
+
+/// How long a stop waits for the requests in flight.
+const DRAIN: Duration = Duration::from_secs(30);
 
 fn router(state: Shared) -> Router {
     let scoring = Router::new()
