@@ -5,7 +5,9 @@ scikit-learn forests exported and imported), same rows, same request bodies, dri
 
 For each rows-per-request and concurrency: wrk for --duration seconds against each service in
 turn, after a warm-up that loads every model; prints requests/s, rows/s, p50 and p99 latency,
-non-2xx answers and peak RSS of each service (its process tree), and the ratios, as Markdown.
+non-2xx answers and peak RSS of each service (its process tree), and the ratios, as Markdown;
+then starts a run of the whole input through POST /v1/runs and times /healthz and the run's
+status while it runs.
 Before the load, one 100-row request to both checks that they agree (scores to 1e-12, every
 decision). Access logs are off on both sides (RUST_LOG=warn, uvicorn --no-access-log);
 batchscore checks an API key on every request, the peer has no auth.
@@ -152,6 +154,33 @@ def settle(proc, limit=120):
     print(f"warning: service {proc.pid} still busy after {limit} s", file=sys.stderr)
 
 
+def responsiveness(base, auth):
+    """Starts a run of the whole input through POST /v1/runs and, until it completes, times
+    GET /healthz and GET /v1/runs/ID every 10 ms: the HTTP side while a run has the cores."""
+    def timed(url):
+        request = urllib.request.Request(url, headers={"Authorization": auth})
+        start = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+        return (time.perf_counter() - start) * 1e3, response.status, body
+
+    request = urllib.request.Request(f"{base}/v1/runs", data=b'{"run_id": "responsiveness"}',
+                                     headers={"Authorization": auth, "Content-Type": "application/json"})
+    location = urllib.request.urlopen(request, timeout=30).headers["Location"]
+    health, status, started = [], [], time.perf_counter()
+    while time.perf_counter() - started < 600:
+        health.append(timed(f"{base}/healthz")[0])
+        ms, code, body = timed(location)
+        status.append(ms)
+        if code == 200:
+            break
+        time.sleep(0.01)
+    summary = json.loads(body)
+    pick = lambda xs: (sorted(xs)[len(xs) // 2], max(xs))
+    return {"rows": summary["totals"]["rows"], "seconds": time.perf_counter() - started,
+            "healthz": pick(health), "status": pick(status), "samples": len(health)}
+
+
 class Peak:
     """Samples a process tree's RSS every 50 ms while running."""
 
@@ -236,6 +265,7 @@ def main(argv=None):
                     settle(proc)
                     print(f"{n} rows, c={c}, {name}: {r}", file=sys.stderr)
                 results.append(row)
+        during = responsiveness(f"http://127.0.0.1:{bs_port}", f"Bearer {KEY}")
     finally:
         for _, _, proc in services.values():
             proc.terminate()
@@ -256,6 +286,11 @@ def main(argv=None):
                       f"{r['p99']:.2f}", f"{r['rss'] / 1e6:.0f}"]
         cells += [f"{b['rps'] / p['rps']:.0f}x", f"{p['p99'] / b['p99']:.0f}x"]
         print("| " + " | ".join(str(c) for c in cells) + " |")
+    print()
+    print(f"During a run of {during['rows']:,} rows ({during['seconds']:.1f} s, all cores): "
+          f"GET /healthz p50 {during['healthz'][0]:.2f} ms, max {during['healthz'][1]:.2f} ms; "
+          f"GET /v1/runs/ID p50 {during['status'][0]:.2f} ms, max {during['status'][1]:.2f} ms "
+          f"({during['samples']} samples each)")
     bad = {(r["rows"], r["c"], n): r[n]["non2xx"] for r in results for n in services if r[n]["non2xx"]}
     if bad:
         print(f"non-2xx answers: {bad}")
