@@ -272,6 +272,37 @@ fn logic_apps_sequence_retries_and_conflicts_run_once() {
 }
 
 #[test]
+fn status_urls_follow_the_public_url_or_the_forwarded_host() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let client = client();
+    let start = json!({"run_id": "located", "devices": "0..2"});
+    let location = |service: &Service, headers: &[(&str, &str)]| {
+        let mut request = with_key(client.post(format!("{}/v1/runs", service.url))).json(&start);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let answer = request.send().unwrap();
+        assert_eq!(answer.status(), StatusCode::ACCEPTED);
+        header(answer.headers(), "location")
+    };
+    // Behind an ingress that terminates TLS: the forwarded scheme and host.
+    let service = Service::start(&strs(&fixture_args(&output)), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let forwarded =
+        [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "batchscore.example.net")];
+    assert_eq!(location(&service, &forwarded), "https://batchscore.example.net/v1/runs/located");
+    // A Host that is not a host name is not echoed into the Location.
+    let odd = location(&service, &[("X-Forwarded-Host", "evil.example/<script>")]);
+    assert_eq!(odd, format!("{}/v1/runs/located", service.url));
+    drop(service);
+    // A configured public URL (with a path prefix) wins over the request's headers.
+    let mut args = fixture_args(&output);
+    args.extend(["--public-url", "https://api.example.net/scoring"].map(String::from));
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
+    assert_eq!(location(&service, &forwarded), "https://api.example.net/scoring/v1/runs/located");
+}
+
+#[test]
 fn failed_runs_answer_an_error_status_with_their_class_and_exit_code() {
     let f = fixture();
     let dir = tempdir();

@@ -248,7 +248,7 @@ pub fn serve(
     let interrupt_runs = runs_storage.canceller();
     runtime.block_on(async move {
         let server = Server::bind(serve_config, auth, sources).await?;
-        let addr = server.local_addr().context("cannot read the bound address")?;
+        let addr = server.local_addr();
         // The first line on stdout: scripts and tests read the port from it (`--listen :0`).
         printer.out(&format!("listening on http://{addr}"));
         let shutdown = async move {

@@ -100,6 +100,8 @@ pub struct ServeConfig {
 /// What the handlers share.
 #[derive(Debug)]
 pub(crate) struct AppState {
+    /// The address bound (the configured one may say port 0).
+    pub(crate) local_addr: SocketAddr,
     pub(crate) config: ServeConfig,
     pub(crate) auth: Authenticator,
     pub(crate) models: Arc<Models>,
@@ -162,7 +164,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.listen.to_string(), source })?;
+        let local_addr = listener.local_addr().map_err(ServeError::Serve)?;
         let state = Arc::new(AppState {
+            local_addr,
             score_slots: Semaphore::new(config.limits.max_in_flight.max(1)),
             shape: Arc::new(RowShape::new(&sources.columns)),
             config,
@@ -175,8 +179,8 @@ impl Server {
     }
 
     /// The address actually bound (port 0 picks a free one).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.local_addr
     }
 
     /// Serves until `shutdown` completes, then stops accepting, finishes the requests in

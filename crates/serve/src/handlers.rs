@@ -136,12 +136,15 @@ fn location(state: &AppState, headers: &HeaderMap, run_id: &str) -> Result<Strin
         Some("https") => "https",
         _ => "http",
     };
+    // Each candidate on its own: a forwarded host that is not a host name falls back to `Host`,
+    // then to the address the server is bound to.
+    let host_name = |h: &String| {
+        !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    };
     let host = text("x-forwarded-host")
-        .or_else(|| text("host"))
-        .filter(|h| {
-            !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-        })
-        .unwrap_or_else(|| state.config.listen.to_string());
+        .filter(host_name)
+        .or_else(|| text("host").filter(host_name))
+        .unwrap_or_else(|| state.local_addr.to_string());
     Ok(format!("{scheme}://{host}/{path}"))
 }
 
