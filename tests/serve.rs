@@ -544,12 +544,13 @@ fn sigterm_finishes_requests_in_flight_and_leaves_the_run_resumable() {
             .send()
             .unwrap(),
     );
+    // A scoring request in flight (all but its last byte sent), then SIGTERM the moment the
+    // run has committed a unit, so that most of the run is still to do.
+    let row = r#"{"data": [{"device_id": 1, "temperature": 1, "pressure": 2, "vibration": 3, "humidity": 4, "rpm": 5, "voltage": 6, "current": 7, "flow_rate": 8}]}"#;
+    let in_flight = half_sent_score(&service, row);
     wait_for(&client, &format!("{}/v1/runs/r", service.url), |v| {
         v["progress"]["units_done"].as_u64() >= Some(1)
     });
-    let row = r#"{"data": [{"device_id": 1, "temperature": 1, "pressure": 2, "vibration": 3, "humidity": 4, "rpm": 5, "voltage": 6, "current": 7, "flow_rate": 8}]}"#;
-    let in_flight = half_sent_score(&service, row);
-    std::thread::sleep(Duration::from_millis(200));
     let addr = service.url.clone();
     let pid = service.pid();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
