@@ -107,7 +107,7 @@ pub(crate) struct AppState {
     pub(crate) models: Arc<Models>,
     pub(crate) runs: Arc<Runs>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) shape: Arc<RowShape>,
+    pub(crate) shape: RowShape,
     pub(crate) score_slots: Semaphore,
 }
 
@@ -168,7 +168,7 @@ impl Server {
         let state = Arc::new(AppState {
             local_addr,
             score_slots: Semaphore::new(config.limits.max_in_flight.max(1)),
-            shape: Arc::new(RowShape::new(&sources.columns)),
+            shape: RowShape::new(&sources.columns),
             config,
             auth,
             models: Arc::new(models),

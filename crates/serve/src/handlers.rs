@@ -32,14 +32,13 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// Parses a JSON body; an empty body is the type's default when `empty_ok`.
-fn parse_body<T: DeserializeOwned + Default>(body: &Bytes, empty_ok: bool) -> Result<T, ApiError> {
+/// Parses a JSON body; an empty (or blank) body is whatever `empty` says.
+fn parse_body<T: DeserializeOwned>(
+    body: &Bytes,
+    empty: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return if empty_ok {
-            Ok(T::default())
-        } else {
-            Err(ApiError::bad_request("empty_body", "the request has no body"))
-        };
+        return empty();
     }
     serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e))
 }
@@ -74,7 +73,7 @@ pub(crate) async fn start_run(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_limit(body, state.config.limits.max_body_bytes)?;
-    let request: RunRequest = parse_body(&body, true)?;
+    let request: RunRequest = parse_body(&body, || Ok(RunRequest::default()))?;
     let runs = state.runs.clone();
     let view = blocking(move || {
         let run_id = runs.submit(request)?;
@@ -154,14 +153,9 @@ pub(crate) async fn score(
 ) -> Result<Json<Vec<RowResult>>, ApiError> {
     let limits = &state.config.limits;
     let body = body_or_limit(body, limits.max_body_bytes)?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "empty_body",
-            "the request has no body; send {\"data\": [rows]}",
-        ));
-    }
-    let request: ScoreRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::from_json(&e))?;
+    let request: ScoreRequest = parse_body(&body, || {
+        Err(ApiError::bad_request("empty_body", "the request has no body; send {\"data\": [rows]}"))
+    })?;
     if request.data.len() > limits.max_rows {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -173,7 +167,7 @@ pub(crate) async fn score(
             ),
         ));
     }
-    let results = score_rows(&state.models, state.shape.clone(), request.data).await?;
+    let results = score_rows(&state.models, &state.shape, request.data).await?;
     let errors = results.iter().filter(|r| matches!(r, RowResult::Failed { .. })).count() as u64;
     state.metrics.rows_scored.inc_by(results.len() as u64 - errors);
     state.metrics.row_errors.inc_by(errors);

@@ -95,14 +95,14 @@ fn device_id(name: &str, value: &Value) -> Result<i64, RowResult> {
     })
 }
 
-/// What a row is scored with: its model key and, for long rows, its one value.
-struct Parsed<'a> {
+/// What a row is scored with: its model key and, for long rows, its one value (a wide row's
+/// values are read from the row when its model says which features it needs).
+struct Parsed {
     key: ModelKey,
-    row: &'a Map<String, Value>,
     long_value: Option<f64>,
 }
 
-fn parse_row<'a>(value: &'a Value, shape: &RowShape) -> Result<Parsed<'a>, RowResult> {
+fn parse_row(value: &Value, shape: &RowShape) -> Result<Parsed, RowResult> {
     let Value::Object(row) = value else {
         return Err(RowResult::failed("bad_row", "a row must be a JSON object"));
     };
@@ -121,7 +121,7 @@ fn parse_row<'a>(value: &'a Value, shape: &RowShape) -> Result<Parsed<'a>, RowRe
         Layout::Auto => sensor.is_some() && value.is_some(),
     };
     if !long {
-        return Ok(Parsed { key: ModelKey::device(device), row, long_value: None });
+        return Ok(Parsed { key: ModelKey::device(device), long_value: None });
     }
     let (Some((_, sensor)), Some((value_name, value))) = (sensor, value) else {
         return Err(RowResult::failed(
@@ -140,18 +140,23 @@ fn parse_row<'a>(value: &'a Value, shape: &RowShape) -> Result<Parsed<'a>, RowRe
     };
     let key = ModelKey::series(device, &sensor)
         .map_err(|e| RowResult::failed("bad_row", e.to_string()))?;
-    Ok(Parsed { key, row, long_value: Some(number(value_name, value)?) })
+    Ok(Parsed { key, long_value: Some(number(value_name, value)?) })
 }
 
 /// Scores the rows of one model: gathers each feature's column, scores them in one call.
-fn score_group(model: &Model, rows: &[(usize, &Parsed<'_>)], out: &mut [Option<RowResult>]) {
+fn score_group(
+    model: &Model,
+    rows: &[Value],
+    members: &[(usize, Option<f64>)],
+    out: &mut [Option<RowResult>],
+) {
     let features = &model.meta.features;
-    let mut columns: Vec<Vec<f64>> = vec![Vec::with_capacity(rows.len()); features.len()];
-    let mut scored_rows = Vec::with_capacity(rows.len());
-    'rows: for (i, parsed) in rows {
-        match parsed.long_value {
+    let mut columns: Vec<Vec<f64>> = vec![Vec::with_capacity(members.len()); features.len()];
+    let mut scored_rows = Vec::with_capacity(members.len());
+    'rows: for (i, long_value) in members {
+        match long_value {
             // A long-layout series is scored on its value alone, by a model of one feature.
-            Some(v) if features.len() == 1 => columns[0].push(v),
+            Some(v) if features.len() == 1 => columns[0].push(*v),
             Some(_) => {
                 out[*i] = Some(RowResult::failed(
                     "feature_mismatch",
@@ -166,7 +171,7 @@ fn score_group(model: &Model, rows: &[(usize, &Parsed<'_>)], out: &mut [Option<R
             None => {
                 let mut values = Vec::with_capacity(features.len());
                 for feature in features {
-                    let value = match parsed.row.get(feature) {
+                    let value = match rows[*i].get(feature) {
                         Some(value) => number(feature, value),
                         None => Err(RowResult::failed(
                             "feature_missing",
@@ -215,39 +220,54 @@ fn score_group(model: &Model, rows: &[(usize, &Parsed<'_>)], out: &mut [Option<R
     }
 }
 
+/// Each row's model group and long-layout value, or its error; and the distinct model keys,
+/// by group. Rows are parsed once, here.
+type Plan = (Vec<Result<(usize, Option<f64>), RowResult>>, Vec<ModelKey>);
+
+fn plan(rows: &[Value], shape: &RowShape) -> Plan {
+    let mut groups: HashMap<ModelKey, usize> = HashMap::new();
+    let mut keys: Vec<ModelKey> = Vec::new();
+    let planned = rows
+        .iter()
+        .map(|row| {
+            let Parsed { key, long_value } = parse_row(row, shape)?;
+            let group = *groups.entry(key).or_insert_with_key(|key| {
+                keys.push(key.clone());
+                keys.len() - 1
+            });
+            Ok((group, long_value))
+        })
+        .collect();
+    (planned, keys)
+}
+
 fn compute(
     rows: &[Value],
-    shape: &RowShape,
+    planned: Vec<Result<(usize, Option<f64>), RowResult>>,
     models: &[Result<Arc<Model>, ModelError>],
-    keys: &HashMap<ModelKey, usize>,
 ) -> Vec<RowResult> {
     let mut out: Vec<Option<RowResult>> = vec![None; rows.len()];
-    let mut groups: Vec<Vec<(usize, Parsed<'_>)>> = (0..models.len()).map(|_| Vec::new()).collect();
-    for (i, row) in rows.iter().enumerate() {
-        match parse_row(row, shape) {
-            Ok(parsed) => match keys.get(&parsed.key) {
-                Some(&g) => groups[g].push((i, parsed)),
-                None => out[i] = Some(RowResult::failed("internal", "row key not looked up")),
-            },
+    let mut groups: Vec<Vec<(usize, Option<f64>)>> = vec![Vec::new(); models.len()];
+    for (i, planned) in planned.into_iter().enumerate() {
+        match planned {
+            Ok((group, long_value)) => groups[group].push((i, long_value)),
             Err(e) => out[i] = Some(e),
         }
     }
-    for (group, model) in groups.iter().zip(models) {
-        if group.is_empty() {
+    for (members, model) in groups.iter().zip(models) {
+        if members.is_empty() {
             continue;
         }
+        let failed = |code: &'static str, reason: &String, out: &mut [Option<RowResult>]| {
+            members
+                .iter()
+                .for_each(|(i, _)| out[*i] = Some(RowResult::failed(code, reason.clone())))
+        };
         match model {
-            Ok(model) => {
-                let rows: Vec<(usize, &Parsed<'_>)> = group.iter().map(|(i, p)| (*i, p)).collect();
-                score_group(model, &rows, &mut out);
-            }
-            Err(ModelError::Missing(reason)) => group.iter().for_each(|(i, _)| {
-                out[*i] = Some(RowResult::failed("model_missing", reason.clone()))
-            }),
+            Ok(model) => score_group(model, rows, members, &mut out),
+            Err(ModelError::Missing(reason)) => failed("model_missing", reason, &mut out),
             Err(ModelError::Invalid(reason) | ModelError::Unavailable(reason)) => {
-                group.iter().for_each(|(i, _)| {
-                    out[*i] = Some(RowResult::failed("model_invalid", reason.clone()))
-                })
+                failed("model_invalid", reason, &mut out)
             }
         }
     }
@@ -260,23 +280,14 @@ fn compute(
 /// (the registry not open yet, storage unavailable): 503, which callers retry.
 pub async fn score_rows(
     models: &Models,
-    shape: Arc<RowShape>,
+    shape: &RowShape,
     rows: Vec<Value>,
 ) -> Result<Vec<RowResult>, ApiError> {
     let registry = models.registry().ok_or_else(|| {
         ApiError::unavailable("not_ready", "the model registry is not open yet", 5)
     })?;
-    let mut keys: HashMap<ModelKey, usize> = HashMap::new();
-    let mut order: Vec<ModelKey> = Vec::new();
-    for row in &rows {
-        if let Ok(parsed) = parse_row(row, &shape) {
-            keys.entry(parsed.key.clone()).or_insert_with(|| {
-                order.push(parsed.key);
-                order.len() - 1
-            });
-        }
-    }
-    let loaded = models.get_many(&registry, &order).await;
+    let (planned, keys) = plan(&rows, shape);
+    let loaded = models.get_many(&registry, &keys).await;
     if let Some(Err(ModelError::Unavailable(reason))) =
         loaded.iter().find(|m| matches!(m, Err(ModelError::Unavailable(_))))
     {
@@ -287,9 +298,9 @@ pub async fn score_rows(
         ));
     }
     if rows.len() <= INLINE_ROWS {
-        return Ok(compute(&rows, &shape, &loaded, &keys));
+        return Ok(compute(&rows, planned, &loaded));
     }
-    tokio::task::spawn_blocking(move || compute(&rows, &shape, &loaded, &keys)).await.map_err(|e| {
+    tokio::task::spawn_blocking(move || compute(&rows, planned, &loaded)).await.map_err(|e| {
         ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
     })
 }
@@ -367,17 +378,10 @@ mod tests {
         #[test]
         fn one_answer_per_row_whatever_the_rows(rows in proptest::collection::vec(json_value(), 0..30)) {
             for layout in [Layout::Auto, Layout::Wide, Layout::Long] {
-                let shape = shape(layout);
-                let mut keys = HashMap::new();
-                for row in &rows {
-                    if let Ok(parsed) = parse_row(row, &shape) {
-                        let n = keys.len();
-                        keys.entry(parsed.key).or_insert(n);
-                    }
-                }
+                let (planned, keys) = plan(&rows, &shape(layout));
                 let models: Vec<Result<Arc<Model>, ModelError>> =
-                    (0..keys.len()).map(|_| Err(ModelError::Missing("none".into()))).collect();
-                let answer = compute(&rows, &shape, &models, &keys);
+                    keys.iter().map(|_| Err(ModelError::Missing("none".into()))).collect();
+                let answer = compute(&rows, planned, &models);
                 proptest::prop_assert_eq!(answer.len(), rows.len());
                 for (row, entry) in rows.iter().zip(&answer) {
                     let RowResult::Failed { code, .. } = entry else {
