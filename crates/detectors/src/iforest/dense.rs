@@ -102,25 +102,18 @@ impl DenseBlock {
                     // A group of one row (a real-time request's row of a device) walks alone:
                     // half the time of eight lanes, of which seven would be idle. From two
                     // rows on, the lanes' overlapped latency wins (benches/kernel.rs).
-                    *sum += tree.leaves
-                        [walk_one::<NAN>(tree, group).wrapping_sub(SPLITS) & (LEAVES - 1)];
+                    let mut i = 0;
+                    for _ in 0..HEIGHT {
+                        i = step::<NAN>(tree, group, 0, i);
+                    }
+                    *sum += tree.leaves[(i as usize).wrapping_sub(SPLITS) & (LEAVES - 1)];
                     continue;
                 }
                 // All lanes walk; lanes past the last row read leftover inputs and are not added.
                 let mut at = [0u32; LANES];
                 for _ in 0..HEIGHT {
                     for (lane, i) in at.iter_mut().enumerate() {
-                        // `*i` is below SPLITS here: the mask only tells the compiler so.
-                        let slot = *i as usize & SPLITS;
-                        let code = tree.features[slot];
-                        let x = group[usize::from(code) & (FEATURES - 1)][lane];
-                        // NaN compares false: it goes right unless the split says left.
-                        let left = x <= tree.thresholds[slot];
-                        let mut right = !left;
-                        if NAN && x.is_nan() {
-                            right = code & NAN_LEFT == 0;
-                        }
-                        *i = (2 * slot + 1 + usize::from(right)) as u32;
+                        *i = step::<NAN>(tree, group, lane, *i);
                     }
                 }
                 for (sum, &i) in lane_sums.iter_mut().zip(&at) {
@@ -131,19 +124,23 @@ impl DenseBlock {
     }
 }
 
-/// The leaf slot lane 0 of `group` reaches in `tree`: the lanes' step, for one row.
-fn walk_one<const NAN: bool>(tree: &DenseTree, group: &[[f32; LANES]; FEATURES]) -> usize {
-    let mut i = 0usize;
-    for _ in 0..HEIGHT {
-        let slot = i & SPLITS;
-        let code = tree.features[slot];
-        let x = group[usize::from(code) & (FEATURES - 1)][0];
-        let left = x <= tree.thresholds[slot];
-        let mut right = !left;
-        if NAN && x.is_nan() {
-            right = code & NAN_LEFT == 0;
-        }
-        i = 2 * slot + 1 + usize::from(right);
+/// One traversal step of row `lane` of `group` from split slot `i`: the child slot it goes to.
+#[inline(always)]
+fn step<const NAN: bool>(
+    tree: &DenseTree,
+    group: &[[f32; LANES]; FEATURES],
+    lane: usize,
+    i: u32,
+) -> u32 {
+    // `i` is below SPLITS here: the mask only tells the compiler so.
+    let slot = i as usize & SPLITS;
+    let code = tree.features[slot];
+    let x = group[usize::from(code) & (FEATURES - 1)][lane];
+    // NaN compares false: it goes right unless the split says left.
+    let left = x <= tree.thresholds[slot];
+    let mut right = !left;
+    if NAN && x.is_nan() {
+        right = code & NAN_LEFT == 0;
     }
-    i
+    (2 * slot + 1 + usize::from(right)) as u32
 }
