@@ -22,7 +22,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo deny (licenses, duplicate versions, sources, advisories)"
 scripts/deny.sh
 echo "== test dependencies: Python packages, Azurite, openssl"
-# tests/serve.rs makes its RS256 key pairs with the openssl command (Debian package).
+# tests/serve/ makes its RS256 key pairs with the openssl command (Debian package).
 if ! command -v openssl >/dev/null; then
   (apt-get install -y -q openssl || (apt-get update -q && apt-get install -y -q openssl)) >&2
 fi

@@ -1,0 +1,214 @@
+//! Limits: overload, stalled uploads, silent connections, the connection cap, oversize and
+//! malformed bodies, requests that reach for other locations.
+
+use super::*;
+
+#[test]
+fn overload_answers_503_with_retry_after() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let mut args = fixture_args(&output);
+    args.extend(
+        ["--max-in-flight", "1", "--queue-wait", "50ms", "--request-timeout", "2s"]
+            .map(String::from),
+    );
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let row = r#"{"data": [{"device_id": 1, "temperature": 1}]}"#;
+    let held = half_sent_score(&service, row);
+    std::thread::sleep(Duration::from_millis(200));
+    let client = client();
+    let response =
+        with_key(client.post(format!("{}/v1/score", service.url))).body(row).send().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(response.headers(), "retry-after"), "1");
+    let (_, _, value) = body(response);
+    assert_eq!(value["error"]["code"], "overloaded");
+    // Health and status stay responsive while scoring is saturated.
+    let started = Instant::now();
+    assert_eq!(client.get(format!("{}/healthz", service.url)).send().unwrap().status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let answer = finish_and_read(held, row);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let after =
+        with_key(client.post(format!("{}/v1/score", service.url))).body(row).send().unwrap();
+    assert_eq!(after.status(), 200, "the slot is free again");
+    // A client that stops sending its body loses the slot after --request-timeout.
+    let stalled = half_sent_score(&service, row);
+    let started = Instant::now();
+    let mut answer = String::new();
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = (&stalled).read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "timed out early: {:?}",
+        started.elapsed()
+    );
+    let after =
+        with_key(client.post(format!("{}/v1/score", service.url))).body(row).send().unwrap();
+    assert_eq!(after.status(), 200, "the stalled request's slot is free again");
+    let text = metrics_text(&client, &service);
+    assert_eq!(metric(&text, "batchscore_overload_rejections_total", "/v1/score"), 1.0, "{text}");
+}
+
+/// Reads until the server closes the connection (or 10 s pass); what it sent, if anything.
+fn read_until_closed(mut stream: TcpStream) -> Option<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => Some(String::from_utf8_lossy(&answer).into_owned()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn silent_connections_are_closed_and_open_connections_capped() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let mut args = fixture_args(&output);
+    args.extend(["--header-timeout", "1s", "--max-connections", "2"].map(String::from));
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let addr = service.url.trim_start_matches("http://").to_string();
+    // A client that connects and never sends its request head is let go.
+    let started = Instant::now();
+    let silent = TcpStream::connect(&addr).unwrap();
+    assert!(read_until_closed(silent).is_some(), "a silent connection was kept open 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+    // So is one that stops in the middle of its head.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\n").unwrap();
+    assert!(read_until_closed(slow).is_some(), "a half-sent head was kept open 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+    // Two connections are open (heads half sent): a third is closed at once, unserved.
+    let mut held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = TcpStream::connect(&addr).unwrap();
+    let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let answer = read_until_closed(third).unwrap_or_default();
+    assert!(!answer.contains("200 OK"), "served beyond --max-connections: {answer}");
+    // Finished heads are answered, and once they close there is room again.
+    for s in &mut held {
+        s.write_all(b"Host: x\r\nConnection: close\r\n\r\n").unwrap();
+    }
+    for s in held {
+        assert!(read_until_closed(s).unwrap().starts_with("HTTP/1.1 200"));
+    }
+    let client = client();
+    assert_eq!(client.get(format!("{}/healthz", service.url)).send().unwrap().status(), 200);
+}
+
+#[test]
+fn oversize_malformed_and_out_of_bounds_requests_are_refused_with_reasons() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let mut args = fixture_args(&output);
+    args.extend(["--max-body", "4KiB", "--max-rows", "10"].map(String::from));
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let client = client();
+    let post = |path: &str, body_text: String| {
+        body(
+            with_key(client.post(format!("{}{path}", service.url))).body(body_text).send().unwrap(),
+        )
+    };
+    let cases: Vec<(&str, String, StatusCode, &str, &str)> = vec![
+        ("/v1/score", "x".repeat(5000), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "4096"),
+        (
+            "/v1/score",
+            json!({"data": vec![json!({"device_id": 1}); 11]}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_rows",
+            "at most 10",
+        ),
+        ("/v1/score", "{\"data\": [".into(), StatusCode::BAD_REQUEST, "malformed_json", "column"),
+        (
+            "/v1/score",
+            "{\"data\": 5}".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "invalid type",
+        ),
+        (
+            "/v1/score",
+            "{\"rows\": []}".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "unknown field `rows`",
+        ),
+        ("/v1/score", "".into(), StatusCode::BAD_REQUEST, "empty_body", "no body"),
+        ("/v1/score", "\u{0}\u{1}".into(), StatusCode::BAD_REQUEST, "malformed_json", "line 1"),
+        (
+            "/v1/runs",
+            json!({"input": "/etc"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "unknown field `input`",
+        ),
+        (
+            "/v1/runs",
+            json!({"output": "/tmp/elsewhere"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "unknown field `output`",
+        ),
+        (
+            "/v1/runs",
+            json!({"devices": "@/etc/passwd"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_run",
+            "@file",
+        ),
+        (
+            "/v1/runs",
+            json!({"run_id": "../escape"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_run",
+            "run-id",
+        ),
+        (
+            "/v1/runs",
+            json!({"devices": "ten"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_run",
+            "ten",
+        ),
+        (
+            "/v1/runs",
+            json!({"from": "yesterday"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_run",
+            "yesterday",
+        ),
+        (
+            "/v1/runs",
+            json!({"last": "1h", "from": "2026-01-01"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_run",
+            "cannot be combined",
+        ),
+    ];
+    for (path, text, status, code, says) in cases {
+        let (got, _, value) = post(path, text.clone());
+        assert_eq!(got, status, "{path} {text:.60}: {value}");
+        assert_eq!(value["error"]["code"], code, "{path} {text:.60}: {value}");
+        let message = value["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{path} {text:.60}: {message}");
+    }
+    for path in ["/v1/runs/..%2F..%2Fetc", "/v1/runs/_requests", "/v1/runs/.hidden"] {
+        let (status, _, value) =
+            body(with_key(client.get(format!("{}{path}", service.url))).send().unwrap());
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {value}");
+    }
+    // Nothing was written outside the output, and no run was started by any of these.
+    assert!(
+        !Path::new(&output).join("_requests").exists()
+            || std::fs::read_dir(Path::new(&output).join("_requests")).unwrap().count() == 0
+    );
+}
