@@ -1,6 +1,7 @@
 //! Integration tests: drive the real `batchscore` binary end to end on generated data.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr)]
 
+mod aggregate;
 mod azure;
 mod azure_batch;
 mod common;

@@ -40,6 +40,10 @@ pub enum Command {
     /// Train one model per device (wide layout) or per device and sensor (long layout) from
     /// readings into a registry.
     Train(TrainArgs),
+    /// Aggregate readings over tumbling windows per device (and sensor) into a dataset that
+    /// `train` and `run` read like any other (OUTPUT/RUN_ID/), committed exactly once like a
+    /// run; `--pivot` turns long readings into one row per device and window.
+    Aggregate(Box<AggregateArgs>),
     /// Generate deterministic synthetic telemetry with labelled anomalies.
     Generate(GenerateArgs),
     /// Inspect and verify a model registry.
@@ -146,6 +150,60 @@ pub struct ServeArgs {
     /// Retry-After of 202 answers, in seconds (default 20, Logic Apps' own poll interval).
     #[arg(long, env = "BATCHSCORE_POLL_AFTER", value_name = "SECONDS")]
     pub poll_after: Option<u64>,
+}
+
+/// `batchscore aggregate`. Window settings default to the config file's `[aggregate]`.
+#[derive(Debug, Args)]
+pub struct AggregateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Where aggregated datasets are written: OUTPUT/RUN_ID/part-NNNNN.parquet.
+    #[arg(long, env = "BATCHSCORE_AGGREGATE_OUTPUT", value_name = "URL")]
+    pub output: Option<String>,
+    /// Run id (default: derived from the input, selection, window and aggregation settings).
+    #[arg(long, env = "BATCHSCORE_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Window length: `5s`, `1m`, `15m`, `1h`, `1d`, `1h30m`.
+    #[arg(long, value_name = "DURATION")]
+    pub every: Option<String>,
+    /// Shift of the window grid from the epoch (default `0s`).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub offset: Option<String>,
+    /// Which end of a window belongs to it: `left` ([start, end), the default) or `right`
+    /// ((start, end]). Windows are labelled by their start either way.
+    #[arg(long, value_enum, value_name = "SIDE")]
+    pub closed: Option<ClosedArg>,
+    /// Statistics per sensor, comma-separated: count, mean, std, min, max, first, last
+    /// (default: all).
+    #[arg(long, value_name = "LIST")]
+    pub stats: Option<String>,
+    /// Long input: one row per device and window with a column per sensor and statistic
+    /// (`SENSOR_STAT`); needs --sensors, which fixes the columns.
+    #[arg(long)]
+    pub pivot: bool,
+    /// Keep readings that repeat an earlier one's device, sensor and timestamp (default: drop
+    /// them, keeping the first).
+    #[arg(long)]
+    pub keep_duplicates: bool,
+    /// This process's shard, 0-based, and the number of shards.
+    #[arg(long, env = "BATCHSCORE_SHARD_INDEX", value_name = "I")]
+    pub shard_index: Option<u32>,
+    #[arg(long, env = "BATCHSCORE_SHARD_COUNT", value_name = "N")]
+    pub shard_count: Option<u32>,
+    /// Bounds on the readings per work unit.
+    #[arg(long, env = "BATCHSCORE_MIN_PART_ROWS", value_name = "ROWS")]
+    pub min_part_rows: Option<u64>,
+    #[arg(long, env = "BATCHSCORE_MAX_PART_ROWS", value_name = "ROWS")]
+    pub max_part_rows: Option<u64>,
+    /// Summary format on stdout.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub summary: SummaryFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClosedArg {
+    Left,
+    Right,
 }
 
 /// `batchscore batch`.

@@ -131,7 +131,7 @@ fn detector_view(detector: &DetectorModel) -> serde_json::Value {
 /// Exit code when the job finished but failed items exceed the tolerated share.
 pub const EXIT_PARTIAL: u8 = batchscore_io::EXIT_FAILED_KEYS;
 
-fn interactive(printer: Printer) -> bool {
+pub fn interactive(printer: Printer) -> bool {
     !printer.quiet && std::io::stderr().is_terminal()
 }
 
@@ -330,6 +330,17 @@ fn render_plan(p: &PlanSummary) -> String {
     .join("\n")
 }
 
+/// The summary line about selected sensors no reading was met of.
+pub fn sensors_warning(r: &RunReport) -> Option<String> {
+    (!r.sensors_without_input.is_empty()).then(|| {
+        format!(
+            "  warning   no readings of the selected sensor(s) {} in this {}",
+            r.sensors_without_input.join(", "),
+            if r.manifest.shard_count > 1 { "shard" } else { "run" }
+        )
+    })
+}
+
 fn render_summary(r: &RunReport, threads: usize) -> String {
     let t = &r.manifest.totals;
     let secs = r.elapsed.as_secs_f64();
@@ -375,13 +386,7 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
             ),
         );
     }
-    if !r.sensors_without_input.is_empty() {
-        lines.push(format!(
-            "  warning   no readings of the selected sensor(s) {} in this {}",
-            r.sensors_without_input.join(", "),
-            if r.manifest.shard_count > 1 { "shard" } else { "run" }
-        ));
-    }
+    lines.extend(sensors_warning(r));
     let failures: Vec<_> =
         r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
     if !failures.is_empty() {

@@ -20,6 +20,8 @@ pub struct ConfigFile {
     pub sample: Option<SampleSection>,
     pub storage: StorageSection,
     pub serve: ServeSection,
+    /// `batchscore aggregate`: windows, statistics, pivot (see `configs/sample.toml`).
+    pub aggregate: Option<batchscore_features::AggregateConfig>,
     /// Directory of the file, for relative paths.
     #[serde(skip)]
     pub base: Option<PathBuf>,

@@ -7,6 +7,7 @@
 //! 75 storage unavailable, worth retrying later; 130 / 143 stopped by SIGINT / SIGTERM (the same
 //! command resumes the run).
 
+mod aggregate;
 mod azure;
 mod cli;
 mod commands;
@@ -118,6 +119,7 @@ fn dispatch(
     match &cli.command {
         Command::Run(args) => commands::run(args, &config, storage, printer),
         Command::Train(args) => commands::train(args, &config, storage, printer),
+        Command::Aggregate(args) => aggregate::aggregate(args, &config, storage, printer),
         Command::Generate(args) => commands::generate(args, storage, printer),
         Command::Models(args) => commands::models(args, &config, storage, printer),
         Command::Status(args) => runs::status(args, &config, storage, printer),
@@ -160,6 +162,9 @@ fn error_class(error: &anyhow::Error) -> ErrorClass {
             return e.class();
         }
         if let Some(e) = cause.downcast_ref::<batchscore_serve::ServeError>() {
+            return e.class();
+        }
+        if let Some(e) = cause.downcast_ref::<batchscore_features::FeaturesError>() {
             return e.class();
         }
     }

@@ -12,12 +12,18 @@ use std::time::Duration;
 use batchscore_io::{RetrySettings, Storage, StorageOptions};
 use batchscore_scheduler::{
     DeviceSelection, InputColumns, Layout, MaxFailed, OutputFormat, OutputProfile, OutputSpec,
-    RunSpec, SensorSelection, Shard, TimeWindow, TrainParams, TrainSpec,
+    RunSpec, SensorSelection, Shard, TimeWindow, TrainParams, TrainSpec, TransformSpec,
+    UnitTransform, sensor_order,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::json;
 
-use crate::cli::{DetectorArg, FormatArg, InputArgs, LayoutChoice, ProfileArg, RunArgs, TrainArgs};
+use batchscore_features::{Aggregation, Closed, Stat};
+
+use crate::cli::{
+    AggregateArgs, ClosedArg, DetectorArg, FormatArg, InputArgs, LayoutChoice, ProfileArg, RunArgs,
+    TrainArgs,
+};
 use crate::config::ConfigFile;
 
 use crate::usage::UsageError;
@@ -166,7 +172,8 @@ pub fn threads(value: Option<usize>) -> Result<usize, UsageError> {
 /// The input-side settings shared by run and train.
 struct Common {
     input: String,
-    registry: String,
+    /// Required by `run` and `train` ([`Common::registry`]), unused by `aggregate`.
+    registry: Option<String>,
     selection: DeviceSelection,
     sensors: SensorSelection,
     window: TimeWindow,
@@ -181,12 +188,7 @@ fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<C
         "BATCHSCORE_INPUT",
         "paths.input",
     )?;
-    let registry = required(
-        args.registry.clone().or_else(|| config.location(&config.paths.registry)),
-        "--registry",
-        "BATCHSCORE_REGISTRY",
-        "paths.registry",
-    )?;
+    let registry = args.registry.clone().or_else(|| config.location(&config.paths.registry));
     let devices = args.devices.clone().or_else(|| config.select.devices.clone());
     let selection = selection(devices.clone())?;
     let (from, to, last) = if args.from.is_some() || args.to.is_some() || args.last.is_some() {
@@ -213,6 +215,12 @@ fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<C
         "window_us": window, "columns": columns,
     });
     Ok(Common { input, registry, selection, sensors, window, columns, raw })
+}
+
+impl Common {
+    fn registry(&self) -> Result<String, UsageError> {
+        required(self.registry.clone(), "--registry", "BATCHSCORE_REGISTRY", "paths.registry")
+    }
 }
 
 /// Splits `15m`, `16MiB` or `30` into the number and its unit.
@@ -390,6 +398,7 @@ pub fn run_spec(
     now: DateTime<Utc>,
 ) -> Result<RunSpec, UsageError> {
     let c = common(&args.input, config, now)?;
+    let registry = c.registry()?;
     let output = required(
         args.output.clone().or_else(|| config.location(&config.paths.output)),
         "--output",
@@ -404,13 +413,7 @@ pub fn run_spec(
         .unwrap_or_else(|| "0".into());
     let max_failed = MaxFailed::parse(&max_failed).map_err(usage)?;
     let threads = threads(args.input.threads.or(config.run.threads))?;
-    let min_part_rows =
-        args.min_part_rows.or(config.run.min_part_rows).unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
-    let max_part_rows = args
-        .max_part_rows
-        .or(config.run.max_part_rows)
-        .unwrap_or(DEFAULT_MAX_PART_ROWS)
-        .max(min_part_rows);
+    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config);
     let output_spec = OutputSpec {
         profile: match args.profile {
             Some(ProfileArg::Scored) => OutputProfile::Scored,
@@ -436,7 +439,7 @@ pub fn run_spec(
     let settings = scrubbed(settings, storage);
     Ok(RunSpec {
         input: storage.open(&c.input).map_err(usage)?,
-        registry: storage.open(&c.registry).map_err(usage)?,
+        registry: storage.open(&registry).map_err(usage)?,
         output: storage.open(&output).map_err(usage)?,
         run_id: args.run_id.clone(),
         selection: c.selection,
@@ -447,6 +450,85 @@ pub fn run_spec(
         threads,
         shard,
         max_failed,
+        min_part_rows,
+        max_part_rows,
+        settings,
+    })
+}
+
+/// Bounds on rows per work unit: flags (and their environment) > `[run]` > defaults.
+fn part_rows(min: Option<u64>, max: Option<u64>, config: &ConfigFile) -> (u64, u64) {
+    let min = min.or(config.run.min_part_rows).unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
+    let max = max.or(config.run.max_part_rows).unwrap_or(DEFAULT_MAX_PART_ROWS).max(min);
+    (min, max)
+}
+
+/// Resolves `batchscore aggregate`: flags > environment > `[aggregate]` > defaults.
+pub fn aggregate_spec(
+    args: &AggregateArgs,
+    config: &ConfigFile,
+    storage: &Storage,
+    now: DateTime<Utc>,
+) -> Result<TransformSpec, UsageError> {
+    let c = common(&args.input, config, now)?;
+    let output = required(
+        args.output.clone(),
+        "--output",
+        "BATCHSCORE_AGGREGATE_OUTPUT",
+        "(no config key: aggregated data is another dataset than the runs' output)",
+    )?;
+    let mut aggregate = config.aggregate.clone().unwrap_or_default();
+    if let Some(every) = &args.every {
+        aggregate.every = Some(every.clone());
+    }
+    if let Some(offset) = &args.offset {
+        aggregate.offset = offset.clone();
+    }
+    if let Some(closed) = args.closed {
+        aggregate.closed = match closed {
+            ClosedArg::Left => Closed::Left,
+            ClosedArg::Right => Closed::Right,
+        };
+    }
+    if let Some(stats) = &args.stats {
+        aggregate.stats = Stat::parse_list(stats).map_err(usage)?;
+    }
+    aggregate.pivot |= args.pivot;
+    aggregate.dedupe &= !args.keep_duplicates;
+    // Pivot columns in the order outputs list sensors: integers by value, then names.
+    let sensors: Option<Vec<String>> = c.sensors.names().map(|names| {
+        let mut names: Vec<String> = names.iter().cloned().collect();
+        names.sort_by(|a, b| sensor_order(a, b));
+        names
+    });
+    let aggregation = Aggregation::new(&aggregate, sensors.as_deref()).map_err(usage)?;
+    let shard =
+        Shard::new(args.shard_index.unwrap_or(0), args.shard_count.unwrap_or(1)).map_err(usage)?;
+    let threads = threads(args.input.threads.or(config.run.threads))?;
+    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config);
+    let mut settings = c.raw;
+    if let Some(map) = settings.as_object_mut() {
+        map.remove("registry");
+    }
+    settings["output"] = json!(output);
+    settings["aggregate"] = aggregation.describe();
+    settings["shard"] = json!(shard);
+    settings["threads"] = json!(threads);
+    settings["min_part_rows"] = json!(min_part_rows);
+    settings["max_part_rows"] = json!(max_part_rows);
+    settings["storage_options"] = json!(storage.options().redacted());
+    let settings = scrubbed(settings, storage);
+    Ok(TransformSpec {
+        input: storage.open(&c.input).map_err(usage)?,
+        output: storage.open(&output).map_err(usage)?,
+        run_id: args.run_id.clone(),
+        selection: c.selection,
+        sensors: c.sensors,
+        window: c.window,
+        columns: c.columns,
+        transform: std::sync::Arc::new(aggregation),
+        threads,
+        shard,
         min_part_rows,
         max_part_rows,
         settings,
@@ -507,6 +589,7 @@ pub fn train_spec(
     now: DateTime<Utc>,
 ) -> Result<TrainSpec, UsageError> {
     let c = common(&args.input, config, now)?;
+    let registry = c.registry()?;
     let t = &config.train;
     let defaults = IsolationForestParams::default();
     let params = IsolationForestParams {
@@ -561,7 +644,7 @@ pub fn train_spec(
     }
     Ok(TrainSpec {
         input: storage.open(&c.input).map_err(usage)?,
-        registry: storage.open(&c.registry).map_err(usage)?,
+        registry: storage.open(&registry).map_err(usage)?,
         selection: c.selection,
         sensors: c.sensors,
         window: c.window,

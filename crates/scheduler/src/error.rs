@@ -71,6 +71,13 @@ pub enum SchedulerError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// A unit's transform (interval aggregation) failed.
+    #[error("cannot transform unit {unit}: {source}")]
+    Transform {
+        unit: usize,
+        #[source]
+        source: crate::TransformError,
+    },
     /// Storage failed.
     #[error(transparent)]
     Io(IoError),
@@ -100,6 +107,7 @@ impl SchedulerError {
             SchedulerError::Registry(e) => e.class(),
             SchedulerError::ThreadPool { .. }
             | SchedulerError::Arrow { .. }
+            | SchedulerError::Transform { .. }
             | SchedulerError::Encode { .. } => ErrorClass::Internal,
         }
     }
@@ -177,6 +185,7 @@ mod tests {
                 ErrorClass::Internal,
             ),
             (SchedulerError::Io(IoError::NotFound { url: s() }), ErrorClass::Usage),
+            (SchedulerError::Transform { unit: 1, source: s().into() }, ErrorClass::Internal),
             (
                 SchedulerError::Registry(RegistryError::CorruptIndex { url: s(), reason: s() }),
                 ErrorClass::BadInput,

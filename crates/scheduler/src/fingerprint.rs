@@ -74,7 +74,7 @@ pub(crate) fn plan_fingerprint(
     Ok(Fingerprint { digest, components })
 }
 
-fn digest_of(value: &dyn erased::Json) -> Result<String, SchedulerError> {
+pub(crate) fn digest_of(value: &dyn erased::Json) -> Result<String, SchedulerError> {
     value
         .to_json()
         .map(|bytes| hex::encode(Sha256::digest(&bytes)))
@@ -106,8 +106,8 @@ pub(crate) fn setting_components(
 }
 
 /// JSON encoding behind a trait object, so components of different types hash alike.
-mod erased {
-    pub(super) trait Json {
+pub(crate) mod erased {
+    pub(crate) trait Json {
         fn to_json(&self) -> serde_json::Result<Vec<u8>>;
     }
 

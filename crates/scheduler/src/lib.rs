@@ -8,6 +8,7 @@
 //! Units run on a rayon pool owned by the job. Each unit writes one Parquet part and a receipt;
 //! a shard manifest and `_SUCCESS` are written create-only, which makes reruns exactly-once.
 
+mod aggregate;
 mod commit;
 mod dataset;
 mod error;
@@ -22,10 +23,12 @@ mod select;
 mod status;
 mod stored;
 mod train;
+mod transform;
 
+pub use aggregate::{TransformSpec, transform};
 pub use batchscore_io::{error_causes, error_chain};
 pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, ShardError};
-pub use dataset::{InputColumns, Layout};
+pub use dataset::{InputColumns, Layout, sensor_order};
 pub use error::SchedulerError;
 pub use output::{OutputFormat, OutputProfile, OutputSpec};
 pub use plan::{Plan, Unit};
@@ -35,3 +38,4 @@ pub use run::{PlanSummary, RunReport, RunSpec, StoredRun, check_run_id, dry_run,
 pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
 pub use status::{RunState, RunStatus, ShardState, status};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};
+pub use transform::{TableLayout, Transform, TransformError, UnitTransform};

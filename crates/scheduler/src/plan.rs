@@ -60,6 +60,74 @@ impl Plan {
         Self { units }
     }
 
+    /// Cuts the device range into disjoint intervals of about `target_rows` rows each, for
+    /// jobs that need all of a device's rows in one unit (interval aggregation).
+    ///
+    /// Rows per device are estimated by spreading each row group's rows evenly over its device
+    /// interval. A unit reads every row group that meets its interval and keeps the rows of its
+    /// devices: row groups sorted by device are read once (those straddling a cut twice), row
+    /// groups that each hold every device (files per time period) are read by every unit, and
+    /// a unit's memory stays about `target_rows` rows either way.
+    pub(crate) fn by_device(slices: &[Slice], target_rows: u64) -> Self {
+        let target = target_rows.max(1) as f64;
+        // Sweep over the slice bounds: at each, the rows per device of the slices covering
+        // the interval up to the next bound.
+        let mut events: Vec<(i128, f64, i32)> = slices
+            .iter()
+            .flat_map(|s| {
+                let per_device = s.rows as f64 / (i128::from(s.hi) - i128::from(s.lo) + 1) as f64;
+                [(i128::from(s.lo), per_device, 1), (i128::from(s.hi) + 1, -per_device, -1)]
+            })
+            .collect();
+        events.sort_by_key(|e| e.0);
+        let mut intervals: Vec<(i128, i128, f64)> = Vec::new();
+        let (mut density, mut active) = (0.0f64, 0i32);
+        for (i, (at, delta, count)) in events.iter().enumerate() {
+            density += delta;
+            active += count;
+            let next = events.get(i + 1).map(|e| e.0);
+            if let Some(next) = next.filter(|&n| n > *at)
+                && active > 0
+            {
+                intervals.push((*at, next, density.max(f64::MIN_POSITIVE)));
+            }
+        }
+        let mut cuts: Vec<(i128, i128, f64)> = Vec::new(); // [lo, hi] and estimated rows
+        let mut open: Option<(i128, f64)> = None;
+        for &(mut a, b, per_device) in &intervals {
+            while a < b {
+                let (start, acc) = open.unwrap_or((a, 0.0));
+                let room = ((target - acc) / per_device).ceil().max(1.0);
+                let take = (room as i128).min(b - a);
+                let acc = acc + per_device * take as f64;
+                if acc >= target {
+                    cuts.push((start, a + take - 1, acc));
+                    open = None;
+                } else {
+                    open = Some((start, acc));
+                }
+                a += take;
+            }
+            // A gap with no row group closes nothing: the next interval continues the unit.
+        }
+        if let (Some((start, acc)), Some(&(_, end, _))) = (open, intervals.last()) {
+            cuts.push((start, end - 1, acc));
+        }
+        let units = cuts
+            .into_iter()
+            .enumerate()
+            .map(|(index, (lo, hi, rows))| {
+                let (lo, hi) = (lo as i64, hi as i64);
+                let mut mine: Vec<usize> = (0..slices.len())
+                    .filter(|&i| slices[i].lo <= hi && slices[i].hi >= lo)
+                    .collect();
+                mine.sort_by_key(|&i| (slices[i].file, slices[i].row_group));
+                Unit { index, lo, hi, rows: rows.round() as u64, slices: mine }
+            })
+            .collect();
+        Self { units }
+    }
+
     /// Total rows over all units.
     pub fn rows(&self) -> u64 {
         self.units.iter().map(|u| u.rows).sum()
@@ -113,6 +181,22 @@ mod tests {
         assert_eq!(plan.units[0].slices, vec![1, 2, 0, 3], "file order within a unit");
     }
 
+    #[test]
+    fn units_by_device_are_disjoint_and_share_row_groups_that_straddle_a_cut() {
+        let slices = vec![
+            slice(0, 0, 0, 4, 100),
+            slice(0, 1, 4, 9, 100), // device 4 in two row groups
+            slice(1, 0, 0, 9, 200), // a file of a later period, every device
+        ];
+        let plan = Plan::by_device(&slices, 200);
+        let bounds: Vec<(i64, i64)> = plan.units.iter().map(|u| (u.lo, u.hi)).collect();
+        assert_eq!(bounds, vec![(0, 4), (5, 9)]);
+        assert_eq!(plan.units[0].slices, vec![0, 1, 2]);
+        assert_eq!(plan.units[1].slices, vec![1, 2]);
+        assert_eq!(plan.rows(), 400);
+        assert_eq!(Plan::by_device(&[], 10).units, vec![]);
+    }
+
     proptest! {
         /// Every row group lands in exactly one unit, units are disjoint device intervals, and
         /// the shards partition the units.
@@ -141,6 +225,35 @@ mod tests {
                 .collect();
             all.sort_unstable();
             prop_assert_eq!(all, (0..plan.units.len()).collect::<Vec<_>>());
+        }
+
+        /// Units by device are disjoint device intervals in order, every device of every row
+        /// group is in exactly one of them, and a unit reads exactly the row groups it meets.
+        #[test]
+        fn units_by_device_partition_the_devices(
+            raw in proptest::collection::vec((-50i64..200, 0i64..30, 1u64..500), 1..40),
+            target in 1u64..3000,
+        ) {
+            let slices: Vec<Slice> = raw.iter().enumerate()
+                .map(|(i, (lo, w, rows))| slice(i % 3, i, *lo, lo + w, *rows)).collect();
+            let plan = Plan::by_device(&slices, target);
+            for pair in plan.units.windows(2) {
+                prop_assert!(pair[0].hi < pair[1].lo, "disjoint, in order");
+            }
+            for (i, s) in slices.iter().enumerate() {
+                for device in s.lo..=s.hi {
+                    let holders: Vec<&Unit> =
+                        plan.units.iter().filter(|u| u.lo <= device && device <= u.hi).collect();
+                    prop_assert_eq!(holders.len(), 1, "device {}", device);
+                    prop_assert!(holders[0].slices.contains(&i));
+                }
+            }
+            for u in &plan.units {
+                prop_assert!(u.lo <= u.hi);
+                for &s in &u.slices {
+                    prop_assert!(slices[s].lo <= u.hi && slices[s].hi >= u.lo);
+                }
+            }
         }
     }
 }

@@ -28,6 +28,18 @@ const MAX_LISTED_SELECTION: u64 = 1_000_000;
 /// Rows per row group of scored parts.
 const PART_ROW_GROUP_ROWS: usize = 128 * 1024;
 
+/// How a unit's Parquet part is written: row groups for analytics, the run and unit recorded in
+/// the file's metadata.
+pub(crate) fn part_options(run_id: &str, unit: usize) -> WriteOptions {
+    WriteOptions {
+        row_group_rows: PART_ROW_GROUP_ROWS,
+        metadata: vec![
+            ("batchscore.run_id".into(), run_id.to_string()),
+            ("batchscore.unit".into(), unit.to_string()),
+        ],
+    }
+}
+
 /// Everything a scoring run needs, already validated.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -76,7 +88,7 @@ pub struct RunReport {
     pub elapsed: Duration,
 }
 
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
@@ -138,7 +150,12 @@ enum Origin {
 /// Rows per unit: ~16 units so a job spreads over cores and nodes, within the part-size bounds
 /// that keep files analytics-sized. Depends only on the input, never on threads or shards.
 fn target_rows(spec: &RunSpec, total_rows: u64) -> u64 {
-    total_rows.div_ceil(16).clamp(spec.min_part_rows, spec.max_part_rows.max(spec.min_part_rows))
+    unit_rows(total_rows, spec.min_part_rows, spec.max_part_rows)
+}
+
+/// Rows per unit of a job over `total_rows` rows, within the part-size bounds.
+pub(crate) fn unit_rows(total_rows: u64, min_part_rows: u64, max_part_rows: u64) -> u64 {
+    total_rows.div_ceil(16).clamp(min_part_rows, max_part_rows.max(min_part_rows))
 }
 
 /// The plan record run `spec.run_id` already holds, checked against this call's settings (the
@@ -255,19 +272,27 @@ pub fn store_plan(spec: &RunSpec) -> Result<StoredRun, SchedulerError> {
     })
 }
 
-fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
-    if spec.input.contains(&spec.output) {
-        // Scored parts would be listed as readings by the next run.
+/// Refuses an output inside the input: the next run would list the parts as readings.
+pub(crate) fn check_output_beside(
+    input: &Location,
+    output: &Location,
+) -> Result<(), SchedulerError> {
+    if input.contains(output) {
         return Err(SchedulerError::InvalidSetting {
             setting: "output",
             reason: format!(
-                "{} lies inside the input {}: the next run would read scored parts back as \
+                "{} lies inside the input {}: the next run would read its parts back as \
                  readings; put the output beside the input",
-                spec.output.url(),
-                spec.input.url()
+                output.url(),
+                input.url()
             ),
         });
     }
+    Ok(())
+}
+
+fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
+    check_output_beside(&spec.input, &spec.output)?;
     let registry = Registry::open_existing(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
     spec.output_spec.check(&dataset.columns)?;
@@ -372,7 +397,8 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
 
     let execute_started = Instant::now();
     let context = UnitContext { spec, dataset: &dataset, registry: &registry, commit: &commit };
-    let executed = execute(&context, &plan, progress)?;
+    let executed =
+        execute((spec.threads, spec.shard), &commit, &plan, progress, &|u| context.process(u))?;
     timings.insert("execute".to_string(), ms(execute_started.elapsed()));
 
     let commit_started = Instant::now();
@@ -420,7 +446,10 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
 }
 
 /// The named sensors no outcome has a reading of.
-fn sensors_without_input(sensors: &SensorSelection, devices: &[DeviceOutcome]) -> Vec<String> {
+pub(crate) fn sensors_without_input(
+    sensors: &SensorSelection,
+    devices: &[DeviceOutcome],
+) -> Vec<String> {
     let Some(names) = sensors.names() else {
         return Vec::new();
     };
@@ -454,7 +483,7 @@ fn claim(
 
 /// The settings that hold for the whole run: those of one shard without what may differ
 /// between its shards (which shard it is, how many threads it ran).
-fn run_level(settings: &serde_json::Value, shard_count: u32) -> serde_json::Value {
+pub(crate) fn run_level(settings: &serde_json::Value, shard_count: u32) -> serde_json::Value {
     let mut settings = settings.clone();
     if let Some(map) = settings.as_object_mut() {
         map.remove("threads");
@@ -466,28 +495,33 @@ fn run_level(settings: &serde_json::Value, shard_count: u32) -> serde_json::Valu
 }
 
 /// What this shard's units committed.
-struct Executed {
-    receipts: Vec<Receipt>,
-    units: usize,
-    skipped: usize,
-    rows_scored_now: u64,
+pub(crate) struct Executed {
+    pub receipts: Vec<Receipt>,
+    pub units: usize,
+    pub skipped: usize,
+    pub rows_scored_now: u64,
 }
 
-/// Runs this shard's units on a pool of `spec.threads` workers.
-fn execute(
-    context: &UnitContext<'_>,
+/// Commits one unit, or finds it committed by an earlier attempt.
+pub(crate) type ProcessUnit<'a> =
+    dyn Fn(&crate::Unit) -> Result<(Receipt, Committed), SchedulerError> + Sync + 'a;
+
+/// Runs this shard's units of `plan` on a pool of `threads` workers.
+pub(crate) fn execute(
+    (threads, shard): (usize, Shard),
+    commit: &RunCommit,
     plan: &Plan,
     progress: &dyn Progress,
+    process: &ProcessUnit<'_>,
 ) -> Result<Executed, SchedulerError> {
-    let spec = context.spec;
-    let mine = plan.shard_units(spec.shard);
+    let mine = plan.shard_units(shard);
     let my_rows: u64 = mine.iter().map(|&u| plan.units[u].rows).sum();
     progress.start(mine.len(), my_rows);
-    let pool = crate::worker_pool(spec.threads)?;
+    let pool = crate::worker_pool(threads)?;
     let results: Vec<Result<(Receipt, Committed), SchedulerError>> = pool.install(|| {
         mine.par_iter()
             .map(|&u| {
-                let result = context.process(&plan.units[u]);
+                let result = process(&plan.units[u]);
                 if let Ok((receipt, committed)) = &result {
                     let rows = receipt.part.as_ref().map_or(0, |p| p.rows);
                     let earlier = *committed == Committed::Earlier;
@@ -502,7 +536,7 @@ fn execute(
         Executed { receipts: Vec::new(), units: mine.len(), skipped: 0, rows_scored_now: 0 };
     if results.iter().any(|r| r.as_ref().is_err_and(|e| e.class() == ErrorClass::Interrupted)) {
         return Err(SchedulerError::Interrupted {
-            run_id: context.commit.run_id().to_string(),
+            run_id: commit.run_id().to_string(),
             committed: results.iter().filter(|r| r.is_ok()).count(),
             units: mine.len(),
         });
@@ -586,21 +620,20 @@ impl UnitContext<'_> {
         }
         let spec = self.spec;
         let run_id = self.commit.run_id();
-        let table =
-            self.dataset.read_unit(&unit.slices, &spec.selection, &spec.sensors, &spec.window)?;
+        let table = self.dataset.read_unit(
+            &unit.slices,
+            unit.lo..=unit.hi,
+            &spec.selection,
+            &spec.sensors,
+            &spec.window,
+        )?;
         let (batch, devices) =
             score_unit(&table, &self.dataset.columns, self.registry, run_id, &spec.output_spec)?;
         drop(table);
         let Some(batch) = batch else {
             return self.commit.commit_unit(unit.index, None, devices);
         };
-        let options = WriteOptions {
-            row_group_rows: PART_ROW_GROUP_ROWS,
-            metadata: vec![
-                ("batchscore.run_id".into(), run_id.to_string()),
-                ("batchscore.unit".into(), unit.index.to_string()),
-            ],
-        };
+        let options = part_options(run_id, unit.index);
         let path = spec.output_spec.part_path(unit.index);
         let out = self.commit.location();
         let batches = std::slice::from_ref(&batch);

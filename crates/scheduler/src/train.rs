@@ -207,6 +207,7 @@ impl UnitJob<'_> {
                 spec.input.check_cancelled()?;
                 let table = self.dataset.read_unit(
                     &unit.slices,
+                    unit.lo..=unit.hi,
                     &spec.selection,
                     &spec.sensors,
                     &spec.window,

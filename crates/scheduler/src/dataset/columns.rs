@@ -104,7 +104,7 @@ impl Columns {
 }
 
 /// Sensor names in a readable order: integers by value first, then text.
-pub(crate) fn sensor_order(a: &str, b: &str) -> Ordering {
+pub fn sensor_order(a: &str, b: &str) -> Ordering {
     match (a.parse::<i64>(), b.parse::<i64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         (Ok(_), Err(_)) => Ordering::Less,

@@ -15,7 +15,8 @@ use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use batchscore_io::{CsvSource, Entry, IoError, Location, ParquetSource};
 
 use columns::resolve;
-pub(crate) use columns::{Columns, Shape, sensor_order};
+pub use columns::sensor_order;
+pub(crate) use columns::{Columns, Shape};
 pub use columns::{InputColumns, Layout};
 pub(crate) use read::{Series, UnitTable};
 
@@ -201,12 +202,27 @@ impl Listing {
             hive_key: None,
             files_listed: 0,
         };
+        // A batchscore run directory (an aggregated dataset) is input once it is complete:
+        // before `_SUCCESS`, its parts are a part of the data.
+        let has = |path: &str| listed.iter().any(|e| e.path == path);
+        if has("_plan.json") && !has("_SUCCESS") {
+            return Err(SchedulerError::InvalidSetting {
+                setting: "input",
+                reason: format!(
+                    "{} is a batchscore run that has not completed (no _SUCCESS): finish it \
+                     (run the same command again) before reading it",
+                    location.url()
+                ),
+            });
+        }
         let mut other_files = 0;
         for entry in listed {
-            let name = entry.path.rsplit('/').next().unwrap_or("");
-            if name.starts_with(['_', '.']) {
+            // Files and directories starting with `_` or `.` are not data (commit records,
+            // Spark's `_temporary`, hidden files).
+            if entry.path.split('/').any(|segment| segment.starts_with(['_', '.'])) {
                 continue;
             }
+            let name = entry.path.rsplit('/').next().unwrap_or("");
             if !name.ends_with(".parquet") && !name.ends_with(".csv") {
                 other_files += 1;
                 continue;
@@ -321,8 +337,15 @@ mod tests {
         let selection = DeviceSelection::parse("1,3").unwrap();
         let d = scan(&root, "1,3", TimeWindow::default());
         let all: Vec<usize> = (0..d.slices.len()).collect();
-        let table =
-            d.read_unit(&all, &selection, &SensorSelection::All, &TimeWindow::default()).unwrap();
+        let table = d
+            .read_unit(
+                &all,
+                i64::MIN..=i64::MAX,
+                &selection,
+                &SensorSelection::All,
+                &TimeWindow::default(),
+            )
+            .unwrap();
         let runs: Vec<(i64, Option<u32>, Range<usize>)> =
             table.runs.iter().map(|s| (s.device, s.sensor, s.rows.clone())).collect();
         assert_eq!(runs, vec![(1, None, 0..30), (3, None, 30..60)]);
@@ -362,7 +385,9 @@ mod tests {
         let all: Vec<usize> = (0..d.slices.len()).collect();
         let selection = DeviceSelection::parse("0,2").unwrap();
         let window = TimeWindow::default();
-        let table = d.read_unit(&all, &selection, &SensorSelection::All, &window).unwrap();
+        let table = d
+            .read_unit(&all, i64::MIN..=i64::MAX, &selection, &SensorSelection::All, &window)
+            .unwrap();
         let expected: Vec<(i64, String, usize)> = [0, 2]
             .iter()
             .flat_map(|d| ["pressure", "temperature"].map(|s| (*d, s.to_string(), 10)))
@@ -374,7 +399,7 @@ mod tests {
             assert!(ts.windows(2).all(|w| w[0] < w[1]), "each series in time order");
         }
         let only = SensorSelection::parse("pressure").unwrap();
-        let table = d.read_unit(&all, &selection, &only, &window).unwrap();
+        let table = d.read_unit(&all, i64::MIN..=i64::MAX, &selection, &only, &window).unwrap();
         assert_eq!(series(&table).len(), 2);
         assert!(series(&table).iter().all(|(_, s, _)| s == "pressure"));
     }
@@ -402,7 +427,9 @@ mod tests {
         );
         let selection = DeviceSelection::All;
         let window = TimeWindow::default();
-        let table = d.read_unit(&[0], &selection, &SensorSelection::All, &window).unwrap();
+        let table = d
+            .read_unit(&[0], i64::MIN..=i64::MAX, &selection, &SensorSelection::All, &window)
+            .unwrap();
         assert_eq!(
             series(&table),
             vec![(1, "2".into(), 1), (1, "10".into(), 2), (3, "2".into(), 1)]

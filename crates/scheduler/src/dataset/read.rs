@@ -2,7 +2,7 @@
 //! and sorted into series.
 
 use std::collections::HashMap;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
@@ -41,6 +41,10 @@ impl UnitTable {
     }
 }
 
+/// Which rows a unit keeps: its devices, the selected devices and sensors, the window.
+type Filter<'a> =
+    (&'a RangeInclusive<i64>, &'a DeviceSelection, &'a SensorSelection, &'a TimeWindow);
+
 /// Rows appended by one batch, filtered and keyed.
 struct Sink<'a> {
     device: &'a mut Vec<i64>,
@@ -73,12 +77,13 @@ impl Dataset {
         wanted
     }
 
-    /// Reads the given slices and keeps the rows of selected devices (and, in the long layout,
-    /// sensors) inside the window, sorted by device, sensor and time (ties keep input order,
+    /// Reads the given slices and keeps the rows of selected devices in `devices` (and, in the
+    /// long layout, sensors) inside the window, sorted by device, sensor and time (ties keep input order,
     /// so the result is deterministic).
     pub fn read_unit(
         &self,
         slices: &[usize],
+        devices: RangeInclusive<i64>,
         selection: &DeviceSelection,
         sensors: &SensorSelection,
         window: &TimeWindow,
@@ -133,7 +138,7 @@ impl Dataset {
                     &file.url(),
                     &batch,
                     hive,
-                    (selection, sensors, window),
+                    (&devices, selection, sensors, window),
                     &mut sink,
                 )?;
             }
@@ -151,7 +156,7 @@ impl Dataset {
         url: &str,
         batch: &RecordBatch,
         hive: Option<i64>,
-        (selection, sensors, window): (&DeviceSelection, &SensorSelection, &TimeWindow),
+        (unit_devices, selection, sensors, window): Filter<'_>,
         sink: &mut Sink<'_>,
     ) -> Result<(), SchedulerError> {
         let cast = |name: &str, to: &DataType| -> Result<ArrayRef, SchedulerError> {
@@ -239,7 +244,7 @@ impl Dataset {
                 (None, Some(a)) if a.is_valid(row) => a.value(row),
                 _ => continue,
             };
-            if !selection.contains(d) || ts.is_null(row) {
+            if !unit_devices.contains(&d) || !selection.contains(d) || ts.is_null(row) {
                 continue;
             }
             let t = ts.value(row);
