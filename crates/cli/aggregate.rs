@@ -1,16 +1,21 @@
-//! `batchscore aggregate`: readings to interval aggregates, one committed dataset per run.
+//! `batchscore aggregate`: its settings (flags > environment > `[aggregate]` > defaults, on the
+//! shared resolution in `settings`), the job, and its summary.
 
 use anyhow::Result;
 use chrono::Utc;
 
+use batchscore_features::{Aggregation, Closed, Stat};
 use batchscore_io::Storage;
-use batchscore_scheduler::RunReport;
+use batchscore_scheduler::{RunReport, Shard, TransformSpec, UnitTransform, sensor_order};
+use chrono::DateTime;
+use serde_json::json;
 
-use crate::cli::{AggregateArgs, SummaryFormat};
+use crate::cli::{AggregateArgs, ClosedArg, SummaryFormat};
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
 use crate::progress::Reporter;
-use crate::settings;
+use crate::settings::{common, part_rows, required, scrubbed, threads, usage};
+use crate::usage::UsageError;
 
 pub fn aggregate(
     args: &AggregateArgs,
@@ -18,7 +23,7 @@ pub fn aggregate(
     storage: &Storage,
     printer: Printer,
 ) -> Result<u8> {
-    let spec = settings::aggregate_spec(args, config, storage, Utc::now())?;
+    let spec = aggregate_spec(args, config, storage, Utc::now())?;
     let reporter = Reporter::new(crate::commands::interactive(printer), "aggregate");
     let report = batchscore_scheduler::transform(&spec, &reporter)?;
     match args.summary {
@@ -64,4 +69,76 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
     }
     lines.extend(crate::commands::sensors_warning(r));
     lines.join("\n")
+}
+
+/// Resolves `batchscore aggregate`: flags > environment > `[aggregate]` > defaults.
+fn aggregate_spec(
+    args: &AggregateArgs,
+    config: &ConfigFile,
+    storage: &Storage,
+    now: DateTime<Utc>,
+) -> Result<TransformSpec, UsageError> {
+    let c = common(&args.input, config, now)?;
+    let output = required(
+        args.output.clone(),
+        "--output",
+        "BATCHSCORE_AGGREGATE_OUTPUT",
+        "(no config key: aggregated data is another dataset than the runs' output)",
+    )?;
+    let mut aggregate = config.aggregate.clone().unwrap_or_default();
+    if let Some(every) = &args.every {
+        aggregate.every = Some(every.clone());
+    }
+    if let Some(offset) = &args.offset {
+        aggregate.offset = offset.clone();
+    }
+    if let Some(closed) = args.closed {
+        aggregate.closed = match closed {
+            ClosedArg::Left => Closed::Left,
+            ClosedArg::Right => Closed::Right,
+        };
+    }
+    if let Some(stats) = &args.stats {
+        aggregate.stats = Stat::parse_list(stats).map_err(usage)?;
+    }
+    aggregate.pivot |= args.pivot;
+    aggregate.dedupe &= !args.keep_duplicates;
+    // Pivot columns in the order outputs list sensors: integers by value, then names.
+    let sensors: Option<Vec<String>> = c.sensors.names().map(|names| {
+        let mut names: Vec<String> = names.iter().cloned().collect();
+        names.sort_by(|a, b| sensor_order(a, b));
+        names
+    });
+    let aggregation = Aggregation::new(&aggregate, sensors.as_deref()).map_err(usage)?;
+    let shard =
+        Shard::new(args.shard_index.unwrap_or(0), args.shard_count.unwrap_or(1)).map_err(usage)?;
+    let threads = threads(args.input.threads.or(config.run.threads))?;
+    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config);
+    let mut settings = c.raw;
+    if let Some(map) = settings.as_object_mut() {
+        map.remove("registry");
+    }
+    settings["output"] = json!(output);
+    settings["aggregate"] = aggregation.describe();
+    settings["shard"] = json!(shard);
+    settings["threads"] = json!(threads);
+    settings["min_part_rows"] = json!(min_part_rows);
+    settings["max_part_rows"] = json!(max_part_rows);
+    settings["storage_options"] = json!(storage.options().redacted());
+    let settings = scrubbed(settings, storage);
+    Ok(TransformSpec {
+        input: storage.open(&c.input).map_err(usage)?,
+        output: storage.open(&output).map_err(usage)?,
+        run_id: args.run_id.clone(),
+        selection: c.selection,
+        sensors: c.sensors,
+        window: c.window,
+        columns: c.columns,
+        transform: std::sync::Arc::new(aggregation),
+        threads,
+        shard,
+        min_part_rows,
+        max_part_rows,
+        settings,
+    })
 }

@@ -12,23 +12,17 @@ use std::time::Duration;
 use batchscore_io::{RetrySettings, Storage, StorageOptions};
 use batchscore_scheduler::{
     DeviceSelection, InputColumns, Layout, MaxFailed, OutputFormat, OutputProfile, OutputSpec,
-    RunSpec, SensorSelection, Shard, TimeWindow, TrainParams, TrainSpec, TransformSpec,
-    UnitTransform, sensor_order,
+    RunSpec, SensorSelection, Shard, TimeWindow, TrainParams, TrainSpec,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::json;
 
-use batchscore_features::{Aggregation, Closed, Stat};
-
-use crate::cli::{
-    AggregateArgs, ClosedArg, DetectorArg, FormatArg, InputArgs, LayoutChoice, ProfileArg, RunArgs,
-    TrainArgs,
-};
+use crate::cli::{DetectorArg, FormatArg, InputArgs, LayoutChoice, ProfileArg, RunArgs, TrainArgs};
 use crate::config::ConfigFile;
 
 use crate::usage::UsageError;
 
-fn usage(e: impl std::fmt::Display) -> UsageError {
+pub(crate) fn usage(e: impl std::fmt::Display) -> UsageError {
     UsageError(e.to_string())
 }
 
@@ -38,7 +32,12 @@ const DEFAULT_MAX_PART_ROWS: u64 = 1_000_000;
 /// Default rows read per training unit.
 const DEFAULT_TRAIN_UNIT_ROWS: u64 = 500_000;
 
-fn required(value: Option<String>, flag: &str, env: &str, key: &str) -> Result<String, UsageError> {
+pub(crate) fn required(
+    value: Option<String>,
+    flag: &str,
+    env: &str,
+    key: &str,
+) -> Result<String, UsageError> {
     value.ok_or_else(|| {
         UsageError(format!("missing {flag}: pass it, set {env}, or set `{key}` in the config file"))
     })
@@ -170,18 +169,22 @@ pub fn threads(value: Option<usize>) -> Result<usize, UsageError> {
 }
 
 /// The input-side settings shared by run and train.
-struct Common {
-    input: String,
+pub(crate) struct Common {
+    pub(crate) input: String,
     /// Required by `run` and `train` ([`Common::registry`]), unused by `aggregate`.
-    registry: Option<String>,
-    selection: DeviceSelection,
-    sensors: SensorSelection,
-    window: TimeWindow,
-    columns: InputColumns,
-    raw: serde_json::Value,
+    pub(crate) registry: Option<String>,
+    pub(crate) selection: DeviceSelection,
+    pub(crate) sensors: SensorSelection,
+    pub(crate) window: TimeWindow,
+    pub(crate) columns: InputColumns,
+    pub(crate) raw: serde_json::Value,
 }
 
-fn common(args: &InputArgs, config: &ConfigFile, now: DateTime<Utc>) -> Result<Common, UsageError> {
+pub(crate) fn common(
+    args: &InputArgs,
+    config: &ConfigFile,
+    now: DateTime<Utc>,
+) -> Result<Common, UsageError> {
     let input = required(
         args.input.clone().or_else(|| config.location(&config.paths.input)),
         "--input",
@@ -457,82 +460,10 @@ pub fn run_spec(
 }
 
 /// Bounds on rows per work unit: flags (and their environment) > `[run]` > defaults.
-fn part_rows(min: Option<u64>, max: Option<u64>, config: &ConfigFile) -> (u64, u64) {
+pub(crate) fn part_rows(min: Option<u64>, max: Option<u64>, config: &ConfigFile) -> (u64, u64) {
     let min = min.or(config.run.min_part_rows).unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
     let max = max.or(config.run.max_part_rows).unwrap_or(DEFAULT_MAX_PART_ROWS).max(min);
     (min, max)
-}
-
-/// Resolves `batchscore aggregate`: flags > environment > `[aggregate]` > defaults.
-pub fn aggregate_spec(
-    args: &AggregateArgs,
-    config: &ConfigFile,
-    storage: &Storage,
-    now: DateTime<Utc>,
-) -> Result<TransformSpec, UsageError> {
-    let c = common(&args.input, config, now)?;
-    let output = required(
-        args.output.clone(),
-        "--output",
-        "BATCHSCORE_AGGREGATE_OUTPUT",
-        "(no config key: aggregated data is another dataset than the runs' output)",
-    )?;
-    let mut aggregate = config.aggregate.clone().unwrap_or_default();
-    if let Some(every) = &args.every {
-        aggregate.every = Some(every.clone());
-    }
-    if let Some(offset) = &args.offset {
-        aggregate.offset = offset.clone();
-    }
-    if let Some(closed) = args.closed {
-        aggregate.closed = match closed {
-            ClosedArg::Left => Closed::Left,
-            ClosedArg::Right => Closed::Right,
-        };
-    }
-    if let Some(stats) = &args.stats {
-        aggregate.stats = Stat::parse_list(stats).map_err(usage)?;
-    }
-    aggregate.pivot |= args.pivot;
-    aggregate.dedupe &= !args.keep_duplicates;
-    // Pivot columns in the order outputs list sensors: integers by value, then names.
-    let sensors: Option<Vec<String>> = c.sensors.names().map(|names| {
-        let mut names: Vec<String> = names.iter().cloned().collect();
-        names.sort_by(|a, b| sensor_order(a, b));
-        names
-    });
-    let aggregation = Aggregation::new(&aggregate, sensors.as_deref()).map_err(usage)?;
-    let shard =
-        Shard::new(args.shard_index.unwrap_or(0), args.shard_count.unwrap_or(1)).map_err(usage)?;
-    let threads = threads(args.input.threads.or(config.run.threads))?;
-    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config);
-    let mut settings = c.raw;
-    if let Some(map) = settings.as_object_mut() {
-        map.remove("registry");
-    }
-    settings["output"] = json!(output);
-    settings["aggregate"] = aggregation.describe();
-    settings["shard"] = json!(shard);
-    settings["threads"] = json!(threads);
-    settings["min_part_rows"] = json!(min_part_rows);
-    settings["max_part_rows"] = json!(max_part_rows);
-    settings["storage_options"] = json!(storage.options().redacted());
-    let settings = scrubbed(settings, storage);
-    Ok(TransformSpec {
-        input: storage.open(&c.input).map_err(usage)?,
-        output: storage.open(&output).map_err(usage)?,
-        run_id: args.run_id.clone(),
-        selection: c.selection,
-        sensors: c.sensors,
-        window: c.window,
-        columns: c.columns,
-        transform: std::sync::Arc::new(aggregation),
-        threads,
-        shard,
-        min_part_rows,
-        max_part_rows,
-        settings,
-    })
 }
 
 fn max_samples(text: &str) -> Result<MaxSamples, UsageError> {
@@ -567,7 +498,7 @@ fn contamination(text: &str) -> Result<Contamination, UsageError> {
 
 /// The settings with every credential removed from every string (URLs with SAS tokens or
 /// passwords, secret option values), as manifests record them.
-fn scrubbed(value: serde_json::Value, storage: &Storage) -> serde_json::Value {
+pub(crate) fn scrubbed(value: serde_json::Value, storage: &Storage) -> serde_json::Value {
     use serde_json::Value;
     match value {
         Value::String(text) => Value::String(storage.scrub(&text)),
