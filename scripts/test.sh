@@ -3,7 +3,8 @@
 # integration tests, the storage tests against Azurite. This is the README's test command, and .ci/run calls
 # exactly this. It installs what the tests need when missing: pyarrow and scikit-learn in a
 # cached venv
-# (scripts/python-env.sh) and the pinned Azurite (scripts/azurite/), which it starts on
+# (scripts/python-env.sh), Chromium and playwright-core for the report's browser test
+# (scripts/browser/env.sh) and the pinned Azurite (scripts/azurite/), which it starts on
 # 127.0.0.1 for the tests and always stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,14 +22,17 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo deny (licenses, duplicate versions, sources, advisories)"
 scripts/deny.sh
-echo "== test dependencies: Python packages, Azurite, openssl"
+echo "== test dependencies: Python packages, Azurite, openssl, Chromium"
 # tests/serve/ makes its RS256 key pairs with the openssl command (Debian package).
 if ! command -v openssl >/dev/null; then
   (apt-get install -y -q openssl || (apt-get update -q && apt-get install -y -q openssl)) >&2
 fi
 BATCHSCORE_PYTHON="$(scripts/python-env.sh)"
 export BATCHSCORE_PYTHON
-# With these set, tests that need scikit-learn or Azurite fail rather than skip.
+# The report's browser test: Debian's chromium and the pinned playwright-core (scripts/browser/).
+BATCHSCORE_BROWSER="$(scripts/browser/env.sh)"
+export BATCHSCORE_BROWSER
+# With these set, tests that need scikit-learn, Azurite or the browser fail rather than skip.
 export BATCHSCORE_TEST_SKLEARN=1
 echo "== cargo test (Azurite running)"
 scripts/azurite/with-azurite.sh cargo test --workspace --locked

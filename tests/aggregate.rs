@@ -166,6 +166,10 @@ fn pivoted_aggregates_train_and_score_one_model_per_device_exactly_once() {
     let sharded = part_bytes(&root.join("sharded/minutely"));
     assert!(sharded == whole, "two shards wrote other parts than one process");
 
+    // What else sits in a run directory (a drift table, a report) is not data: readers take
+    // the parts `_SUCCESS` names.
+    std::fs::write(root.join("agg/minutely/drift.parquet"), b"not parquet").unwrap();
+    std::fs::write(root.join("agg/minutely/report.html"), b"<html></html>").unwrap();
     expect_code(&["train", "--input", &path("agg/minutely"), "--registry", &path("reg")], 0);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("reg/index.json")).unwrap()).unwrap();
@@ -174,11 +178,84 @@ fn pivoted_aggregates_train_and_score_one_model_per_device_exactly_once() {
     let scored = run_job(&path("agg/minutely"), &path("reg"), &path("scored"), &[], 0);
     assert!(scored.contains("12 scored, 0 failed"), "{scored}");
 
+    // The same aggregation inside `run` (`[aggregate]` of the config, `--aggregate`) scores
+    // the same windows with the same scores, in one process or two shards.
+    let config = root.join("agg.toml");
+    std::fs::write(
+        &config,
+        "[aggregate]\nevery = \"1m\"\nstats = [\"mean\", \"std\"]\npivot = true\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let in_run = |output: &str, extra: &[&str]| {
+        let mut args = vec!["--config", &config, "--aggregate", "--sensors", sensors];
+        args.extend_from_slice(&["--min-part-rows", "2000", "--max-part-rows", "6000"]);
+        args.extend_from_slice(extra);
+        run_job(&readings, &path("reg"), &path(output), &args, 0)
+    };
+    let text = in_run("in-run", &[]);
+    assert!(text.contains("12 scored, 0 failed"), "{text}");
+    let expected = rows_but_run_id(&run_dir(&root.join("scored")));
+    assert_eq!(expected.len(), 12 * 100, "100 minutes of 12 devices");
+    assert_eq!(rows_but_run_id(&run_dir(&root.join("in-run"))), expected);
+    for shard in ["1", "0"] {
+        in_run("in-run-sharded", &["--shard-index", shard, "--shard-count", "2"]);
+    }
+    assert_eq!(rows_but_run_id(&run_dir(&root.join("in-run-sharded"))), expected);
+    // Without an [aggregate] section there is nothing to apply.
+    let no_section = expect_code(
+        &[
+            "run",
+            "--no-config",
+            "--aggregate",
+            "--input",
+            &readings,
+            "--registry",
+            &path("reg"),
+            "--output",
+            &path("x"),
+        ],
+        2,
+    );
+    assert!(no_section.contains("[aggregate]"), "{no_section}");
+
     // A dataset whose run has not completed is refused, not read in part.
     std::fs::remove_file(root.join("agg/minutely/_SUCCESS")).unwrap();
     let refused =
         expect_code(&["train", "--input", &path("agg/minutely"), "--registry", &path("reg2")], 2);
     assert!(refused.contains("has not completed"), "{refused}");
+}
+
+/// Every row of the parts a run's `_SUCCESS` names, as text without the run id, sorted.
+fn rows_but_run_id(run: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    for part in manifest(run)["parts"].as_array().unwrap() {
+        for batch in read_parquet(&run.join(part["path"].as_str().unwrap())) {
+            let schema = batch.schema();
+            for i in 0..batch.num_rows() {
+                let cells: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .filter(|(f, _)| f.name() != "run_id")
+                    .map(|(f, c)| {
+                        // Instants as microseconds (the display of zones needs chrono-tz).
+                        let c = match f.data_type() {
+                            arrow::datatypes::DataType::Timestamp(..) => {
+                                arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap()
+                            }
+                            _ => c.clone(),
+                        };
+                        let value = arrow::util::display::array_value_to_string(&c, i).unwrap();
+                        format!("{}={value}", f.name())
+                    })
+                    .collect();
+                rows.push(cells.join(","));
+            }
+        }
+    }
+    rows.sort();
+    rows
 }
 
 #[test]

@@ -64,7 +64,8 @@ fn remote_manifest(endpoint: &str, run_prefix: &str) -> serde_json::Value {
 }
 
 /// Checks a committed run on Azurite: every part the manifest names is a blob of the recorded
-/// size, and no other part blob exists. Returns the scored rows.
+/// size, and no other part blob exists (the drift table sits beside them). Returns the scored
+/// rows.
 pub(crate) fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
     let m = remote_manifest(endpoint, run_prefix);
     let blobs = list_blobs(endpoint, &format!("{run_prefix}/"));
@@ -72,7 +73,9 @@ pub(crate) fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
         .iter()
         .filter(|(name, _)| name.ends_with(".parquet") && !name.contains("/_"))
         .map(|(name, size)| (name[run_prefix.len() + 1..].to_string(), *size))
+        .filter(|(name, _)| name != "drift.parquet")
         .collect();
+    assert!(m["drift"]["table"] == "drift.parquet", "the manifest counts the drift table: {m}");
     let named: Vec<(String, u64)> = m["parts"]
         .as_array()
         .unwrap()
@@ -83,11 +86,14 @@ pub(crate) fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
     scored_rows_from(&m, |part| get_blob(endpoint, &format!("{run_prefix}/{part}")))
 }
 
-/// Part files and receipts of a run: the bytes that must not depend on faults or attempts.
+/// Part files, receipts, drift partials and the drift table of a run: the bytes that must not
+/// depend on faults or attempts.
 pub(crate) fn committed_bytes(endpoint: &str, run_prefix: &str) -> Vec<(String, Vec<u8>)> {
     list_blobs(endpoint, &format!("{run_prefix}/"))
         .into_iter()
-        .filter(|(name, _)| name.ends_with(".parquet") || name.contains("/_receipts/"))
+        .filter(|(name, _)| {
+            name.ends_with(".parquet") || name.contains("/_receipts/") || name.contains("/_drift/")
+        })
         .filter(|(name, _)| !name.contains("/_failures/"))
         .map(|(name, _)| {
             let bytes = get_blob(endpoint, &name);

@@ -72,7 +72,12 @@ pub(crate) fn workload() -> &'static Workload {
 pub(crate) fn committed(run: &Path) -> BTreeMap<String, Vec<u8>> {
     files(run)
         .into_iter()
-        .filter(|(k, _)| k.starts_with("part-") || k.starts_with("_receipts/"))
+        .filter(|(k, _)| {
+            k.starts_with("part-")
+                || k.starts_with("_receipts/")
+                || k.starts_with("_drift/unit-")
+                || k == "drift.parquet"
+        })
         .collect()
 }
 
@@ -118,6 +123,8 @@ fn rerun_and_compare(out: &Path) {
         .filter(|k| {
             !(k.starts_with("part-")
                 || k.starts_with("_receipts/part-")
+                || k.starts_with("_drift/unit-")
+                || *k == "drift.parquet"
                 || k.starts_with("_manifests/shard-")
                 || *k == "_plan.json"
                 || *k == "_SUCCESS")

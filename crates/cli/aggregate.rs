@@ -4,9 +4,9 @@
 use anyhow::Result;
 use chrono::Utc;
 
-use batchscore_features::{Aggregation, Closed, Stat};
+use batchscore_features::{Closed, Stat};
 use batchscore_io::Storage;
-use batchscore_scheduler::{RunReport, Shard, TransformSpec, UnitTransform, sensor_order};
+use batchscore_scheduler::{RunReport, Shard, TransformSpec, UnitTransform};
 use chrono::DateTime;
 use serde_json::json;
 
@@ -14,7 +14,7 @@ use crate::cli::{AggregateArgs, ClosedArg, SummaryFormat};
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
 use crate::progress::Reporter;
-use crate::settings::{common, part_rows, required, scrubbed, threads, usage};
+use crate::settings::{aggregation, common, part_rows, required, scrubbed, threads, usage};
 use crate::usage::UsageError;
 
 pub fn aggregate(
@@ -103,13 +103,7 @@ fn aggregate_spec(
     }
     aggregate.pivot |= args.pivot;
     aggregate.dedupe &= !args.keep_duplicates;
-    // Pivot columns in the order outputs list sensors: integers by value, then names.
-    let sensors: Option<Vec<String>> = c.sensors.names().map(|names| {
-        let mut names: Vec<String> = names.iter().cloned().collect();
-        names.sort_by(|a, b| sensor_order(a, b));
-        names
-    });
-    let aggregation = Aggregation::new(&aggregate, sensors.as_deref()).map_err(usage)?;
+    let aggregation = aggregation(&aggregate, &c.sensors)?;
     let shard =
         Shard::new(args.shard_index.unwrap_or(0), args.shard_count.unwrap_or(1)).map_err(usage)?;
     let threads = threads(args.input.threads.or(config.run.threads))?;

@@ -56,6 +56,10 @@ pub enum Command {
     /// failed series. Exit code 0 complete, 3 complete with more failures than the run
     /// tolerates, 75 incomplete (wait and ask again), 2 no such run.
     Status(StatusArgs),
+    /// Report on a complete run: one self-contained HTML page (inline SVG charts, opens
+    /// offline) or JSON: summary, anomalies per hour, the series with the highest anomaly
+    /// rates, score distribution, timelines of the worst series, drift, failed series.
+    Report(ReportArgs),
     /// Show the effective settings (flags > environment > config file > defaults) as JSON;
     /// secret values are shown as ***.
     Config,
@@ -383,6 +387,30 @@ pub struct StatusArgs {
     pub summary: SummaryFormat,
 }
 
+/// `batchscore report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Where the run's output lives (the run's `--output`).
+    #[arg(long, env = "BATCHSCORE_OUTPUT", value_name = "URL")]
+    pub output: Option<String>,
+    /// The run id.
+    #[arg(long, env = "BATCHSCORE_RUN_ID", value_name = "ID")]
+    pub run_id: String,
+    /// `html` (default) or `json` (the same numbers).
+    #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+    pub format: ReportFormat,
+    /// Where to write it: a file or URL, or `-` for stdout. Default: `report.html` (or
+    /// `report.json`) in the run's directory.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Json,
+}
+
 /// Options shared by `run` and `train`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct InputArgs {
@@ -441,6 +469,10 @@ pub struct RunArgs {
     /// Failed devices tolerated before the run exits with code 3: a count `N` or `P%`.
     #[arg(long, env = "BATCHSCORE_MAX_FAILED", value_name = "N|P%")]
     pub max_failed: Option<String>,
+    /// Aggregate each device's readings as the config's `[aggregate]` section says (windows,
+    /// statistics, pivot) before scoring them; the same as `[run] aggregate = true`.
+    #[arg(long, env = "BATCHSCORE_RUN_AGGREGATE")]
+    pub aggregate: bool,
     /// Smallest work unit (and part file) in rows, unless the input is smaller.
     #[arg(long, env = "BATCHSCORE_MIN_PART_ROWS", value_name = "ROWS")]
     pub min_part_rows: Option<u64>,

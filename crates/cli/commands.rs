@@ -299,7 +299,12 @@ pub fn run(args: &RunArgs, config: &ConfigFile, storage: &Storage, printer: Prin
     let reporter = Reporter::new(interactive(printer), "run");
     let report = batchscore_scheduler::run(&spec, &reporter)?;
     match args.summary {
-        SummaryFormat::Json => printer.out(&serde_json::to_string_pretty(&report.manifest)?),
+        SummaryFormat::Json => {
+            // The shard's manifest, with the run's drift counts once the run is complete.
+            let mut manifest = report.manifest.clone();
+            manifest.drift = manifest.drift.or_else(|| report.drift.clone());
+            printer.out(&serde_json::to_string_pretty(&manifest)?)
+        }
         SummaryFormat::Text => printer.out(&render_summary(&report, spec.threads)),
     }
     Ok(if report.failed_over_threshold { EXIT_PARTIAL } else { 0 })
@@ -387,6 +392,9 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
         );
     }
     lines.extend(sensors_warning(r));
+    if let Some(drift) = &r.drift {
+        lines.push(format!("  drift     {} ({})", drift.line(), drift.table));
+    }
     let failures: Vec<_> =
         r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();
     if !failures.is_empty() {

@@ -62,6 +62,8 @@ pub struct RunSection {
     pub profile: Option<OutputProfile>,
     /// `parquet` or `csv`.
     pub output_format: Option<OutputFormat>,
+    /// Apply `[aggregate]` to each device's readings before scoring.
+    pub aggregate: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -14,6 +14,7 @@ mod commands;
 mod config;
 mod printer;
 mod progress;
+mod report;
 mod runs;
 mod serve;
 mod settings;
@@ -123,6 +124,7 @@ fn dispatch(
         Command::Generate(args) => commands::generate(args, storage, printer),
         Command::Models(args) => commands::models(args, &config, storage, printer),
         Command::Status(args) => runs::status(args, &config, storage, printer),
+        Command::Report(args) => report::report(args, &config, storage, printer),
         Command::Batch(args) => match &args.command {
             cli::BatchCommand::Plan(plan) => runs::batch_plan(plan, printer),
             cli::BatchCommand::FanOut(fan_out) => azure::fan_out(fan_out, printer),

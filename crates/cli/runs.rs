@@ -4,7 +4,7 @@
 use anyhow::Result;
 use chrono::Utc;
 
-use batchscore_io::Storage;
+use batchscore_io::{Location, Storage};
 use batchscore_scheduler::{RunState, TimeWindow};
 
 use crate::cli::{BatchPlanArgs, Cli, StatusArgs, SummaryFormat, TargetArg};
@@ -123,6 +123,25 @@ pub fn write_out(out: Option<&str>, text: &str, printer: Printer) -> Result<(), 
 /// Exit code of `status` for a run that is not complete yet: EX_TEMPFAIL, "ask again later".
 const EXIT_INCOMPLETE: u8 = 75;
 
+/// Where runs live: `--output` (or BATCHSCORE_OUTPUT), else the config's `paths.output`.
+pub fn output_location(
+    flag: Option<&str>,
+    config: &ConfigFile,
+    storage: &Storage,
+) -> Result<Location> {
+    let output = flag
+        .map(String::from)
+        .or_else(|| config.location(&config.paths.output))
+        .ok_or_else(|| {
+            UsageError(
+                "missing --output: pass it, set BATCHSCORE_OUTPUT, or set `paths.output` in the \
+                 config file"
+                    .into(),
+            )
+        })?;
+    Ok(storage.open(&output).map_err(|e| UsageError(e.to_string()))?)
+}
+
 /// `batchscore status`: where a run stands, from its output alone.
 pub fn status(
     args: &StatusArgs,
@@ -130,15 +149,7 @@ pub fn status(
     storage: &Storage,
     printer: Printer,
 ) -> Result<u8> {
-    let output =
-        args.output.clone().or_else(|| config.location(&config.paths.output)).ok_or_else(|| {
-            UsageError(
-                "missing --output: pass it, set BATCHSCORE_OUTPUT, or set `paths.output` in the \
-                 config file"
-                    .into(),
-            )
-        })?;
-    let output = storage.open(&output).map_err(|e| UsageError(e.to_string()))?;
+    let output = output_location(args.output.as_deref(), config, storage)?;
     let s = batchscore_scheduler::status(&output, &args.run_id)?;
     let code = match s.state {
         RunState::Complete => 0,
@@ -171,6 +182,9 @@ pub fn status(
             thousands(t.devices_no_input)
         ),
     ];
+    if let Some(drift) = &s.drift {
+        lines.push(format!("  drift     {} ({})", drift.line(), drift.table));
+    }
     let missing: Vec<&str> =
         s.shards.iter().filter(|sh| !sh.committed).map(|sh| sh.name.as_str()).collect();
     if !missing.is_empty() {

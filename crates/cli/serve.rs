@@ -199,6 +199,7 @@ fn template(args: &ServeArgs) -> RunArgs {
         shard_count: None,
         shard_index_env: None,
         max_failed: args.max_failed.clone(),
+        aggregate: false,
         min_part_rows: None,
         max_part_rows: None,
         profile: None,

@@ -7,12 +7,14 @@
 use batchscore_detectors::{
     Contamination, IsolationForestParams, MaxFeatures, MaxSamples, PcaComponents, PcaParams,
 };
+use std::sync::Arc;
 use std::time::Duration;
 
+use batchscore_features::{AggregateConfig, Aggregation};
 use batchscore_io::{RetrySettings, Storage, StorageOptions};
 use batchscore_scheduler::{
     DeviceSelection, InputColumns, Layout, MaxFailed, OutputFormat, OutputProfile, OutputSpec,
-    RunSpec, SensorSelection, Shard, TimeWindow, TrainParams, TrainSpec,
+    RunSpec, SensorSelection, Shard, TimeWindow, TrainParams, TrainSpec, Transform, sensor_order,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde_json::json;
@@ -429,7 +431,11 @@ pub fn run_spec(
             None => config.run.output_format.unwrap_or_default(),
         },
     };
+    let transform = run_transform(args.aggregate, config, &c.sensors)?;
     let mut settings = c.raw;
+    if let Some(t) = &transform {
+        settings["aggregate"] = t.describe();
+    }
     settings["output"] = json!(output);
     settings["output_spec"] = json!(output_spec);
     settings["shard"] = json!(shard);
@@ -456,7 +462,42 @@ pub fn run_spec(
         min_part_rows,
         max_part_rows,
         settings,
+        transform,
     })
+}
+
+/// The aggregation a run applies before scoring: `--aggregate` or `[run] aggregate = true`
+/// turn it on, `[aggregate]` says what it does.
+fn run_transform(
+    flag: bool,
+    config: &ConfigFile,
+    sensors: &SensorSelection,
+) -> Result<Option<Transform>, UsageError> {
+    if !(flag || config.run.aggregate.unwrap_or(false)) {
+        return Ok(None);
+    }
+    let section = config.aggregate.as_ref().ok_or_else(|| {
+        UsageError(
+            "--aggregate (or `[run] aggregate = true`) aggregates readings as the config's \
+             [aggregate] section says, and the config has none (see configs/sample.toml)"
+                .into(),
+        )
+    })?;
+    Ok(Some(Arc::new(aggregation(section, sensors)?)))
+}
+
+/// The aggregation `section` describes; pivot columns follow the named sensors in the order
+/// outputs list sensors (integers by value, then names).
+pub(crate) fn aggregation(
+    section: &AggregateConfig,
+    sensors: &SensorSelection,
+) -> Result<Aggregation, UsageError> {
+    let sensors: Option<Vec<String>> = sensors.names().map(|names| {
+        let mut names: Vec<String> = names.iter().cloned().collect();
+        names.sort_by(|a, b| sensor_order(a, b));
+        names
+    });
+    Aggregation::new(section, sensors.as_deref()).map_err(usage)
 }
 
 /// Bounds on rows per work unit: flags (and their environment) > `[run]` > defaults.

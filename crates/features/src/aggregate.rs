@@ -313,6 +313,15 @@ impl UnitTransform for Aggregation {
         self.described.clone()
     }
 
+    fn output_layout(&self, layout: &TableLayout) -> TableLayout {
+        TableLayout {
+            device: layout.device.clone(),
+            timestamp: layout.timestamp.clone(),
+            sensor: if self.pivot.is_some() { None } else { layout.sensor.clone() },
+            values: self.value_names(layout),
+        }
+    }
+
     fn check(&self, layout: &TableLayout) -> Result<(), String> {
         if self.pivot.is_some() && layout.sensor.is_none() {
             return Err("`pivot` turns long readings (device, sensor, value) wide; this input \

@@ -29,6 +29,9 @@ pub enum FeaturesError {
     /// Storage failed.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// A chart could not be drawn.
+    #[error("cannot draw the {chart} chart: {reason}")]
+    Chart { chart: &'static str, reason: String },
     /// A run's table holds something a report cannot use.
     #[error("{url}: {reason}")]
     Table { url: String, reason: String },
@@ -40,7 +43,9 @@ impl FeaturesError {
         match self {
             FeaturesError::InvalidSetting { .. } => ErrorClass::Usage,
             FeaturesError::Table { .. } => ErrorClass::BadInput,
-            FeaturesError::Arrow { .. } | FeaturesError::Polars { .. } => ErrorClass::Internal,
+            FeaturesError::Arrow { .. }
+            | FeaturesError::Polars { .. }
+            | FeaturesError::Chart { .. } => ErrorClass::Internal,
             FeaturesError::Run(e) => e.class(),
             FeaturesError::Io(e) => e.class(),
         }

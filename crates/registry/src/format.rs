@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "BSMODEL\0"
-//! 8       4     format version, u32 little-endian (currently 2)
+//! 8       4     format version, u32 little-endian (currently 3; 2 is still read)
 //! 12      8     payload length, u64 little-endian
 //! 20      32    SHA-256 of the payload
 //! 52      n     payload: bincode 2 (standard config) of `Model` via serde
@@ -18,10 +18,14 @@ use crate::{Model, RegistryError};
 
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"BSMODEL\0";
-/// The format version this build writes and reads. Version 2 stores IsolationForests in their
-/// compact pre-order form (f32 thresholds); version 1 files are refused with a message naming
-/// both versions (retrain or re-import those models).
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this build writes. Version 3 adds the drift reference after the
+/// detector; version 2 files (the same payload without it) still decode, as models whose drift
+/// is unknown. Version 2 introduced the compact pre-order IsolationForest form (f32
+/// thresholds); version 1 files are refused with a message naming the versions (retrain or
+/// re-import those models).
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this build reads.
+const OLDEST_READ: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 /// No model is bigger; a larger length field is corruption, and the bound caps allocations.
 const MAX_PAYLOAD: u64 = 512 << 20;
@@ -64,7 +68,7 @@ impl Model {
             return Err(corrupt("not a batchscore model file (bad magic bytes)".into()));
         }
         let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READ..=FORMAT_VERSION).contains(&version) {
             return Err(RegistryError::FormatVersion {
                 url: url.into(),
                 found: version,
@@ -88,14 +92,28 @@ impl Model {
         // The limit bounds every allocation the decoder makes to the payload's size, so a forged
         // length prefix inside the payload cannot exhaust memory.
         let config = bincode::config::standard().with_limit::<{ MAX_PAYLOAD as usize }>();
-        let (model, read): (Model, usize) = bincode::serde::decode_from_slice(payload, config)
-            .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
+        let undecodable =
+            |e: bincode::error::DecodeError| corrupt(format!("payload does not decode: {e}"));
+        let (model, read): (Model, usize) = if version == 2 {
+            let (v2, read): (ModelV2, usize) =
+                bincode::serde::decode_from_slice(payload, config).map_err(undecodable)?;
+            (Model { meta: v2.meta, detector: v2.detector, drift: None }, read)
+        } else {
+            bincode::serde::decode_from_slice(payload, config).map_err(undecodable)?
+        };
         if read != payload.len() {
             return Err(corrupt(format!("{} trailing payload bytes", payload.len() - read)));
         }
         model.check(verify == Verify::Full).map_err(corrupt)?;
         Ok(model)
     }
+}
+
+/// A version 2 payload: a model without its drift reference.
+#[derive(serde::Deserialize)]
+struct ModelV2 {
+    meta: crate::ModelMeta,
+    detector: crate::DetectorModel,
 }
 
 /// How much of a model file `decode_with` checks.
@@ -131,6 +149,65 @@ pub(crate) mod tests {
             "2026-01-01T00:00:00Z".into(),
         )
         .unwrap()
+        .with_drift(crate::DriftReference::of(&[&x, &y]))
+        .unwrap()
+    }
+
+    /// A model file as a build of format version 2 wrote it: no drift reference.
+    fn version_2_file(model: &Model) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct V2<'a> {
+            meta: &'a crate::ModelMeta,
+            detector: &'a crate::DetectorModel,
+        }
+        let payload = bincode::serde::encode_to_vec(
+            V2 { meta: &model.meta, detector: &model.detector },
+            bincode::config::standard(),
+        )
+        .unwrap();
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&2u32.to_le_bytes());
+        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        file.extend_from_slice(&Sha256::digest(&payload));
+        file.extend_from_slice(&payload);
+        file
+    }
+
+    #[test]
+    fn version_2_files_decode_without_drift_and_keep_their_version() {
+        let mut model = small_model(5);
+        model.drift = None;
+        // What a version 2 build computed: the hash of the content without a reference.
+        let plain = Model::new(
+            model.meta.key.clone(),
+            model.meta.params.clone(),
+            model.meta.features.clone(),
+            model.meta.training.clone(),
+            model.detector.clone(),
+            model.meta.created_at.clone(),
+        )
+        .unwrap();
+        let decoded = Model::decode("v2", &version_2_file(&plain)).unwrap();
+        assert_eq!(decoded.drift, None);
+        assert_eq!(decoded, plain);
+        // The reference is part of the version: the same forest with it is another model.
+        assert_ne!(small_model(5).version(), plain.version());
+    }
+
+    #[test]
+    fn a_drift_reference_of_the_wrong_width_is_refused() {
+        let model = small_model(6);
+        let one = crate::DriftReference::of(&[&[1.0, 2.0]]);
+        assert!(model.clone().with_drift(one.clone()).is_err());
+        let mut damaged = model;
+        damaged.drift = Some(one);
+        assert!(
+            Model::decode("m", &damaged.encode().unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("drift")
+        );
     }
 
     #[test]
@@ -193,9 +270,14 @@ pub(crate) mod tests {
         struct ShadowModel<'a> {
             meta: &'a crate::ModelMeta,
             detector: Shadow,
+            drift: &'a Option<crate::DriftReference>,
         }
         let payload = bincode::serde::encode_to_vec(
-            ShadowModel { meta: &model.meta, detector: Shadow::IsolationForest(stored) },
+            ShadowModel {
+                meta: &model.meta,
+                detector: Shadow::IsolationForest(stored),
+                drift: &model.drift,
+            },
             config,
         )
         .unwrap();

@@ -15,6 +15,7 @@ mod model;
 mod pattern;
 mod sklearn;
 
+pub use batchscore_drift::{DriftReference, FeatureBins};
 use batchscore_io::error_causes;
 pub use error::RegistryError;
 pub use format::{FORMAT_VERSION, MAGIC};

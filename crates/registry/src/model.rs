@@ -4,6 +4,7 @@ use batchscore_detectors::{
     Detector, DetectorError, IsolationForest, IsolationForestParams, OneClassSvm, Pca, Scaled,
     Scored,
 };
+use batchscore_drift::DriftReference;
 use serde::{Deserialize, Serialize};
 
 use crate::RegistryError;
@@ -205,14 +206,20 @@ impl Detector for DetectorModel {
     }
 }
 
-/// A model: metadata plus detector. Built by [`Model::new`] or decoded from a file.
+/// A model: metadata, detector and (from training) the drift reference. Built by
+/// [`Model::new`] or decoded from a file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     pub meta: ModelMeta,
     pub detector: DetectorModel,
+    /// Decile bins of the training data per feature; `None` for models imported without
+    /// training data and models of format version 2 (their drift is unknown).
+    pub drift: Option<DriftReference>,
 }
 
-/// The parts of a model that define its behaviour, hashed to give its version.
+/// The parts of a model that define its behaviour, hashed to give its version. A model
+/// without a drift reference hashes as before the reference existed, so version 2 models keep
+/// their versions.
 #[derive(Serialize)]
 struct Content<'a> {
     key: &'a ModelKey,
@@ -220,6 +227,12 @@ struct Content<'a> {
     features: &'a [String],
     training: &'a TrainingInfo,
     detector: &'a DetectorModel,
+}
+
+#[derive(Serialize)]
+struct ContentWithDrift<'a> {
+    content: Content<'a>,
+    drift: &'a DriftReference,
 }
 
 impl Model {
@@ -253,7 +266,14 @@ impl Model {
         detector: DetectorModel,
         created_at: String,
     ) -> Result<Self, RegistryError> {
-        let content_hash = content_hash(&key, &params, &features, &training, &detector)
+        let content = Content {
+            key: &key,
+            params: &params,
+            features: &features,
+            training: &training,
+            detector: &detector,
+        };
+        let content_hash = content_hash(content, None)
             .map_err(|reason| RegistryError::Encode { key: key.to_string(), reason })?;
         let meta = ModelMeta {
             key,
@@ -265,11 +285,32 @@ impl Model {
             created_at,
             content_hash,
         };
-        let model = Self { meta, detector };
+        let model = Self { meta, detector, drift: None };
         model
             .check(true)
             .map_err(|reason| RegistryError::Encode { key: model.meta.key.to_string(), reason })?;
         Ok(model)
+    }
+
+    /// The model with `reference` as its drift reference (one entry per feature); its content
+    /// hash, and so its version, covers the reference.
+    pub fn with_drift(mut self, reference: DriftReference) -> Result<Self, RegistryError> {
+        let encode =
+            |reason: String| RegistryError::Encode { key: self.meta.key.to_string(), reason };
+        reference.check(self.meta.features.len()).map_err(encode)?;
+        self.meta.content_hash = content_hash(self.content(), Some(&reference)).map_err(encode)?;
+        self.drift = Some(reference);
+        Ok(self)
+    }
+
+    fn content(&self) -> Content<'_> {
+        Content {
+            key: &self.meta.key,
+            params: &self.meta.params,
+            features: &self.meta.features,
+            training: &self.meta.training,
+            detector: &self.detector,
+        }
     }
 
     /// The model's version: the first 16 hex digits of its content hash.
@@ -307,16 +348,13 @@ impl Model {
         if self.meta.training.summaries.len() != n {
             return Err("one training summary per feature expected".into());
         }
+        if let Some(drift) = &self.drift {
+            drift.check(n)?;
+        }
         if !with_hash {
             return Ok(());
         }
-        let expected = content_hash(
-            &self.meta.key,
-            &self.meta.params,
-            &self.meta.features,
-            &self.meta.training,
-            &self.detector,
-        )?;
+        let expected = content_hash(self.content(), self.drift.as_ref())?;
         if expected != self.meta.content_hash {
             return Err("content hash does not match the content".into());
         }
@@ -324,17 +362,14 @@ impl Model {
     }
 }
 
-fn content_hash(
-    key: &ModelKey,
-    params: &str,
-    features: &[String],
-    training: &TrainingInfo,
-    detector: &DetectorModel,
-) -> Result<String, String> {
+fn content_hash(content: Content<'_>, drift: Option<&DriftReference>) -> Result<String, String> {
     use sha2::{Digest, Sha256};
-    let content = Content { key, params, features, training, detector };
-    let bytes = bincode::serde::encode_to_vec(&content, bincode::config::standard())
-        .map_err(|e| e.to_string())?;
+    let config = bincode::config::standard();
+    let bytes = match drift {
+        None => bincode::serde::encode_to_vec(&content, config),
+        Some(drift) => bincode::serde::encode_to_vec(&ContentWithDrift { content, drift }, config),
+    }
+    .map_err(|e| e.to_string())?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 

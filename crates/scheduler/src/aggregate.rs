@@ -12,8 +12,8 @@ use batchscore_io::Location;
 use serde::Serialize;
 
 use crate::commit::{
-    Committed, DeviceOutcome, DeviceStatus, FORMAT, PartInfo, PartWrite, PlanRecord, Receipt,
-    RunCommit, merge_outcomes,
+    Committed, DeviceOutcome, DeviceStatus, FORMAT, PartInfo, PartWrite, PlanRecord, Publish,
+    Receipt, RunCommit, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset, UnitTable};
 use crate::fingerprint::digest_of;
@@ -86,7 +86,7 @@ pub fn transform(
         timings,
         spec.settings.clone(),
     )?;
-    let complete = commit.publish_success(|_| {})?;
+    let complete = commit.publish_success(|_| {}, Publish::Manifest)?.is_some();
     let sensors_without_input = sensors_without_input(&spec.sensors, &manifest.devices);
     if !sensors_without_input.is_empty() {
         tracing::warn!(sensors = ?sensors_without_input, "no readings of selected sensors");
@@ -101,6 +101,7 @@ pub fn transform(
         complete,
         failed_over_threshold: false,
         sensors_without_input,
+        drift: None,
         elapsed: started.elapsed(),
     })
 }
@@ -196,7 +197,7 @@ impl UnitContext<'_> {
         )?;
         let devices = outcomes(&table);
         if table.device.is_empty() {
-            return self.commit.commit_unit(unit.index, None, devices);
+            return self.commit.commit_unit(unit.index, None, devices, None);
         }
         let batch = unit_batch(&table, self.layout)?;
         drop(table);
@@ -217,7 +218,7 @@ impl UnitContext<'_> {
             Ok(out.write_parquet(&path, &batch.schema(), std::slice::from_ref(&batch), &options)?)
         };
         let part = PartWrite { path: path.clone(), rows: batch.num_rows() as u64, write: &write };
-        self.commit.commit_unit(unit.index, Some(part), devices)
+        self.commit.commit_unit(unit.index, Some(part), devices, None)
     }
 }
 

@@ -37,6 +37,11 @@ pub enum SchedulerError {
         "no run `{run_id}` at {url} (no _plan.json: a wrong --output or --run-id, or no shard has started)"
     )]
     RunNotFound { run_id: String, url: String },
+    /// The run has not completed (no `_SUCCESS`): what needs a whole run must wait.
+    #[error(
+        "run `{run_id}` at {url} is not complete (no _SUCCESS yet): `batchscore status` tells which shards are missing"
+    )]
+    RunIncomplete { run_id: String, url: String },
     /// A shard of the run was started with another shard count than the run was planned for.
     #[error(
         "run `{run_id}` at {url} is planned for {planned} shards, this shard says {given}: \
@@ -94,6 +99,7 @@ impl SchedulerError {
             | SchedulerError::RunConflict { .. }
             | SchedulerError::ShardCountConflict { .. }
             | SchedulerError::RunNotFound { .. }
+            | SchedulerError::RunIncomplete { .. }
             | SchedulerError::InputMissing { .. } => ErrorClass::Usage,
             SchedulerError::Input(_)
             | SchedulerError::Schema { .. }
@@ -176,6 +182,7 @@ mod tests {
             (SchedulerError::Io(IoError::Cancelled), ErrorClass::Interrupted),
             (SchedulerError::TrainingStopped, ErrorClass::Interrupted),
             (SchedulerError::RunNotFound { run_id: s(), url: s() }, ErrorClass::Usage),
+            (SchedulerError::RunIncomplete { run_id: s(), url: s() }, ErrorClass::Usage),
             (SchedulerError::ThreadPool { threads: 2, reason: s() }, ErrorClass::Internal),
             (
                 SchedulerError::Arrow {

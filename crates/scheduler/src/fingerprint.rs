@@ -44,6 +44,9 @@ pub(crate) fn plan_fingerprint(
         output: &'a OutputSpec,
         target_rows: u64,
         units: Vec<(i64, i64)>,
+        /// Absent without a transform, so runs without one keep the ids they had.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        transform: Option<serde_json::Value>,
     }
     let material = Material {
         version: "batchscore-run-v1",
@@ -59,6 +62,7 @@ pub(crate) fn plan_fingerprint(
         output: &spec.output_spec,
         target_rows: target,
         units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
+        transform: spec.transform.as_ref().map(|t| t.describe()),
     };
     // An empty fallback here would give every plan the same run id and disarm the conflict
     // check that rests on it.
@@ -101,6 +105,9 @@ pub(crate) fn setting_components(
         ("part size bounds", &target),
     ] {
         components.insert(name.to_string(), digest_of(value)?);
+    }
+    if let Some(transform) = &spec.transform {
+        components.insert("aggregation settings".into(), digest_of(&transform.describe())?);
     }
     Ok(components)
 }

@@ -11,6 +11,7 @@
 mod aggregate;
 mod commit;
 mod dataset;
+mod drift;
 mod error;
 mod fingerprint;
 mod output;
@@ -27,8 +28,10 @@ mod transform;
 
 pub use aggregate::{TransformSpec, transform};
 pub use batchscore_io::{error_causes, error_chain};
+pub use commit::Totals;
 pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, ShardError};
 pub use dataset::{InputColumns, Layout, sensor_order};
+pub use drift::{DRIFT_TABLE, DriftSummary};
 pub use error::SchedulerError;
 pub use output::{OutputFormat, OutputProfile, OutputSpec};
 pub use plan::{Plan, Unit};
@@ -36,6 +39,6 @@ pub use pool::worker_pool;
 pub use progress::{NoProgress, Progress};
 pub use run::{PlanSummary, RunReport, RunSpec, StoredRun, check_run_id, dry_run, run, store_plan};
 pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
-pub use status::{RunState, RunStatus, ShardState, status};
+pub use status::{RunState, RunStatus, ShardState, completed_run, status};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};
 pub use transform::{TableLayout, Transform, TransformError, UnitTransform};

@@ -10,16 +10,16 @@ use serde::Serialize;
 
 use crate::commit::{
     Committed, DeviceOutcome, DeviceStatus, Manifest, PLAN, PartInfo, PartWrite, PlanRecord,
-    Receipt, RunCommit, from_json, merge_outcomes,
+    Publish, Receipt, RunCommit, from_json, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset};
 use crate::fingerprint::{Fingerprint, plan_fingerprint, setting_components};
 use crate::output::{OutputFormat, OutputSpec};
-use crate::score::score_unit;
+use crate::score::{ScoredUnit, score_unit};
 use crate::stored::StoredPlan;
 use crate::{
     DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, SensorSelection,
-    Shard, TimeWindow,
+    Shard, TableLayout, TimeWindow, Transform,
 };
 
 /// Selected devices listed one by one as `no_input` only up to this many; a bigger selection is
@@ -63,6 +63,27 @@ pub struct RunSpec {
     pub max_part_rows: u64,
     /// The settings as given, recorded in manifests (must hold no secrets).
     pub settings: serde_json::Value,
+    /// A transform of each unit's readings before scoring (interval aggregation); units then
+    /// hold whole devices.
+    pub transform: Option<Transform>,
+}
+
+impl RunSpec {
+    /// The columns scored: the input's, or the transform's output.
+    pub(crate) fn scored_columns(&self, input: &Columns) -> Result<Columns, SchedulerError> {
+        match &self.transform {
+            None => Ok(input.clone()),
+            Some(t) => crate::transform::scored_columns(input, t.as_ref()),
+        }
+    }
+
+    /// The work units over `slices`: by device when a transform needs whole devices.
+    fn plan(&self, slices: &[crate::dataset::Slice], target: u64) -> Plan {
+        match self.transform {
+            None => Plan::build(slices, target),
+            Some(_) => Plan::by_device(slices, target),
+        }
+    }
 }
 
 /// What a run did.
@@ -85,6 +106,8 @@ pub struct RunReport {
     /// Long layout: selected sensors of which this shard met no reading (a typo in
     /// `--sensors`, or a sensor that sent nothing in the window).
     pub sensors_without_input: Vec<String>,
+    /// Counts of the drift table, once the run is complete.
+    pub drift: Option<crate::DriftSummary>,
     pub elapsed: Duration,
 }
 
@@ -194,7 +217,7 @@ fn stored_record(spec: &RunSpec) -> Result<Option<(PlanRecord, Registry)>, Sched
             changes: changed.join("; "),
         });
     }
-    spec.output_spec.check(&stored.columns)?;
+    spec.output_spec.check(&spec.scored_columns(&stored.columns)?)?;
     check_sensor_selection(&spec.sensors, &stored.columns)?;
     Ok(Some((record, registry)))
 }
@@ -295,11 +318,11 @@ fn prepare(spec: &RunSpec) -> Result<Prepared, SchedulerError> {
     check_output_beside(&spec.input, &spec.output)?;
     let registry = Registry::open_existing(spec.registry.clone())?;
     let dataset = Dataset::scan(&spec.input, &spec.columns, &spec.selection, &spec.window)?;
-    spec.output_spec.check(&dataset.columns)?;
+    spec.output_spec.check(&spec.scored_columns(&dataset.columns)?)?;
     check_sensor_selection(&spec.sensors, &dataset.columns)?;
     let total_rows: u64 = dataset.slices.iter().map(|s| s.rows).sum();
     let target = target_rows(spec, total_rows);
-    let plan = Plan::build(&dataset.slices, target);
+    let plan = spec.plan(&dataset.slices, target);
     let fingerprint = plan_fingerprint(spec, &dataset, &registry, &plan, target)?;
     let run_id = match &spec.run_id {
         Some(id) => id.clone(),
@@ -386,6 +409,7 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
         None => prepare(spec)?,
     };
     let Prepared { registry, dataset, plan, run_id, total_rows, origin } = prepared;
+    let scored = spec.scored_columns(&dataset.columns)?;
     let commit = match origin {
         Origin::Scanned(fingerprint, stored) => claim(spec, &plan, fingerprint, run_id, stored)?,
         // The record is in hand: nothing to write, nothing to read again.
@@ -396,7 +420,13 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
     tracing::info!(run_id = %run_id, units = plan.units.len(), rows = total_rows, files = dataset.files.len(), "planned");
 
     let execute_started = Instant::now();
-    let context = UnitContext { spec, dataset: &dataset, registry: &registry, commit: &commit };
+    let context = UnitContext {
+        spec,
+        dataset: &dataset,
+        scored: &scored,
+        registry: &registry,
+        commit: &commit,
+    };
     let executed =
         execute((spec.threads, spec.shard), &commit, &plan, progress, &|u| context.process(u))?;
     timings.insert("execute".to_string(), ms(execute_started.elapsed()));
@@ -406,7 +436,7 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
     let mut devices =
         merge_outcomes(executed.receipts.into_iter().flat_map(|r| r.devices).collect());
     if spec.shard.count() == 1 {
-        add_no_input(&spec.selection, &spec.sensors, &dataset.columns, &mut devices);
+        add_no_input(&spec.selection, &spec.sensors, &scored, &mut devices);
         devices.sort_by(DeviceOutcome::order);
     }
     timings.insert("commit".to_string(), ms(commit_started.elapsed()));
@@ -418,9 +448,12 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
         timings,
         spec.settings.clone(),
     )?;
-    let complete = commit.publish_success(|devices| {
-        add_no_input(&spec.selection, &spec.sensors, &dataset.columns, devices)
-    })?;
+    let success = commit.publish_success(
+        |devices| add_no_input(&spec.selection, &spec.sensors, &scored, devices),
+        Publish::Drift,
+    )?;
+    let complete = success.is_some();
+    let drift = success.and_then(|m| m.drift);
     let scope_devices = manifest.totals.devices_scored
         + manifest.totals.devices_failed
         + manifest.totals.devices_no_input;
@@ -441,6 +474,7 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
         complete,
         failed_over_threshold,
         sensors_without_input,
+        drift,
         elapsed: started.elapsed(),
     })
 }
@@ -606,11 +640,36 @@ fn add_no_input(
 struct UnitContext<'a> {
     spec: &'a RunSpec,
     dataset: &'a Dataset,
+    /// The columns scored: the input's, or the transform's output.
+    scored: &'a Columns,
     registry: &'a Registry,
     commit: &'a RunCommit,
 }
 
 impl UnitContext<'_> {
+    /// A unit's readings after the transform, as the table scoring reads.
+    fn transformed(
+        &self,
+        unit: usize,
+        table: crate::dataset::UnitTable,
+        transform: &dyn crate::UnitTransform,
+    ) -> Result<crate::dataset::UnitTable, SchedulerError> {
+        if table.device.is_empty() {
+            return Ok(table);
+        }
+        let layout = TableLayout::of(&self.dataset.columns);
+        let batch = crate::transform::unit_batch(&table, &layout)?;
+        drop(table);
+        let batch = transform
+            .apply(batch, &layout)
+            .map_err(|source| SchedulerError::Transform { unit, source })?;
+        crate::dataset::UnitTable::of_batch(
+            &format!("unit {unit} after aggregation"),
+            &batch,
+            self.scored,
+        )
+    }
+
     /// Commits one unit, or returns its receipt if an earlier attempt committed it.
     fn process(&self, unit: &crate::Unit) -> Result<(Receipt, Committed), SchedulerError> {
         // Once stopped, no unit starts: those queued return at once.
@@ -627,11 +686,19 @@ impl UnitContext<'_> {
             &spec.sensors,
             &spec.window,
         )?;
-        let (batch, devices) =
-            score_unit(&table, &self.dataset.columns, self.registry, run_id, &spec.output_spec)?;
+        let table = match &spec.transform {
+            None => table,
+            Some(transform) => self.transformed(unit.index, table, transform.as_ref())?,
+        };
+        let ScoredUnit { batch, outcomes: devices, drift } =
+            score_unit(&table, self.scored, self.registry, run_id, &spec.output_spec)?;
         drop(table);
+        let drift = match drift.is_empty() {
+            true => None,
+            false => Some(crate::drift::encode_unit(run_id, unit.index, drift)?),
+        };
         let Some(batch) = batch else {
-            return self.commit.commit_unit(unit.index, None, devices);
+            return self.commit.commit_unit(unit.index, None, devices, drift);
         };
         let options = part_options(run_id, unit.index);
         let path = spec.output_spec.part_path(unit.index);
@@ -648,6 +715,6 @@ impl UnitContext<'_> {
             })
         };
         let part = PartWrite { path: path.clone(), rows: batch.num_rows() as u64, write: &write };
-        self.commit.commit_unit(unit.index, Some(part), devices)
+        self.commit.commit_unit(unit.index, Some(part), devices, drift)
     }
 }

@@ -10,6 +10,7 @@ use batchscore_io::error_chain;
 use crate::SchedulerError;
 use crate::commit::{DeviceOutcome, DeviceStatus};
 use crate::dataset::{Columns, Series, Shape, UnitTable};
+use crate::drift::SeriesDrift;
 use crate::output::{OutputSpec, ScoredRows};
 
 /// Rows handed to a detector per call: bounds the scratch memory of one call.
@@ -105,6 +106,15 @@ fn count_duplicates(table: &UnitTable, outcomes: &mut [DeviceOutcome]) {
     }
 }
 
+/// What scoring a unit produced.
+pub(crate) struct ScoredUnit {
+    /// The part's rows; `None` when no series scored.
+    pub batch: Option<RecordBatch>,
+    pub outcomes: Vec<DeviceOutcome>,
+    /// Drift partials of every scored series.
+    pub drift: Vec<SeriesDrift>,
+}
+
 /// Scores every series of `table`. Per-series problems become failed outcomes; only storage
 /// faults (worth retrying) abort the unit.
 pub(crate) fn score_unit(
@@ -113,8 +123,9 @@ pub(crate) fn score_unit(
     registry: &Registry,
     run_id: &str,
     output: &OutputSpec,
-) -> Result<(Option<RecordBatch>, Vec<DeviceOutcome>), SchedulerError> {
+) -> Result<ScoredUnit, SchedulerError> {
     let mut outcomes = Vec::with_capacity(table.runs.len());
+    let mut drift = Vec::new();
     let mut scored = ScoredRows::default();
     // On a remote registry the models of a group of series are fetched together.
     let group_size = if registry.is_remote() { MODEL_PREFETCH } else { 1 };
@@ -147,19 +158,24 @@ pub(crate) fn score_unit(
                     continue;
                 }
             };
-            outcomes.push(score_series(table, columns, series, key, &model, &mut scored));
+            let outcome = score_series(table, columns, series, key, &model, &mut scored);
+            if let Some(observed) = outcome.1 {
+                drift.push(observed);
+            }
+            outcomes.push(outcome.0);
         }
     }
     count_duplicates(table, &mut outcomes);
-    if scored.rows.is_empty() {
-        return Ok((None, outcomes));
-    }
-    let batch = output.batch(columns, table, scored, run_id)?;
-    Ok((Some(batch), outcomes))
+    let batch = match scored.rows.is_empty() {
+        true => None,
+        false => Some(output.batch(columns, table, scored, run_id)?),
+    };
+    Ok(ScoredUnit { batch, outcomes, drift })
 }
 
-/// Scores one series with its model in column batches, appending its rows to `scored`; a
-/// failure leaves `scored` as it was and is the series' outcome.
+/// Scores one series with its model in column batches, appending its rows to `scored`, and
+/// observes its values for drift; a failure leaves `scored` as it was and is the series'
+/// outcome.
 fn score_series(
     table: &UnitTable,
     columns: &Columns,
@@ -167,12 +183,12 @@ fn score_series(
     key: &Key,
     model: &batchscore_registry::Model,
     scored: &mut ScoredRows,
-) -> DeviceOutcome {
+) -> (DeviceOutcome, Option<SeriesDrift>) {
     let range = series.rows.clone();
     let n = range.len();
     let indices = match feature_columns(columns, model) {
         Ok(indices) => indices,
-        Err(reason) => return failed(key, n, "feature_mismatch", reason),
+        Err(reason) => return (failed(key, n, "feature_mismatch", reason), None),
     };
     let start_len = scored.score.len();
     for chunk_start in (range.start..range.end).step_by(SCORE_BATCH_ROWS) {
@@ -188,14 +204,16 @@ fn score_series(
                 scored.score.truncate(start_len);
                 scored.decision.truncate(start_len);
                 scored.is_anomaly.truncate(start_len);
-                return failed(key, n, "scoring", error_chain(&e));
+                return (failed(key, n, "scoring", error_chain(&e)), None);
             }
         }
     }
     let anomalies = scored.is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
-    scored.rows.extend(range);
+    scored.rows.extend(range.clone());
     scored.versions.push((model.version().to_string(), n));
-    DeviceOutcome {
+    let values: Vec<&[f64]> = indices.iter().map(|&i| &table.values[i][range.clone()]).collect();
+    let drift = SeriesDrift::observe(key.clone(), model, &values);
+    let outcome = DeviceOutcome {
         device: key.0,
         sensor: key.1.clone(),
         status: DeviceStatus::Scored,
@@ -205,5 +223,6 @@ fn score_series(
         model_version: Some(model.version().to_string()),
         stage: None,
         reason: None,
-    }
+    };
+    (outcome, Some(drift))
 }

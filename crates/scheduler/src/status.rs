@@ -8,8 +8,8 @@ use batchscore_io::Location;
 use serde::Serialize;
 
 use crate::commit::{
-    DeviceOutcome, DeviceStatus, PLAN, PlanRecord, Receipt, SUCCESS, ShardError, Totals, from_json,
-    read_manifest, validate_success,
+    DeviceOutcome, DeviceStatus, Manifest, PLAN, PlanRecord, Receipt, SUCCESS, ShardError, Totals,
+    from_json, read_manifest, validate_success,
 };
 use crate::{MaxFailed, SchedulerError, Shard};
 
@@ -53,10 +53,13 @@ pub struct RunStatus {
     pub failed: Vec<DeviceOutcome>,
     /// The run's tolerance of failed series, as it was started.
     pub max_failed: Option<MaxFailed>,
+    /// Counts of the drift table (complete scoring runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::DriftSummary>,
 }
 
-/// Reads the state of run `run_id` under `output` (one listing and a few small reads).
-pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerError> {
+/// The directory of run `run_id` under `output` and its plan record.
+fn plan_of(output: &Location, run_id: &str) -> Result<(Location, PlanRecord), SchedulerError> {
     let out = output.join(run_id)?;
     let Some(plan_bytes) = out.get_opt(PLAN)? else {
         return Err(SchedulerError::RunNotFound {
@@ -65,6 +68,12 @@ pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerErr
         });
     };
     let plan: PlanRecord = from_json(&out, PLAN, &plan_bytes)?;
+    Ok((out, plan))
+}
+
+/// Reads the state of run `run_id` under `output` (one listing and a few small reads).
+pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerError> {
+    let (out, plan) = plan_of(output, run_id)?;
     let listed: Vec<String> = out.list("")?.into_iter().map(|e| e.path).collect();
     let manifests: BTreeSet<&str> = listed
         .iter()
@@ -94,8 +103,10 @@ pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerErr
         (0..plan.units).filter(|&u| receipts.contains(Receipt::path(u).as_str())).count();
     let max_failed =
         plan.settings.get("max_failed").and_then(|v| serde_json::from_value(v.clone()).ok());
+    let mut drift = None;
     let (totals, devices, complete) = if listed.iter().any(|p| p == SUCCESS) {
         let manifest = validate_success(&out, &out.get(SUCCESS)?, &plan, count)?;
+        drift = manifest.drift;
         (manifest.totals, manifest.devices, true)
     } else {
         let mut devices = Vec::new();
@@ -130,7 +141,28 @@ pub fn status(output: &Location, run_id: &str) -> Result<RunStatus, SchedulerErr
         totals,
         failed,
         max_failed,
+        drift,
     })
+}
+
+/// A complete run: its directory and its validated `_SUCCESS` (what readers of a run follow).
+pub fn completed_run(
+    output: &Location,
+    run_id: &str,
+) -> Result<(Location, Manifest), SchedulerError> {
+    let (out, plan) = plan_of(output, run_id)?;
+    let Some(success) = out.get_opt(SUCCESS)? else {
+        return Err(SchedulerError::RunIncomplete {
+            run_id: run_id.to_string(),
+            url: out.url().to_string(),
+        });
+    };
+    let count = match plan.shard_count {
+        Some(count) => count,
+        None => from_json::<Manifest>(&out, SUCCESS, &success)?.shard_count,
+    };
+    let manifest = validate_success(&out, &success, &plan, count)?;
+    Ok((out, manifest))
 }
 
 /// The shard count that manifests named `shard-I-of-N` show (runs of builds that did not record

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use batchscore_detectors::{ValidIsolationForestParams, ValidPcaParams};
 use batchscore_io::Location;
-use batchscore_registry::{FeatureSummary, IndexEntry, Model, ModelKey, Registry, TrainingInfo};
+use batchscore_registry::{
+    DriftReference, FeatureSummary, IndexEntry, Model, ModelKey, Registry, TrainingInfo,
+};
 use rayon::prelude::*;
 
 use crate::dataset::{Dataset, Shape, UnitTable};
@@ -392,5 +394,7 @@ fn fit_one(
             Model::new(key, params, features, training, detector, spec.created_at.clone())
         }
     }
+    // The decile bins scoring measures drift against.
+    .and_then(|model| model.with_drift(DriftReference::of(columns)))
     .map_err(|e| error_chain(&e))
 }

@@ -60,6 +60,10 @@ pub trait UnitTransform: Send + Sync + Debug {
     /// Refuses input this transform cannot handle, before any work starts.
     fn check(&self, layout: &TableLayout) -> Result<(), String>;
 
+    /// The layout of the rows `apply` returns for input of `layout` (after `check`): what a
+    /// run scores when the transform runs before scoring.
+    fn output_layout(&self, layout: &TableLayout) -> TableLayout;
+
     /// Transforms one unit's rows (sorted by device, sensor and time). Timestamps in the
     /// result are UTC instants; the job marks them so.
     fn apply(
@@ -67,6 +71,42 @@ pub trait UnitTransform: Send + Sync + Debug {
         batch: RecordBatch,
         layout: &TableLayout,
     ) -> Result<RecordBatch, TransformError>;
+}
+
+/// The columns a run scores after `transform`: wide when its output has no sensor column;
+/// long only with exactly one value column (what a (device, sensor) model scores).
+pub(crate) fn scored_columns(
+    input: &Columns,
+    transform: &dyn UnitTransform,
+) -> Result<Columns, SchedulerError> {
+    let layout = TableLayout::of(input);
+    transform
+        .check(&layout)
+        .map_err(|reason| SchedulerError::InvalidSetting { setting: "aggregate", reason })?;
+    let out = transform.output_layout(&layout);
+    let shape = match (&out.sensor, &input.shape) {
+        (None, _) => Shape::Wide { sensors: out.values.clone() },
+        (Some(sensor), Shape::Long { integer_sensors, .. }) if out.values.len() == 1 => {
+            Shape::Long {
+                sensor: sensor.clone(),
+                value: out.values[0].clone(),
+                integer_sensors: *integer_sensors,
+            }
+        }
+        (Some(_), _) => {
+            return Err(SchedulerError::InvalidSetting {
+                setting: "aggregate",
+                reason: format!(
+                    "scoring aggregated long readings needs one value per (device, sensor) and \
+                     window, or a pivot to one row per device: this aggregation gives {} \
+                     ({}); set one statistic (`stats = [\"mean\"]`) or `pivot = true`",
+                    out.values.len(),
+                    out.values.join(", ")
+                ),
+            });
+        }
+    };
+    Ok(Columns { device: out.device, timestamp: out.timestamp, shape })
 }
 
 /// A shared transform, as specs carry it.

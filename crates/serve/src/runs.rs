@@ -563,6 +563,7 @@ mod tests {
             min_part_rows: 1,
             max_part_rows: 10,
             settings: json!({}),
+            transform: None,
         }
     }
 

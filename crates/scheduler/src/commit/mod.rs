@@ -5,10 +5,13 @@
 //!   settings), create-only; an attempt with other inputs or another shard count is refused
 //!   instead of mixing two plans.
 //! - `part-NNNNN.parquet` (or `.csv`): scored rows of unit N, visible whole or not at all.
+//! - `_drift/unit-NNNNN.bin`: unit N's drift partials (scoring runs), written before its
+//!   receipt; merged into `drift.parquet` when the run completes.
 //! - `_receipts/part-NNNNN.json`: what unit N wrote (part size, checksum, device outcomes),
 //!   written create-only after its part; a unit is committed when both exist with the recorded
 //!   size. Receipts hold no timings, so concurrent attempts of a unit write identical bytes.
 //! - `_manifests/shard-I-of-N.json` and `_failures/shard-I-of-N.parquet`: one per shard.
+//! - `drift.parquet`: drift per series and feature, written just before `_SUCCESS`.
 //! - `_SUCCESS`: the merged manifest, written create-only once every shard has its manifest,
 //!   and validated whenever it is found. Readers follow it, not a directory listing.
 //!
@@ -101,6 +104,15 @@ enum Sizes {
 pub(crate) enum Committed {
     Now,
     Earlier,
+}
+
+/// What a complete run publishes beside `_SUCCESS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// The merged manifest alone (jobs that only transform data).
+    Manifest,
+    /// The drift table too (scoring runs).
+    Drift,
 }
 
 /// The bytes of a part, written by the caller (which knows the format), at a fixed path.
@@ -199,7 +211,8 @@ impl RunCommit {
         self.committed(unit, Sizes::Listed)
     }
 
-    /// Commits one unit: its part (if it has rows) at its fixed path, then its receipt.
+    /// Commits one unit: its drift partials and its part (each if it has any) at fixed paths,
+    /// then its receipt.
     ///
     /// A concurrent attempt of this unit (Azure Batch reruns a task whose node it lost) may
     /// commit first: committing a block list discards the blocks of other uploads of the same
@@ -210,7 +223,12 @@ impl RunCommit {
         unit: usize,
         part: Option<PartWrite<'_>>,
         devices: Vec<DeviceOutcome>,
+        drift: Option<bytes::Bytes>,
     ) -> Result<(Receipt, Committed), SchedulerError> {
+        if let Some(drift) = drift {
+            // Same plan, same bytes: a file an earlier attempt left is the same file.
+            self.out.put_if_absent(&crate::drift::unit_path(unit), drift)?;
+        }
         let part = match part {
             None => None,
             Some(part) => {
@@ -280,16 +298,19 @@ impl RunCommit {
 
     /// Writes `_SUCCESS` once every shard of the run has its manifest, merging them
     /// (`complete_outcomes` adds what only the whole run knows, such as selected devices no
-    /// shard saw); validates a `_SUCCESS` that is already there. True when the run is complete.
-    /// A complete run's directory is then swept of staging files a killed attempt left.
+    /// shard saw, and `Publish::Drift` merges the units' drift partials into `drift.parquet`);
+    /// validates a `_SUCCESS` that is already there. The merged manifest when the run is
+    /// complete, `None` while other shards are missing. A complete run's directory is then
+    /// swept of staging files a killed attempt left.
     pub fn publish_success(
         &self,
         complete_outcomes: impl FnOnce(&mut Vec<DeviceOutcome>),
-    ) -> Result<bool, SchedulerError> {
+        publish: Publish,
+    ) -> Result<Option<Manifest>, SchedulerError> {
         if let Some(bytes) = self.out.get_opt(SUCCESS)? {
-            self.validate_success(&bytes)?;
+            let manifest = self.validate_success(&bytes)?;
             self.sweep();
-            return Ok(true);
+            return Ok(Some(manifest));
         }
         let count = self.shard.count();
         let names: Vec<String> =
@@ -298,7 +319,7 @@ impl RunCommit {
         let present: std::collections::HashSet<String> =
             self.out.list("_manifests")?.into_iter().map(|e| e.path).collect();
         if !names.iter().all(|n| present.contains(n)) {
-            return Ok(false);
+            return Ok(None);
         }
         let mut parts = Vec::new();
         let mut devices = Vec::new();
@@ -317,7 +338,7 @@ impl RunCommit {
         complete_outcomes(&mut devices);
         devices.sort_by(DeviceOutcome::order);
         parts.sort_by_key(|p| p.unit);
-        let manifest = Manifest::assemble(
+        let mut manifest = Manifest::assemble(
             &self.plan.run_id,
             "all".into(),
             count,
@@ -328,9 +349,13 @@ impl RunCommit {
             timings_ms,
             self.plan.settings.clone(),
         );
+        if publish == Publish::Drift {
+            manifest.drift =
+                Some(crate::drift::publish(&self.out, &self.plan.run_id, self.plan.units)?);
+        }
         self.out.put_if_absent(SUCCESS, to_json("success manifest", &manifest)?)?;
         self.sweep();
-        Ok(true)
+        Ok(Some(manifest))
     }
 
     /// Checks a `_SUCCESS` found in place (see [`validate_success`]).

@@ -155,6 +155,9 @@ pub struct Manifest {
     pub timings_ms: BTreeMap<String, u64>,
     /// The settings the run was started with (no secrets).
     pub settings: serde_json::Value,
+    /// Counts of the run's drift table (`_SUCCESS` of a scoring run only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::DriftSummary>,
 }
 
 impl PlanRecord {
@@ -252,6 +255,7 @@ impl Manifest {
             failures_tables,
             timings_ms,
             settings,
+            drift: None,
         }
     }
 }

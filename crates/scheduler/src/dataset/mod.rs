@@ -11,6 +11,8 @@ mod prune;
 mod read;
 mod schema;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use batchscore_io::{CsvSource, Entry, IoError, Location, ParquetSource};
 
@@ -202,24 +204,17 @@ impl Listing {
             hive_key: None,
             files_listed: 0,
         };
-        // A batchscore run directory (an aggregated dataset) is input once it is complete:
-        // before `_SUCCESS`, its parts are a part of the data.
-        let has = |path: &str| listed.iter().any(|e| e.path == path);
-        if has("_plan.json") && !has("_SUCCESS") {
-            return Err(SchedulerError::InvalidSetting {
-                setting: "input",
-                reason: format!(
-                    "{} is a batchscore run that has not completed (no _SUCCESS): finish it \
-                     (run the same command again) before reading it",
-                    location.url()
-                ),
-            });
-        }
+        let runs = RunDirectories::of(location, &listed)?;
         let mut other_files = 0;
         for entry in listed {
             // Files and directories starting with `_` or `.` are not data (commit records,
             // Spark's `_temporary`, hidden files).
             if entry.path.split('/').any(|segment| segment.starts_with(['_', '.'])) {
+                continue;
+            }
+            // In a run directory, the parts `_SUCCESS` names are the data; its drift table
+            // and report are not.
+            if !runs.admits(&entry.path) {
                 continue;
             }
             let name = entry.path.rsplit('/').next().unwrap_or("");
@@ -252,6 +247,53 @@ impl Listing {
             return Err(SchedulerError::NoInput { url: location.url().to_string(), other_files });
         }
         Ok(listing)
+    }
+}
+
+/// The batchscore run directories inside a listing (an aggregated or scored dataset read as
+/// input), with the parts their `_SUCCESS` names.
+struct RunDirectories {
+    /// Run directory (relative, `""` for the listed location itself) -> its parts' paths
+    /// relative to the listed location.
+    parts: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl RunDirectories {
+    /// Finds run directories by their `_plan.json`; one without `_SUCCESS` is refused: before
+    /// it completes, its parts are a part of the data.
+    fn of(location: &Location, listed: &[Entry]) -> Result<Self, SchedulerError> {
+        let paths: BTreeSet<&str> = listed.iter().map(|e| e.path.as_str()).collect();
+        let mut parts = BTreeMap::new();
+        for entry in listed {
+            let Some(dir) = entry.path.strip_suffix(crate::commit::PLAN) else { continue };
+            if !(dir.is_empty() || dir.ends_with('/')) {
+                continue;
+            }
+            let success = format!("{dir}{}", crate::commit::SUCCESS);
+            if !paths.contains(success.as_str()) {
+                return Err(SchedulerError::InvalidSetting {
+                    setting: "input",
+                    reason: format!(
+                        "{} is a batchscore run that has not completed (no _SUCCESS): finish it \
+                         (run the same command again) before reading it",
+                        location.url_of(dir.trim_end_matches('/'))
+                    ),
+                });
+            }
+            let manifest: crate::Manifest =
+                crate::commit::from_json(location, &success, &location.get(&success)?)?;
+            let named = manifest.parts.iter().map(|p| format!("{dir}{}", p.path)).collect();
+            parts.insert(dir.to_string(), named);
+        }
+        Ok(Self { parts })
+    }
+
+    /// True unless `path` lies in a run directory whose `_SUCCESS` does not name it.
+    fn admits(&self, path: &str) -> bool {
+        self.parts
+            .iter()
+            .filter(|(dir, _)| path.starts_with(dir.as_str()))
+            .all(|(_, named)| named.contains(path))
     }
 }
 

@@ -9,7 +9,9 @@ use arrow::datatypes::{
     DataType, Float64Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
 };
 
-use super::{CSV_CHUNK_BYTES, Dataset, InputFile, Shape, column_type_error, missing, sensor_order};
+use super::{
+    CSV_CHUNK_BYTES, Columns, Dataset, InputFile, Shape, column_type_error, missing, sensor_order,
+};
 use crate::{DeviceSelection, SchedulerError, SensorSelection, TimeWindow};
 
 /// One series of a unit: a device's rows (wide) or a (device, sensor)'s rows (long).
@@ -88,12 +90,7 @@ impl Dataset {
         sensors: &SensorSelection,
         window: &TimeWindow,
     ) -> Result<UnitTable, SchedulerError> {
-        let value_columns = match &self.columns.shape {
-            Shape::Wide { sensors } => sensors.len(),
-            Shape::Long { .. } => 1,
-        };
-        let mut table = UnitTable { values: vec![Vec::new(); value_columns], ..Default::default() };
-        let mut dictionary: HashMap<String, u32> = HashMap::new();
+        let mut builder = Builder::new(&self.columns.shape);
         let mut by_file: Vec<(usize, Vec<usize>)> = Vec::new();
         for &s in slices {
             let slice = &self.slices[s];
@@ -126,15 +123,10 @@ impl Dataset {
                 }
             }
             .map_err(SchedulerError::reading)?;
-            let mut sink = Sink {
-                device: &mut table.device,
-                timestamp_us: &mut table.timestamp_us,
-                sensor: &mut table.sensor,
-                values: &mut table.values,
-                dictionary: &mut dictionary,
-            };
+            let mut sink = builder.sink();
             for batch in batches {
-                self.append_batch(
+                append_batch(
+                    &self.columns,
                     &file.url(),
                     &batch,
                     hive,
@@ -143,133 +135,181 @@ impl Dataset {
                 )?;
             }
         }
-        table.sensor_names = vec![String::new(); dictionary.len()];
-        for (name, id) in dictionary {
-            table.sensor_names[id as usize] = name;
-        }
-        sort_and_split(&mut table);
-        Ok(table)
+        Ok(builder.finish())
+    }
+}
+
+/// A unit table being filled: rows appended through [`Sink`]s, then sorted into series.
+struct Builder {
+    table: UnitTable,
+    /// Long layout: sensor name -> unit-local id.
+    dictionary: HashMap<String, u32>,
+}
+
+impl Builder {
+    fn new(shape: &Shape) -> Self {
+        let value_columns = match shape {
+            Shape::Wide { sensors } => sensors.len(),
+            Shape::Long { .. } => 1,
+        };
+        let table = UnitTable { values: vec![Vec::new(); value_columns], ..Default::default() };
+        Self { table, dictionary: HashMap::new() }
     }
 
-    fn append_batch(
-        &self,
+    fn sink(&mut self) -> Sink<'_> {
+        Sink {
+            device: &mut self.table.device,
+            timestamp_us: &mut self.table.timestamp_us,
+            sensor: &mut self.table.sensor,
+            values: &mut self.table.values,
+            dictionary: &mut self.dictionary,
+        }
+    }
+
+    fn finish(mut self) -> UnitTable {
+        self.table.sensor_names = vec![String::new(); self.dictionary.len()];
+        for (name, id) in self.dictionary {
+            self.table.sensor_names[id as usize] = name;
+        }
+        sort_and_split(&mut self.table);
+        self.table
+    }
+}
+
+impl UnitTable {
+    /// The rows of one batch whose columns `columns` names (a transform's result), keyed and
+    /// sorted like a unit read from input.
+    pub(crate) fn of_batch(
         url: &str,
         batch: &RecordBatch,
-        hive: Option<i64>,
-        (unit_devices, selection, sensors, window): Filter<'_>,
-        sink: &mut Sink<'_>,
-    ) -> Result<(), SchedulerError> {
-        let cast = |name: &str, to: &DataType| -> Result<ArrayRef, SchedulerError> {
-            let column =
-                batch.column_by_name(name).ok_or_else(|| missing(url.to_string(), name))?;
-            let cast = arrow::compute::cast(column, to).map_err(|_| {
-                column_type_error(url.into(), name, column.data_type(), &to.to_string())
-            })?;
-            // A value the target type cannot hold (a uint64 device id above i64::MAX) casts to
-            // null, and null keys are skipped: that would drop rows without a word.
-            if cast.null_count() > column.null_count()
-                && let Some(row) =
-                    (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r))
-            {
-                let value =
-                    arrow::util::display::array_value_to_string(column, row).unwrap_or_default();
-                return Err(SchedulerError::InvalidValue {
-                    url: url.to_string(),
-                    column: name.to_string(),
-                    value,
-                    reason: format!("it does not fit the {to} the engine reads it as"),
-                });
-            }
-            Ok(cast)
-        };
-        let c = &self.columns;
-        let devices = match batch.column_by_name(&c.device) {
-            Some(_) => Some(cast(&c.device, &DataType::Int64)?),
-            None => None,
-        };
-        let devices = devices.as_ref().map(|a| a.as_primitive::<Int64Type>());
-        if let (Some(partition), Some(column)) = (hive, devices)
-            && let Some(row) =
-                (0..column.len()).find(|&r| column.is_valid(r) && column.value(r) != partition)
+        columns: &Columns,
+    ) -> Result<Self, SchedulerError> {
+        let mut builder = Builder::new(&columns.shape);
+        // Selection and window were applied when the unit was read.
+        let window = TimeWindow { from_us: None, to_us: None };
+        let everything =
+            (&(i64::MIN..=i64::MAX), &DeviceSelection::All, &SensorSelection::All, &window);
+        append_batch(columns, url, batch, None, everything, &mut builder.sink())?;
+        Ok(builder.finish())
+    }
+}
+
+/// Appends the rows of `batch` that pass the filter to `sink`.
+fn append_batch(
+    c: &Columns,
+    url: &str,
+    batch: &RecordBatch,
+    hive: Option<i64>,
+    (unit_devices, selection, sensors, window): Filter<'_>,
+    sink: &mut Sink<'_>,
+) -> Result<(), SchedulerError> {
+    let cast = |name: &str, to: &DataType| -> Result<ArrayRef, SchedulerError> {
+        let column = batch.column_by_name(name).ok_or_else(|| missing(url.to_string(), name))?;
+        let cast = arrow::compute::cast(column, to).map_err(|_| {
+            column_type_error(url.into(), name, column.data_type(), &to.to_string())
+        })?;
+        // A value the target type cannot hold (a uint64 device id above i64::MAX) casts to
+        // null, and null keys are skipped: that would drop rows without a word.
+        if cast.null_count() > column.null_count()
+            && let Some(row) = (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r))
         {
+            let value =
+                arrow::util::display::array_value_to_string(column, row).unwrap_or_default();
             return Err(SchedulerError::InvalidValue {
                 url: url.to_string(),
-                column: c.device.clone(),
-                value: column.value(row).to_string(),
-                reason: format!(
-                    "the file sits in the partition {}={partition}: a row of another device \
-                     would be scored with device {partition}'s model",
-                    c.device
-                ),
+                column: name.to_string(),
+                value,
+                reason: format!("it does not fit the {to} the engine reads it as"),
             });
         }
-        let ts = cast(&c.timestamp, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-        let ts = ts.as_primitive::<TimestampMicrosecondType>();
-        let value_names: Vec<&String> = match &c.shape {
-            Shape::Wide { sensors } => sensors.iter().collect(),
-            Shape::Long { value, .. } => vec![value],
-        };
-        let values: Vec<ArrayRef> =
-            value_names.iter().map(|s| cast(s, &DataType::Float64)).collect::<Result<_, _>>()?;
-        let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> =
-            values.iter().map(|a| a.as_primitive::<Float64Type>()).collect();
-        // Long layout: each row's sensor as a key into the batch's dictionary, and each
-        // dictionary entry's unit-wide id (`None`: not selected).
-        let long = match &c.shape {
-            Shape::Wide { .. } => None,
-            Shape::Long { sensor, .. } => {
-                let text = cast(sensor, &DataType::Utf8)?;
-                let dict_type =
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-                let dict = arrow::compute::cast(&text, &dict_type)
-                    .map_err(|source| SchedulerError::Arrow { what: "sensor", source })?;
-                let dict = dict.as_dictionary::<Int32Type>().clone();
-                let names = dict.values().as_string::<i32>();
-                let ids: Vec<Option<u32>> = (0..names.len())
-                    .map(|i| {
-                        let name = names.value(i);
-                        sensors.contains(name).then(|| {
-                            let next = sink.dictionary.len() as u32;
-                            *sink.dictionary.entry(name.to_string()).or_insert(next)
-                        })
+        Ok(cast)
+    };
+    let devices = match batch.column_by_name(&c.device) {
+        Some(_) => Some(cast(&c.device, &DataType::Int64)?),
+        None => None,
+    };
+    let devices = devices.as_ref().map(|a| a.as_primitive::<Int64Type>());
+    if let (Some(partition), Some(column)) = (hive, devices)
+        && let Some(row) =
+            (0..column.len()).find(|&r| column.is_valid(r) && column.value(r) != partition)
+    {
+        return Err(SchedulerError::InvalidValue {
+            url: url.to_string(),
+            column: c.device.clone(),
+            value: column.value(row).to_string(),
+            reason: format!(
+                "the file sits in the partition {}={partition}: a row of another device \
+                     would be scored with device {partition}'s model",
+                c.device
+            ),
+        });
+    }
+    let ts = cast(&c.timestamp, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
+    let ts = ts.as_primitive::<TimestampMicrosecondType>();
+    let value_names: Vec<&String> = match &c.shape {
+        Shape::Wide { sensors } => sensors.iter().collect(),
+        Shape::Long { value, .. } => vec![value],
+    };
+    let values: Vec<ArrayRef> =
+        value_names.iter().map(|s| cast(s, &DataType::Float64)).collect::<Result<_, _>>()?;
+    let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> =
+        values.iter().map(|a| a.as_primitive::<Float64Type>()).collect();
+    // Long layout: each row's sensor as a key into the batch's dictionary, and each
+    // dictionary entry's unit-wide id (`None`: not selected).
+    let long = match &c.shape {
+        Shape::Wide { .. } => None,
+        Shape::Long { sensor, .. } => {
+            let text = cast(sensor, &DataType::Utf8)?;
+            let dict_type =
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+            let dict = arrow::compute::cast(&text, &dict_type)
+                .map_err(|source| SchedulerError::Arrow { what: "sensor", source })?;
+            let dict = dict.as_dictionary::<Int32Type>().clone();
+            let names = dict.values().as_string::<i32>();
+            let ids: Vec<Option<u32>> = (0..names.len())
+                .map(|i| {
+                    let name = names.value(i);
+                    sensors.contains(name).then(|| {
+                        let next = sink.dictionary.len() as u32;
+                        *sink.dictionary.entry(name.to_string()).or_insert(next)
                     })
-                    .collect();
-                Some((dict, ids))
-            }
+                })
+                .collect();
+            Some((dict, ids))
+        }
+    };
+    for row in 0..batch.num_rows() {
+        // Rows without a device, timestamp or sensor cannot be keyed; they are skipped.
+        let d = match (hive, devices) {
+            (Some(d), _) => d,
+            (None, Some(a)) if a.is_valid(row) => a.value(row),
+            _ => continue,
         };
-        for row in 0..batch.num_rows() {
-            // Rows without a device, timestamp or sensor cannot be keyed; they are skipped.
-            let d = match (hive, devices) {
-                (Some(d), _) => d,
-                (None, Some(a)) if a.is_valid(row) => a.value(row),
-                _ => continue,
-            };
-            if !unit_devices.contains(&d) || !selection.contains(d) || ts.is_null(row) {
+        if !unit_devices.contains(&d) || !selection.contains(d) || ts.is_null(row) {
+            continue;
+        }
+        let t = ts.value(row);
+        if !window.contains(t) {
+            continue;
+        }
+        if let Some((dict, ids)) = &long {
+            let keys = dict.keys();
+            if keys.is_null(row) {
                 continue;
             }
-            let t = ts.value(row);
-            if !window.contains(t) {
-                continue;
-            }
-            if let Some((dict, ids)) = &long {
-                let keys = dict.keys();
-                if keys.is_null(row) {
-                    continue;
-                }
-                match ids.get(keys.value(row) as usize).copied().flatten() {
-                    Some(id) => sink.sensor.push(id),
-                    None => continue,
-                }
-            }
-            sink.device.push(d);
-            sink.timestamp_us.push(t);
-            for (column, v) in sink.values.iter_mut().zip(&values) {
-                // A missing reading is NaN, which the detectors treat as missing.
-                column.push(if v.is_valid(row) { v.value(row) } else { f64::NAN });
+            match ids.get(keys.value(row) as usize).copied().flatten() {
+                Some(id) => sink.sensor.push(id),
+                None => continue,
             }
         }
-        Ok(())
+        sink.device.push(d);
+        sink.timestamp_us.push(t);
+        for (column, v) in sink.values.iter_mut().zip(&values) {
+            // A missing reading is NaN, which the detectors treat as missing.
+            column.push(if v.is_valid(row) { v.value(row) } else { f64::NAN });
+        }
     }
+    Ok(())
 }
 
 /// Sorts a unit's rows by (device, sensor, time), stable so ties keep input order, and

@@ -87,5 +87,6 @@ pub fn run_spec(input: &Location, registry: &Location, output: &Location) -> Run
         min_part_rows: 1,
         max_part_rows: 1_000_000,
         settings: serde_json::Value::Null,
+        transform: None,
     }
 }

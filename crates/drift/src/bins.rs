@@ -1,0 +1,213 @@
+//! The reference a model keeps of its training data: decile edges and bin shares per feature.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Partial;
+
+/// The quantile levels of the stored edges: the deciles, plus the 1st, 5th, 95th and 99th
+/// percentiles. The extra tail edges keep the Wasserstein approximation close where a decile
+/// bin would stretch over a long thin tail; PSI groups the bins back into deciles.
+pub const LEVELS: [f64; BINS + 1] =
+    [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0];
+/// Bins between the training minimum and maximum.
+pub const BINS: usize = 14;
+/// The decile each bin belongs to, for PSI.
+pub(crate) const DECILE_OF_BIN: [usize; BINS] = [0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9];
+
+/// One feature's training distribution, as scoring compares against it.
+///
+/// Bin `i` holds values in `[edges[i], edges[i + 1])`; the last bin includes the maximum.
+/// Edges are training values at [`LEVELS`], so repeated values make some bins empty (zero
+/// width) and their neighbours heavier: `shares` are the actual fractions, not 0.1 each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureBins {
+    /// `edges[0]` is the training minimum, `edges[BINS]` the maximum.
+    pub edges: [f64; BINS + 1],
+    /// Fraction of the finite training values in each bin; sums to 1.
+    pub shares: [f64; BINS],
+    /// Mean and (population) standard deviation of the finite training values.
+    pub mean: f64,
+    pub std: f64,
+    /// Finite training values the bins were built from.
+    pub rows: u64,
+}
+
+impl FeatureBins {
+    /// The bins of a training column's finite values; `None` when it has none.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_by(f64::total_cmp);
+        let last = sorted.len() - 1;
+        let mut edges = [0.0; BINS + 1];
+        for (edge, level) in edges.iter_mut().zip(LEVELS) {
+            // Nearest rank: an edge is a training value, so ties land on an edge exactly.
+            let at = (level * last as f64).round() as usize;
+            *edge = sorted[at.min(last)];
+        }
+        let n = sorted.len() as f64;
+        // Divided first, so values near f64's limits do not overflow the sum.
+        let mean = sorted.iter().map(|x| x / n).sum::<f64>();
+        if !(edges[BINS] - edges[0]).is_finite() || !mean.is_finite() {
+            // A range wider than f64 holds: the figures would be infinite. No reference for
+            // this feature (its drift is unknown), rather than no model.
+            return None;
+        }
+        // Deviations scaled by the largest, so their squares cannot overflow.
+        let scale = sorted.iter().map(|x| (x - mean).abs()).fold(0.0, f64::max);
+        let std = match scale > 0.0 {
+            true => {
+                let sum = sorted.iter().map(|x| ((x - mean) / scale).powi(2)).sum::<f64>();
+                scale * (sum / n).sqrt()
+            }
+            false => 0.0,
+        };
+        let mut bins = Self { edges, shares: [0.0; BINS], mean, std, rows: sorted.len() as u64 };
+        // The shares follow from the same binning rule scoring uses, so a training set scored
+        // against its own bins has a PSI of exactly 0.
+        let observed = bins.observe(&sorted);
+        for (share, count) in bins.shares.iter_mut().zip(&observed.counts[1..=BINS]) {
+            *share = *count as f64 / n;
+        }
+        Some(bins)
+    }
+
+    /// Structural checks for bins read from a file: finite, ordered edges; shares in [0, 1]
+    /// that sum to 1; a finite mean and a non-negative standard deviation.
+    pub fn check(&self) -> Result<(), String> {
+        if self.edges.iter().any(|e| !e.is_finite()) || self.edges.windows(2).any(|w| w[0] > w[1]) {
+            return Err("drift bin edges must be finite and ascending".into());
+        }
+        let total: f64 = self.shares.iter().sum();
+        if self.shares.iter().any(|s| !(0.0..=1.0).contains(s)) || (total - 1.0).abs() > 1e-6 {
+            return Err("drift bin shares must lie in [0, 1] and sum to 1".into());
+        }
+        if !self.mean.is_finite() || !self.std.is_finite() || self.std < 0.0 || self.rows == 0 {
+            return Err("drift reference needs a finite mean, std >= 0 and rows > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Counts `values` into a partial against these bins.
+    pub fn observe(&self, values: &[f64]) -> Partial {
+        let mut partial = Partial::default();
+        self.observe_into(values, &mut partial);
+        partial
+    }
+
+    /// Adds `values` to `partial`. Non-finite values are counted apart, not binned.
+    pub fn observe_into(&self, values: &[f64], partial: &mut Partial) {
+        let (lo, hi) = (self.edges[0], self.edges[BINS]);
+        let inner = &self.edges[1..BINS];
+        for &x in values {
+            if !x.is_finite() {
+                partial.non_finite += 1;
+                continue;
+            }
+            partial.sum += x;
+            if x < lo {
+                partial.counts[0] += 1;
+                partial.below += lo - x;
+            } else if x > hi {
+                partial.counts[BINS + 1] += 1;
+                partial.above += x - hi;
+            } else {
+                // Branch-free: the number of inner edges at or below x is the bin.
+                let k: usize = inner.iter().map(|e| usize::from(x >= *e)).sum();
+                partial.counts[1 + k] += 1;
+            }
+        }
+    }
+}
+
+/// The drift reference of a model: one entry per feature, in feature order (`None` where the
+/// feature had no finite training value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftReference {
+    pub features: Vec<Option<FeatureBins>>,
+}
+
+impl DriftReference {
+    /// The reference of training columns (feature order).
+    pub fn of(columns: &[&[f64]]) -> Self {
+        Self { features: columns.iter().map(|c| FeatureBins::of(c)).collect() }
+    }
+
+    /// Checks every feature's bins and that there is one entry per of `n_features`.
+    pub fn check(&self, n_features: usize) -> Result<(), String> {
+        if self.features.len() != n_features {
+            return Err(format!(
+                "drift reference of {} features for a model of {n_features}",
+                self.features.len()
+            ));
+        }
+        self.features.iter().flatten().try_for_each(FeatureBins::check)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_of_distinct_values_hold_their_level_spans() {
+        let v: Vec<f64> = (0..1000).map(f64::from).collect();
+        let b = FeatureBins::of(&v).unwrap();
+        assert_eq!((b.edges[0], b.edges[BINS]), (0.0, 999.0));
+        for (i, share) in b.shares.iter().enumerate() {
+            let span = LEVELS[i + 1] - LEVELS[i];
+            assert!((share - span).abs() < 0.002, "bin {i}: {share} for {span}");
+        }
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn ties_give_empty_bins_and_actual_shares() {
+        // 70 % zeros: the edges up to the 70th percentile are all 0, so the zeros fall in the
+        // bin starting at the last of them, [p70, p80) = [0, 100), with the values 1..=99.
+        let mut v = vec![0.0; 700];
+        v.extend((1..=300).map(f64::from));
+        let b = FeatureBins::of(&v).unwrap();
+        assert!(b.edges[..=9].iter().all(|e| *e == 0.0));
+        assert_eq!(b.edges[10], 100.0);
+        assert!(b.shares[..9].iter().all(|s| *s == 0.0));
+        assert!((b.shares[9] - 0.799).abs() < 1e-12, "{:?}", b.shares);
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_apart() {
+        let b = FeatureBins::of(&[1.0, 2.0, 3.0, f64::NAN]).unwrap();
+        assert_eq!(b.rows, 3);
+        let p = b.observe(&[f64::NAN, f64::INFINITY, 0.0, 5.0, 2.0]);
+        assert_eq!(p.non_finite, 2);
+        assert_eq!((p.counts[0], p.counts[BINS + 1], p.rows()), (1, 1, 3));
+        assert_eq!((p.below, p.above), (1.0, 2.0));
+        assert_eq!(FeatureBins::of(&[f64::NAN]), None);
+    }
+
+    #[test]
+    fn values_near_the_limits_give_no_reference_instead_of_infinities() {
+        assert_eq!(FeatureBins::of(&[-1e308, 1e308, 0.0]), None);
+        let b = FeatureBins::of(&[1e308, 1e308, 9e307]).unwrap();
+        assert!(b.mean.is_finite() && b.std.is_finite());
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn check_refuses_damaged_bins() {
+        let good = FeatureBins::of(&[1.0, 2.0, 3.0]).unwrap();
+        let mut b = good.clone();
+        b.edges.swap(0, BINS);
+        assert!(b.check().is_err());
+        let mut b = good.clone();
+        b.shares[0] += 0.5;
+        assert!(b.check().is_err());
+        let mut b = good;
+        b.std = f64::NAN;
+        assert!(b.check().is_err());
+        assert!(DriftReference { features: vec![None] }.check(2).is_err());
+    }
+}

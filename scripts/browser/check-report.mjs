@@ -1,0 +1,48 @@
+// Opens a report in headless Chromium and prints what rendered, as JSON:
+//   node check-report.mjs FILE.html
+// Console errors, page errors and any request that is not the file itself are collected, so
+// the test can require a page that needs no network and logs nothing.
+import { chromium } from "playwright-core";
+
+const file = process.argv[2];
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  // As root in a container Chromium needs --no-sandbox; the rest keeps it off the network.
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const result = { console: [], pageErrors: [], requests: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
+  page.on("console", (m) => result.console.push({ type: m.type(), text: m.text() }));
+  page.on("pageerror", (e) => result.pageErrors.push(String(e)));
+  page.on("request", (r) => result.requests.push(r.url()));
+  await page.goto("file://" + file, { waitUntil: "load", timeout: 30000 });
+  Object.assign(result, await page.evaluate(() => {
+    const section = (id) => document.getElementById(id);
+    const box = (el) => { const r = el.getBoundingClientRect(); return [r.width, r.height]; };
+    const svgs = (id) => [...(section(id)?.querySelectorAll("svg") ?? [])].map((s) => ({
+      size: box(s),
+      shapes: s.querySelectorAll("rect, path, polyline, circle, line").length,
+      texts: [...s.querySelectorAll("text")].map((t) => t.textContent),
+    }));
+    const rows = (id) => [...(document.getElementById(id)?.querySelectorAll("tbody tr") ?? [])]
+      .map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent));
+    return {
+      title: document.title,
+      sections: [...document.querySelectorAll("section")].map((s) => s.id),
+      charts: {
+        perHour: svgs("per-hour"), topSeries: svgs("top-series"),
+        scores: svgs("scores"), timelines: svgs("timelines"),
+      },
+      tables: {
+        summary: rows("summary-table"), topSeries: rows("top-series-table"),
+        drift: rows("drift-table"), failures: rows("failures-table"),
+      },
+      external: [...document.querySelectorAll("[src], link[href], script")].length,
+    };
+  }));
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
