@@ -1,8 +1,9 @@
 //! Criterion benches of the hot paths: IsolationForest scoring and fitting, model decoding.
 //!
 //! `cargo bench --bench kernel` prints rows/s (throughput) for scoring 100 trees of 256 samples
-//! over 8 features, the reference shape of the performance targets, the time to load one such
-//! model from a registry (the scoring path), and its file size.
+//! over 8 features, the reference shape of the performance targets, the same rows counted
+//! into the drift bins (what drift adds to scoring), the time to load one such model from a
+//! registry (the scoring path), and its file size.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use batchscore_detectors::{Detector, IsolationForestParams};
@@ -38,6 +39,23 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
+    // Drift: the same 65,536 rows of 8 features counted into each feature's training bins.
+    let reference = batchscore_registry::DriftReference::of(&refs(&train));
+    let batch = data(65_536, 8, 2);
+    let mut group = c.benchmark_group("drift_observe");
+    group.throughput(Throughput::Elements(65_536));
+    group.bench_function("8_features/65536", |b| {
+        b.iter(|| {
+            reference
+                .features
+                .iter()
+                .zip(&batch)
+                .map(|(bins, values)| bins.as_ref().unwrap().observe(values).rows())
+                .sum::<u64>()
+        })
+    });
+    group.finish();
+
     c.bench_function("iforest_fit_2000x8", |b| b.iter(|| params.fit(&refs(&train)).unwrap()));
 
     let summaries = train.iter().map(|c| FeatureSummary::of(c)).collect();
@@ -49,6 +67,8 @@ fn bench(c: &mut Criterion) {
         forest,
         "2026-01-01T00:00:00Z".into(),
     )
+    .unwrap()
+    .with_drift(reference)
     .unwrap();
     let bytes = model.encode().unwrap();
     c.bench_function("model_decode_100_trees", |b| {

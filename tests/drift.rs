@@ -142,3 +142,19 @@ fn shards_and_units_give_the_same_drift_table_as_one_process() {
         assert!((x.3 - y.3).abs() < 1e-12, "{x:?} {y:?}");
     }
 }
+
+#[test]
+fn no_drift_writes_no_partials_no_table_and_is_another_run() {
+    let f = fixture();
+    let dir = tempdir();
+    let out = dir.path().join("out");
+    let output = out.display().to_string();
+    let stdout = run_job(&f.readings(), &f.registry(), &output, &["--no-drift"], 0);
+    assert!(!stdout.contains("drift"), "{stdout}");
+    let run = run_dir(&out);
+    assert!(!run.join("drift.parquet").exists() && !run.join("_drift").exists());
+    assert!(manifest(&run).get("drift").is_none());
+    // Measuring drift is another run: it writes what this one did not.
+    run_job(&f.readings(), &f.registry(), &output, &[], 0);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+}

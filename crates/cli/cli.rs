@@ -473,6 +473,10 @@ pub struct RunArgs {
     /// statistics, pivot) before scoring them; the same as `[run] aggregate = true`.
     #[arg(long, env = "BATCHSCORE_RUN_AGGREGATE")]
     pub aggregate: bool,
+    /// Do not measure drift against the models' training data (no `drift.parquet`); the same
+    /// as `[run] drift = false`.
+    #[arg(long, env = "BATCHSCORE_NO_DRIFT")]
+    pub no_drift: bool,
     /// Smallest work unit (and part file) in rows, unless the input is smaller.
     #[arg(long, env = "BATCHSCORE_MIN_PART_ROWS", value_name = "ROWS")]
     pub min_part_rows: Option<u64>,

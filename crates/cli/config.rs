@@ -64,6 +64,8 @@ pub struct RunSection {
     pub output_format: Option<OutputFormat>,
     /// Apply `[aggregate]` to each device's readings before scoring.
     pub aggregate: Option<bool>,
+    /// Measure drift (default true).
+    pub drift: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -200,6 +200,7 @@ fn template(args: &ServeArgs) -> RunArgs {
         shard_index_env: None,
         max_failed: args.max_failed.clone(),
         aggregate: false,
+        no_drift: false,
         min_part_rows: None,
         max_part_rows: None,
         profile: None,

@@ -432,7 +432,9 @@ pub fn run_spec(
         },
     };
     let transform = run_transform(args.aggregate, config, &c.sensors)?;
+    let drift = !args.no_drift && config.run.drift.unwrap_or(true);
     let mut settings = c.raw;
+    settings["drift"] = json!(drift);
     if let Some(t) = &transform {
         settings["aggregate"] = t.describe();
     }
@@ -463,6 +465,7 @@ pub fn run_spec(
         max_part_rows,
         settings,
         transform,
+        drift,
     })
 }
 

@@ -47,6 +47,9 @@ pub(crate) fn plan_fingerprint(
         /// Absent without a transform, so runs without one keep the ids they had.
         #[serde(skip_serializing_if = "Option::is_none")]
         transform: Option<serde_json::Value>,
+        /// Absent when drift is measured (the default), for the same reason.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        without_drift: bool,
     }
     let material = Material {
         version: "batchscore-run-v1",
@@ -63,6 +66,7 @@ pub(crate) fn plan_fingerprint(
         target_rows: target,
         units: plan.units.iter().map(|u| (u.lo, u.hi)).collect(),
         transform: spec.transform.as_ref().map(|t| t.describe()),
+        without_drift: !spec.drift,
     };
     // An empty fallback here would give every plan the same run id and disarm the conflict
     // check that rests on it.
@@ -108,6 +112,9 @@ pub(crate) fn setting_components(
     }
     if let Some(transform) = &spec.transform {
         components.insert("aggregation settings".into(), digest_of(&transform.describe())?);
+    }
+    if !spec.drift {
+        components.insert("drift measurement".into(), digest_of(&false)?);
     }
     Ok(components)
 }

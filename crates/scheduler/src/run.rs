@@ -66,6 +66,8 @@ pub struct RunSpec {
     /// A transform of each unit's readings before scoring (interval aggregation); units then
     /// hold whole devices.
     pub transform: Option<Transform>,
+    /// Measure drift against each model's training reference (`drift.parquet`).
+    pub drift: bool,
 }
 
 impl RunSpec {
@@ -450,7 +452,7 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
     )?;
     let success = commit.publish_success(
         |devices| add_no_input(&spec.selection, &spec.sensors, &scored, devices),
-        Publish::Drift,
+        if spec.drift { Publish::Drift } else { Publish::Manifest },
     )?;
     let complete = success.is_some();
     let drift = success.and_then(|m| m.drift);
@@ -691,7 +693,7 @@ impl UnitContext<'_> {
             Some(transform) => self.transformed(unit.index, table, transform.as_ref())?,
         };
         let ScoredUnit { batch, outcomes: devices, drift } =
-            score_unit(&table, self.scored, self.registry, run_id, &spec.output_spec)?;
+            score_unit(&table, self.scored, self.registry, run_id, &spec.output_spec, spec.drift)?;
         drop(table);
         let drift = match drift.is_empty() {
             true => None,

@@ -123,6 +123,7 @@ pub(crate) fn score_unit(
     registry: &Registry,
     run_id: &str,
     output: &OutputSpec,
+    measure_drift: bool,
 ) -> Result<ScoredUnit, SchedulerError> {
     let mut outcomes = Vec::with_capacity(table.runs.len());
     let mut drift = Vec::new();
@@ -158,11 +159,16 @@ pub(crate) fn score_unit(
                     continue;
                 }
             };
-            let outcome = score_series(table, columns, series, key, &model, &mut scored);
-            if let Some(observed) = outcome.1 {
-                drift.push(observed);
+            let (outcome, features) =
+                score_series(table, columns, series, key, &model, &mut scored);
+            // A scored series' feature columns, counted against the model's training bins.
+            if let Some(indices) = features.filter(|_| measure_drift) {
+                let rows = series.rows.clone();
+                let values: Vec<&[f64]> =
+                    indices.iter().map(|&i| &table.values[i][rows.clone()]).collect();
+                drift.push(SeriesDrift::observe(key.clone(), &model, &values));
             }
-            outcomes.push(outcome.0);
+            outcomes.push(outcome);
         }
     }
     count_duplicates(table, &mut outcomes);
@@ -173,9 +179,9 @@ pub(crate) fn score_unit(
     Ok(ScoredUnit { batch, outcomes, drift })
 }
 
-/// Scores one series with its model in column batches, appending its rows to `scored`, and
-/// observes its values for drift; a failure leaves `scored` as it was and is the series'
-/// outcome.
+/// Scores one series with its model in column batches, appending its rows to `scored`; a
+/// failure leaves `scored` as it was and is the series' outcome. A scored series also returns
+/// the table columns of its model's features.
 fn score_series(
     table: &UnitTable,
     columns: &Columns,
@@ -183,7 +189,7 @@ fn score_series(
     key: &Key,
     model: &batchscore_registry::Model,
     scored: &mut ScoredRows,
-) -> (DeviceOutcome, Option<SeriesDrift>) {
+) -> (DeviceOutcome, Option<Vec<usize>>) {
     let range = series.rows.clone();
     let n = range.len();
     let indices = match feature_columns(columns, model) {
@@ -211,8 +217,6 @@ fn score_series(
     let anomalies = scored.is_anomaly[start_len..].iter().filter(|a| **a).count() as u64;
     scored.rows.extend(range.clone());
     scored.versions.push((model.version().to_string(), n));
-    let values: Vec<&[f64]> = indices.iter().map(|&i| &table.values[i][range.clone()]).collect();
-    let drift = SeriesDrift::observe(key.clone(), model, &values);
     let outcome = DeviceOutcome {
         device: key.0,
         sensor: key.1.clone(),
@@ -224,5 +228,5 @@ fn score_series(
         stage: None,
         reason: None,
     };
-    (outcome, Some(drift))
+    (outcome, Some(indices))
 }

@@ -564,6 +564,7 @@ mod tests {
             max_part_rows: 10,
             settings: json!({}),
             transform: None,
+            drift: true,
         }
     }
 

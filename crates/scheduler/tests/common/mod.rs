@@ -88,5 +88,6 @@ pub fn run_spec(input: &Location, registry: &Location, output: &Location) -> Run
         max_part_rows: 1_000_000,
         settings: serde_json::Value::Null,
         transform: None,
+        drift: true,
     }
 }
