@@ -158,3 +158,33 @@ fn no_drift_writes_no_partials_no_table_and_is_another_run() {
     run_job(&f.readings(), &f.registry(), &output, &[], 0);
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
 }
+
+#[test]
+fn damaged_partials_stop_the_publish_and_say_how_to_recompute_the_unit() {
+    let f = fixture();
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let shard = |i: &str, code: i32| {
+        let args = ["--run-id", "r", "--shard-index", i, "--shard-count", "2"];
+        run_job(&f.readings(), &f.registry(), &output, &args, code)
+    };
+    shard("0", 0);
+    let run = dir.path().join("out/r");
+    let units: Vec<_> =
+        std::fs::read_dir(run.join("_drift")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!units.is_empty());
+    let unit = units[0].file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::write(&units[0], b"\xff\xff damaged").unwrap();
+    let text = shard("1", 4);
+    let n = unit.trim_start_matches("unit-").trim_end_matches(".bin");
+    assert!(text.contains(&unit) && text.contains(&format!("_receipts/part-{n}.json")), "{text}");
+    assert!(!run.join("_SUCCESS").exists() && !run.join("drift.parquet").exists());
+    // Following the message completes the run with the figures of an undamaged one.
+    std::fs::remove_file(&units[0]).unwrap();
+    std::fs::remove_file(run.join(format!("_receipts/part-{n}.json"))).unwrap();
+    shard("0", 0);
+    shard("1", 0);
+    let clean = dir.path().join("clean");
+    run_job(&f.readings(), &f.registry(), &clean.display().to_string(), &["--run-id", "r"], 0);
+    assert_eq!(drift_rows(&run), drift_rows(&clean.join("r")));
+}

@@ -81,6 +81,8 @@ fn reference_workload_gives_the_reference_output() {
         0,
     );
     assert!(summary.contains("15 scored, 0 failed"), "{summary}");
+    // Imported models bring no training data: their drift is unknown, and the run says so.
+    assert!(summary.contains("drift unknown for 15 series"), "{summary}");
     let run = run_dir(Path::new(&out));
     assert!(parts(&run).iter().all(|p| p.extension().unwrap() == "csv"));
     assert_eq!(csv_text(&run), expected, "batchscore's CSV equals the reference's");
@@ -93,6 +95,20 @@ fn reference_workload_gives_the_reference_output() {
     let schema = batches[0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, ["TS", "Device", "Tag", "Val", "Prediction"]);
+    // A report of reference-profile parts: predictions per series and hour, no scores.
+    let run_id = run_dir(Path::new(&out)).file_name().unwrap().to_str().unwrap().to_string();
+    let report = expect_code(
+        &["report", "--output", &out, "--run-id", &run_id, "--format", "json", "--to", "-"],
+        0,
+    );
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["has_scores"], false);
+    assert_eq!(report["top_series"].as_array().unwrap().len(), 15);
+    assert!(report["top_series"][0]["key"].as_str().unwrap().contains('.'), "{report}");
+    let per_hour: u64 =
+        report["per_hour"].as_array().unwrap().iter().map(|h| h["rows"].as_u64().unwrap()).sum();
+    assert_eq!(per_hour, report["totals"]["rows"].as_u64().unwrap());
+    assert_eq!(report["drift"]["summary"]["series_unknown"], 15);
     assert_eq!(
         schema.field(0).data_type(),
         &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))

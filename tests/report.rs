@@ -137,6 +137,23 @@ fn incomplete_missing_and_csv_runs_are_refused() {
     assert!(refused.contains("reports read Parquet parts"), "{refused}");
 }
 
+#[test]
+fn a_run_that_scored_nothing_still_has_a_report() {
+    let f = fixture();
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let args = ["--devices", "500..503", "--run-id", "empty", "--max-failed", "0"];
+    run_job(&f.readings(), &f.registry(), &output, &args, 0);
+    let r = report_json(&output, "empty");
+    assert_eq!(r["totals"]["rows"], 0);
+    assert_eq!(r["totals"]["devices_no_input"], 3);
+    assert_eq!(r["per_hour"], serde_json::json!([]));
+    assert!(r["scores"].is_null() && r["timelines"] == serde_json::json!([]));
+    assert_eq!(r["drift"]["rows_total"], 0);
+    let html = expect_code(&["report", "--output", &output, "--run-id", "empty", "--to", "-"], 0);
+    assert!(html.contains("No rows were scored.") && html.ends_with("</html>\n"), "{html}");
+}
+
 /// The browser check's directory (scripts/browser), or None where the suite does not ask for
 /// the browser test.
 fn browser() -> Option<String> {

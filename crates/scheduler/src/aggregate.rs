@@ -201,9 +201,7 @@ impl UnitContext<'_> {
         }
         let batch = unit_batch(&table, self.layout)?;
         drop(table);
-        let batch = spec
-            .transform
-            .apply(batch, self.layout)
+        let batch = crate::transform::apply_apart(spec.transform.as_ref(), batch, self.layout)
             .map_err(|source| SchedulerError::Transform { unit: unit.index, source })?;
         let integer_sensors = matches!(
             self.dataset.columns.shape,

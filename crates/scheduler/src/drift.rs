@@ -181,15 +181,25 @@ pub(crate) fn publish(
 
 fn decode_unit(out: &Location, path: &str, bytes: &[u8]) -> Result<UnitDrift, SchedulerError> {
     let config = bincode::config::standard().with_limit::<MAX_UNIT_FILE>();
+    let damaged = |what: String| {
+        // The unit is committed, so no rerun rewrites its partials on its own.
+        let receipt = path
+            .strip_prefix("_drift/unit-")
+            .and_then(|p| p.strip_suffix(".bin"))
+            .map(|n| format!("_receipts/part-{n}.json"))
+            .unwrap_or_else(|| "its receipt".into());
+        SchedulerError::CorruptRecord {
+            url: out.url_of(path),
+            reason: format!(
+                "{what}; delete it and {receipt} and run the same command again to recompute \
+                 the unit"
+            ),
+        }
+    };
     match bincode::serde::decode_from_slice::<UnitDrift, _>(bytes, config) {
         Ok((record, read)) if read == bytes.len() => Ok(record),
-        Ok(_) => Err(SchedulerError::CorruptRecord {
-            url: out.url_of(path),
-            reason: "trailing bytes".into(),
-        }),
-        Err(e) => {
-            Err(SchedulerError::CorruptRecord { url: out.url_of(path), reason: e.to_string() })
-        }
+        Ok(_) => Err(damaged("trailing bytes".into())),
+        Err(e) => Err(damaged(format!("damaged drift partials ({e})"))),
     }
 }
 

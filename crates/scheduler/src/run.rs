@@ -662,8 +662,7 @@ impl UnitContext<'_> {
         let layout = TableLayout::of(&self.dataset.columns);
         let batch = crate::transform::unit_batch(&table, &layout)?;
         drop(table);
-        let batch = transform
-            .apply(batch, &layout)
+        let batch = crate::transform::apply_apart(transform, batch, &layout)
             .map_err(|source| SchedulerError::Transform { unit, source })?;
         crate::dataset::UnitTable::of_batch(
             &format!("unit {unit} after aggregation"),

@@ -73,6 +73,26 @@ pub trait UnitTransform: Send + Sync + Debug {
     ) -> Result<RecordBatch, TransformError>;
 }
 
+/// Runs `transform.apply` on a thread of its own and waits for it.
+///
+/// A transform may wait on a rayon pool of its own (polars does). A worker of the job's pool
+/// that waits inside another pool's `install` keeps busy meanwhile: rayon runs further units of
+/// the job on it, nested on its stack, each waiting in turn, so every unit of a job could be in
+/// memory at once (10 M readings took 300 MB per worker instead of a unit's worth). A plain
+/// thread's `join` blocks without taking other work.
+pub(crate) fn apply_apart(
+    transform: &dyn UnitTransform,
+    batch: RecordBatch,
+    layout: &TableLayout,
+) -> Result<RecordBatch, TransformError> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("batchscore-transform".into())
+            .spawn_scoped(scope, || transform.apply(batch, layout))?;
+        worker.join().unwrap_or_else(|_| Err("the transform panicked".into()))
+    })
+}
+
 /// The columns a run scores after `transform`: wide when its output has no sensor column;
 /// long only with exactly one value column (what a (device, sensor) model scores).
 pub(crate) fn scored_columns(
