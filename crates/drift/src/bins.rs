@@ -98,27 +98,72 @@ impl FeatureBins {
     }
 
     /// Adds `values` to `partial`. Non-finite values are counted apart, not binned.
+    ///
+    /// Written as passes over a block of values, one per edge, so that each pass is a plain
+    /// compare-and-add the compiler vectorises: about a nanosecond per value, a few per cent of
+    /// what scoring the same row costs (docs/benchmarks.md).
     pub fn observe_into(&self, values: &[f64], partial: &mut Partial) {
+        const BLOCK: usize = 512;
+        // Bin of a non-finite value: past the overflow bin, counted apart.
+        const APART: u64 = (BINS + 2) as u64;
         let (lo, hi) = (self.edges[0], self.edges[BINS]);
-        let inner = &self.edges[1..BINS];
-        for &x in values {
-            if !x.is_finite() {
-                partial.non_finite += 1;
-                continue;
+        // 64-bit bins, as wide as the compared values: each pass is one compare, mask and add
+        // per lane.
+        let mut bins = [0u64; BLOCK];
+        // Four tables, so that runs of values in one bin do not wait on the same counter.
+        let mut counts = [[0u64; BINS + 3]; 4];
+        let (mut sum, mut below, mut above) = ([0.0f64; 4], [0.0f64; 4], [0.0f64; 4]);
+        for block in values.chunks(BLOCK) {
+            let bins = &mut bins[..block.len()];
+            // 0 below the minimum, 1 + (inner edges at or below) inside, BINS + 1 above.
+            for (b, x) in bins.iter_mut().zip(block) {
+                *b = u64::from(*x >= lo) + u64::from(*x > hi);
             }
-            partial.sum += x;
-            if x < lo {
-                partial.counts[0] += 1;
-                partial.below += lo - x;
-            } else if x > hi {
-                partial.counts[BINS + 1] += 1;
-                partial.above += x - hi;
-            } else {
-                // Branch-free: the number of inner edges at or below x is the bin.
-                let k: usize = inner.iter().map(|e| usize::from(x >= *e)).sum();
-                partial.counts[1 + k] += 1;
+            for edge in &self.edges[1..BINS] {
+                for (b, x) in bins.iter_mut().zip(block) {
+                    *b += u64::from(*x >= *edge);
+                }
+            }
+            for (b, x) in bins.iter_mut().zip(block) {
+                if !x.is_finite() {
+                    *b = APART;
+                }
+            }
+            let mut quads = bins.chunks_exact(4);
+            for q in &mut quads {
+                for (table, b) in counts.iter_mut().zip(q) {
+                    table[*b as usize] += 1;
+                }
+            }
+            for b in quads.remainder() {
+                counts[0][*b as usize] += 1;
+            }
+            let mut quads = block.chunks_exact(4);
+            for q in &mut quads {
+                for lane in 0..4 {
+                    let x = q[lane];
+                    let finite = x.is_finite();
+                    sum[lane] += if finite { x } else { 0.0 };
+                    below[lane] += if finite && x < lo { lo - x } else { 0.0 };
+                    above[lane] += if finite && x > hi { x - hi } else { 0.0 };
+                }
+            }
+            for &x in quads.remainder() {
+                if x.is_finite() {
+                    sum[0] += x;
+                    below[0] += if x < lo { lo - x } else { 0.0 };
+                    above[0] += if x > hi { x - hi } else { 0.0 };
+                }
             }
         }
+        let add = |lanes: [f64; 4]| (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+        partial.sum += add(sum);
+        partial.below += add(below);
+        partial.above += add(above);
+        for (i, total) in partial.counts.iter_mut().enumerate() {
+            *total += counts.iter().map(|t| t[i]).sum::<u64>();
+        }
+        partial.non_finite += counts.iter().map(|t| t[APART as usize]).sum::<u64>();
     }
 }
 
@@ -175,6 +220,47 @@ mod tests {
         assert!(b.shares[..9].iter().all(|s| *s == 0.0));
         assert!((b.shares[9] - 0.799).abs() < 1e-12, "{:?}", b.shares);
         b.check().unwrap();
+    }
+
+    proptest::proptest! {
+        /// The blocked passes count what the plain definition counts: below the minimum,
+        /// 1 + inner edges at or below inside, above the maximum, non-finite apart.
+        #[test]
+        fn blocked_counting_equals_the_definition(
+            train in proptest::collection::vec(-100f64..100.0, 1..300),
+            current in proptest::collection::vec(proptest::prop_oneof![
+                -300f64..300.0,
+                proptest::strategy::Just(f64::NAN),
+                proptest::strategy::Just(f64::INFINITY),
+                proptest::strategy::Just(f64::NEG_INFINITY),
+            ], 0..3000),
+        ) {
+            let b = FeatureBins::of(&train).unwrap();
+            let mut expected = Partial::default();
+            let (lo, hi) = (b.edges[0], b.edges[BINS]);
+            for &x in &current {
+                if !x.is_finite() {
+                    expected.non_finite += 1;
+                    continue;
+                }
+                expected.sum += x;
+                if x < lo {
+                    expected.counts[0] += 1;
+                    expected.below += lo - x;
+                } else if x > hi {
+                    expected.counts[BINS + 1] += 1;
+                    expected.above += x - hi;
+                } else {
+                    expected.counts[1 + b.edges[1..BINS].iter().filter(|e| x >= **e).count()] += 1;
+                }
+            }
+            let got = b.observe(&current);
+            proptest::prop_assert_eq!(got.counts, expected.counts);
+            proptest::prop_assert_eq!(got.non_finite, expected.non_finite);
+            for (g, e) in [(got.sum, expected.sum), (got.below, expected.below), (got.above, expected.above)] {
+                proptest::prop_assert!((g - e).abs() <= 1e-9 * (1.0 + e.abs()), "{} vs {}", g, e);
+            }
+        }
     }
 
     #[test]
