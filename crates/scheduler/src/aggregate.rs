@@ -16,10 +16,11 @@ use crate::commit::{
     Receipt, RunCommit, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset, UnitTable};
+use crate::execute::execute;
 use crate::fingerprint::digest_of;
 use crate::run::{
-    check_output_beside, check_run_id, check_sensor_selection, execute, ms, part_options,
-    run_level, sensors_without_input, unit_rows,
+    check_output_beside, check_run_id, check_sensor_selection, ms, part_options, run_level,
+    sensors_without_input, unit_rows,
 };
 use crate::transform::{TableLayout, Transform, finish_batch, unit_batch};
 use crate::{

@@ -5,21 +5,21 @@ use std::time::{Duration, Instant};
 
 use batchscore_io::{ErrorClass, Location, WriteOptions};
 use batchscore_registry::Registry;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::commit::{
-    Committed, DeviceOutcome, DeviceStatus, Manifest, PLAN, PartInfo, PartWrite, PlanRecord,
-    Publish, Receipt, RunCommit, from_json, merge_outcomes,
+    DeviceOutcome, DeviceStatus, Manifest, PLAN, PartInfo, PlanRecord, Publish, RunCommit,
+    from_json, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset};
+use crate::execute::execute;
 use crate::fingerprint::{Fingerprint, plan_fingerprint, setting_components};
-use crate::output::{OutputFormat, OutputSpec};
-use crate::score::{ScoredUnit, score_unit};
+use crate::output::OutputSpec;
+use crate::run_unit::UnitContext;
 use crate::stored::StoredPlan;
 use crate::{
     DeviceSelection, InputColumns, MaxFailed, Plan, Progress, SchedulerError, SensorSelection,
-    Shard, TableLayout, TimeWindow, Transform,
+    Shard, TimeWindow, Transform,
 };
 
 /// Selected devices listed one by one as `no_input` only up to this many; a bigger selection is
@@ -530,66 +530,6 @@ pub(crate) fn run_level(settings: &serde_json::Value, shard_count: u32) -> serde
     settings
 }
 
-/// What this shard's units committed.
-pub(crate) struct Executed {
-    pub receipts: Vec<Receipt>,
-    pub units: usize,
-    pub skipped: usize,
-    pub rows_scored_now: u64,
-}
-
-/// Commits one unit, or finds it committed by an earlier attempt.
-pub(crate) type ProcessUnit<'a> =
-    dyn Fn(&crate::Unit) -> Result<(Receipt, Committed), SchedulerError> + Sync + 'a;
-
-/// Runs this shard's units of `plan` on a pool of `threads` workers.
-pub(crate) fn execute(
-    (threads, shard): (usize, Shard),
-    commit: &RunCommit,
-    plan: &Plan,
-    progress: &dyn Progress,
-    process: &ProcessUnit<'_>,
-) -> Result<Executed, SchedulerError> {
-    let mine = plan.shard_units(shard);
-    let my_rows: u64 = mine.iter().map(|&u| plan.units[u].rows).sum();
-    progress.start(mine.len(), my_rows);
-    let pool = crate::worker_pool(threads)?;
-    let results: Vec<Result<(Receipt, Committed), SchedulerError>> = pool.install(|| {
-        mine.par_iter()
-            .map(|&u| {
-                let result = process(&plan.units[u]);
-                if let Ok((receipt, committed)) = &result {
-                    let rows = receipt.part.as_ref().map_or(0, |p| p.rows);
-                    let earlier = *committed == Committed::Earlier;
-                    progress.unit_done(rows, receipt.devices.len(), earlier);
-                }
-                result
-            })
-            .collect()
-    });
-    progress.finish();
-    let mut executed =
-        Executed { receipts: Vec::new(), units: mine.len(), skipped: 0, rows_scored_now: 0 };
-    if results.iter().any(|r| r.as_ref().is_err_and(|e| e.class() == ErrorClass::Interrupted)) {
-        return Err(SchedulerError::Interrupted {
-            run_id: commit.run_id().to_string(),
-            committed: results.iter().filter(|r| r.is_ok()).count(),
-            units: mine.len(),
-        });
-    }
-    for result in results {
-        let (receipt, committed) = result?;
-        match committed {
-            Committed::Earlier => executed.skipped += 1,
-            Committed::Now => {
-                executed.rows_scored_now += receipt.part.as_ref().map_or(0, |p| p.rows);
-            }
-        }
-        executed.receipts.push(receipt);
-    }
-    Ok(executed)
-}
-
 /// Records selected devices that no unit saw as `no_input`; with named sensors in the long
 /// layout, each selected (device, sensor) series that no unit saw.
 fn add_no_input(
@@ -636,86 +576,5 @@ fn add_no_input(
             stage: None,
             reason: None,
         });
-    }
-}
-
-struct UnitContext<'a> {
-    spec: &'a RunSpec,
-    dataset: &'a Dataset,
-    /// The columns scored: the input's, or the transform's output.
-    scored: &'a Columns,
-    registry: &'a Registry,
-    commit: &'a RunCommit,
-}
-
-impl UnitContext<'_> {
-    /// A unit's readings after the transform, as the table scoring reads.
-    fn transformed(
-        &self,
-        unit: usize,
-        table: crate::dataset::UnitTable,
-        transform: &dyn crate::UnitTransform,
-    ) -> Result<crate::dataset::UnitTable, SchedulerError> {
-        if table.device.is_empty() {
-            return Ok(table);
-        }
-        let layout = TableLayout::of(&self.dataset.columns);
-        let batch = crate::transform::unit_batch(&table, &layout)?;
-        drop(table);
-        let batch = crate::transform::apply_apart(transform, batch, &layout)
-            .map_err(|source| SchedulerError::Transform { unit, source })?;
-        crate::dataset::UnitTable::of_batch(
-            &format!("unit {unit} after aggregation"),
-            &batch,
-            self.scored,
-        )
-    }
-
-    /// Commits one unit, or returns its receipt if an earlier attempt committed it.
-    fn process(&self, unit: &crate::Unit) -> Result<(Receipt, Committed), SchedulerError> {
-        // Once stopped, no unit starts: those queued return at once.
-        self.commit.location().check_cancelled()?;
-        if let Some(receipt) = self.commit.committed_earlier(unit.index)? {
-            return Ok((receipt, Committed::Earlier));
-        }
-        let spec = self.spec;
-        let run_id = self.commit.run_id();
-        let table = self.dataset.read_unit(
-            &unit.slices,
-            unit.lo..=unit.hi,
-            &spec.selection,
-            &spec.sensors,
-            &spec.window,
-        )?;
-        let table = match &spec.transform {
-            None => table,
-            Some(transform) => self.transformed(unit.index, table, transform.as_ref())?,
-        };
-        let ScoredUnit { batch, outcomes: devices, drift } =
-            score_unit(&table, self.scored, self.registry, run_id, &spec.output_spec, spec.drift)?;
-        drop(table);
-        let drift = match drift.is_empty() {
-            true => None,
-            false => Some(crate::drift::encode_unit(run_id, unit.index, drift)?),
-        };
-        let Some(batch) = batch else {
-            return self.commit.commit_unit(unit.index, None, devices, drift);
-        };
-        let options = part_options(run_id, unit.index);
-        let path = spec.output_spec.part_path(unit.index);
-        let out = self.commit.location();
-        let batches = std::slice::from_ref(&batch);
-        // One object at a path fixed by run id and unit, visible whole or not at all: a retry
-        // rewrites the same bytes, never a second copy.
-        let write = || {
-            Ok(match spec.output_spec.format {
-                OutputFormat::Parquet => {
-                    out.write_parquet(&path, &batch.schema(), batches, &options)?
-                }
-                OutputFormat::Csv => out.write_csv(&path, batches)?,
-            })
-        };
-        let part = PartWrite { path: path.clone(), rows: batch.num_rows() as u64, write: &write };
-        self.commit.commit_unit(unit.index, Some(part), devices, drift)
     }
 }
