@@ -8,13 +8,12 @@ use batchscore_features::{Closed, Stat};
 use batchscore_io::Storage;
 use batchscore_scheduler::{RunReport, Shard, TransformSpec, UnitTransform};
 use chrono::DateTime;
-use serde_json::json;
 
 use crate::cli::{AggregateArgs, ClosedArg, SummaryFormat};
 use crate::config::ConfigFile;
 use crate::printer::{Printer, thousands};
 use crate::progress::Reporter;
-use crate::settings::{aggregation, common, part_rows, required, scrubbed, threads, usage};
+use crate::settings::{aggregation, common, job_settings, part_rows, required, threads, usage};
 use crate::usage::UsageError;
 
 pub fn aggregate(
@@ -112,14 +111,9 @@ fn aggregate_spec(
     if let Some(map) = settings.as_object_mut() {
         map.remove("registry");
     }
-    settings["output"] = json!(output);
     settings["aggregate"] = aggregation.describe();
-    settings["shard"] = json!(shard);
-    settings["threads"] = json!(threads);
-    settings["min_part_rows"] = json!(min_part_rows);
-    settings["max_part_rows"] = json!(max_part_rows);
-    settings["storage_options"] = json!(storage.options().redacted());
-    let settings = scrubbed(settings, storage);
+    let settings =
+        job_settings(settings, &output, shard, threads, (min_part_rows, max_part_rows), storage);
     Ok(TransformSpec {
         input: storage.open(&c.input).map_err(usage)?,
         output: storage.open(&output).map_err(usage)?,

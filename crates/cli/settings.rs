@@ -438,16 +438,11 @@ pub fn run_spec(
     if let Some(t) = &transform {
         settings["aggregate"] = t.describe();
     }
-    settings["output"] = json!(output);
     settings["output_spec"] = json!(output_spec);
-    settings["shard"] = json!(shard);
     settings["shard_from"] = json!(shard_from);
     settings["max_failed"] = json!(max_failed);
-    settings["threads"] = json!(threads);
-    settings["min_part_rows"] = json!(min_part_rows);
-    settings["max_part_rows"] = json!(max_part_rows);
-    settings["storage_options"] = json!(storage.options().redacted());
-    let settings = scrubbed(settings, storage);
+    let settings =
+        job_settings(settings, &output, shard, threads, (min_part_rows, max_part_rows), storage);
     Ok(RunSpec {
         input: storage.open(&c.input).map_err(usage)?,
         registry: storage.open(&registry).map_err(usage)?,
@@ -538,6 +533,25 @@ fn contamination(text: &str) -> Result<Contamination, UsageError> {
             .map(Contamination::Fraction)
             .map_err(|_| UsageError(format!("contamination `{text}`")))
     }
+}
+
+/// A job's settings as its manifests record them: the shared ones plus where it writes, which
+/// shard it is, its threads, unit bounds and storage options, scrubbed of credentials.
+pub(crate) fn job_settings(
+    mut settings: serde_json::Value,
+    output: &str,
+    shard: Shard,
+    threads: usize,
+    (min_part_rows, max_part_rows): (u64, u64),
+    storage: &Storage,
+) -> serde_json::Value {
+    settings["output"] = json!(output);
+    settings["shard"] = json!(shard);
+    settings["threads"] = json!(threads);
+    settings["min_part_rows"] = json!(min_part_rows);
+    settings["max_part_rows"] = json!(max_part_rows);
+    settings["storage_options"] = json!(storage.options().redacted());
+    scrubbed(settings, storage)
 }
 
 /// The settings with every credential removed from every string (URLs with SAS tokens or

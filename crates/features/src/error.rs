@@ -51,7 +51,7 @@ impl FeaturesError {
         }
     }
 
-    pub(crate) fn polars(doing: &'static str) -> impl FnOnce(polars::prelude::PolarsError) -> Self {
+    pub(crate) fn polars(doing: &'static str) -> impl Fn(polars::prelude::PolarsError) -> Self {
         move |source| FeaturesError::Polars { doing, source }
     }
 }

@@ -89,9 +89,6 @@ pub fn transform(
     )?;
     let complete = commit.publish_success(|_| {}, Publish::Manifest)?.is_some();
     let sensors_without_input = sensors_without_input(&spec.sensors, &manifest.devices);
-    if !sensors_without_input.is_empty() {
-        tracing::warn!(sensors = ?sensors_without_input, "no readings of selected sensors");
-    }
     Ok(RunReport {
         run_id,
         output_url: commit.url().to_string(),

@@ -168,10 +168,10 @@ pub(crate) fn publish(
     }
     let mut merged: Vec<SeriesDrift> = merged.into_values().collect();
     merged.sort_by(|a, b| {
-        a.device.cmp(&b.device).then_with(|| match (&a.sensor, &b.sensor) {
-            (Some(x), Some(y)) => crate::dataset::sensor_order(x, y),
-            (x, y) => x.cmp(y),
-        })
+        crate::dataset::series_order(
+            (a.device, a.sensor.as_deref()),
+            (b.device, b.sensor.as_deref()),
+        )
     });
     let (batch, summary) = table(run_id, &merged)?;
     let bytes = encode_parquet(&batch.schema(), &[batch], &WriteOptions::default())?;

@@ -462,9 +462,6 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
     let failed_over_threshold =
         spec.max_failed.exceeded(manifest.totals.devices_failed, scope_devices);
     let sensors_without_input = sensors_without_input(&spec.sensors, &manifest.devices);
-    if !sensors_without_input.is_empty() {
-        tracing::warn!(sensors = ?sensors_without_input, "no readings of selected sensors");
-    }
     tracing::info!(run_id = %run_id, complete, units_skipped = executed.skipped, "committed");
     Ok(RunReport {
         run_id,
@@ -481,7 +478,7 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
     })
 }
 
-/// The named sensors no outcome has a reading of.
+/// The named sensors no outcome has a reading of (logged as a warning when there are any).
 pub(crate) fn sensors_without_input(
     sensors: &SensorSelection,
     devices: &[DeviceOutcome],
@@ -491,7 +488,12 @@ pub(crate) fn sensors_without_input(
     };
     let seen: BTreeSet<&str> =
         devices.iter().filter(|d| d.rows > 0).filter_map(|d| d.sensor.as_deref()).collect();
-    names.iter().filter(|n| !seen.contains(n.as_str())).cloned().collect()
+    let missing: Vec<String> =
+        names.iter().filter(|n| !seen.contains(n.as_str())).cloned().collect();
+    if !missing.is_empty() {
+        tracing::warn!(sensors = ?missing, "no readings of selected sensors");
+    }
+    missing
 }
 
 /// Claims the run's directory for this plan and shard count.

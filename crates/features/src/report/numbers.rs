@@ -177,10 +177,6 @@ struct SeriesAcc {
     min_score: Option<f64>,
 }
 
-fn polars_err(doing: &'static str) -> impl Fn(polars::prelude::PolarsError) -> FeaturesError {
-    move |source| FeaturesError::Polars { doing, source }
-}
-
 /// Per hour, per series and a score sample, part by part.
 pub(super) fn scan_parts(
     run_dir: &Location,
@@ -201,14 +197,14 @@ pub(super) fn scan_parts(
             .group_by([col("ts").floor_div(lit(HOUR_US)).alias("hour")])
             .agg(counts.clone())
             .collect()
-            .map_err(polars_err("count rows per hour"))?;
+            .map_err(FeaturesError::polars("count rows per hour"))?;
         let hour = per_hour.column("hour").and_then(|c| c.i64().cloned());
         let rows = per_hour.column("rows").and_then(|c| c.i64().cloned());
         let anomalous = per_hour.column("anomalies").and_then(|c| c.i64().cloned());
         let (hour, rows, anomalous) = (
-            hour.map_err(polars_err("count rows per hour"))?,
-            rows.map_err(polars_err("count rows per hour"))?,
-            anomalous.map_err(polars_err("count rows per hour"))?,
+            hour.map_err(FeaturesError::polars("count rows per hour"))?,
+            rows.map_err(FeaturesError::polars("count rows per hour"))?,
+            anomalous.map_err(FeaturesError::polars("count rows per hour"))?,
         );
         for ((h, r), a) in hour.iter().zip(rows.iter()).zip(anomalous.iter()) {
             let entry = hours.entry(h.unwrap_or_default() * HOUR_US).or_default();
@@ -229,15 +225,15 @@ pub(super) fn scan_parts(
             .group_by([col("device"), col("sensor")])
             .agg(aggs)
             .collect()
-            .map_err(polars_err("count rows per series"))?;
+            .map_err(FeaturesError::polars("count rows per series"))?;
         merge_series(&per_series, &mut series, (&mut from_us, &mut to_us))
-            .map_err(polars_err("count rows per series"))?;
+            .map_err(FeaturesError::polars("count rows per series"))?;
 
         let score = frame.column("score").and_then(|c| c.f64().cloned());
         let anomaly = frame.column("anomaly").and_then(|c| c.bool().cloned());
         let (score, anomaly) = (
-            score.map_err(polars_err("sample scores"))?,
-            anomaly.map_err(polars_err("sample scores"))?,
+            score.map_err(FeaturesError::polars("sample scores"))?,
+            anomaly.map_err(FeaturesError::polars("sample scores"))?,
         );
         for (s, a) in score.iter().zip(anomaly.iter()) {
             if seen.is_multiple_of(step)
@@ -369,7 +365,7 @@ pub(super) fn timelines(
     let devices: HashSet<i64> = worst.iter().map(|s| s.device).collect();
     let mut rows: HashMap<SeriesKey, Vec<(i64, f64, bool)>> = HashMap::new();
     for_each_part(run_dir, manifest, |frame| {
-        let read = polars_err("read timelines");
+        let read = FeaturesError::polars("read timelines");
         let device = frame.column("device").and_then(|c| c.i64().cloned()).map_err(&read)?;
         let sensor = frame.column("sensor").and_then(|c| c.str().cloned()).map_err(&read)?;
         let ts = frame.column("ts").and_then(|c| c.i64().cloned()).map_err(&read)?;
@@ -438,7 +434,7 @@ pub(super) fn drift(
     summary: &DriftSummary,
 ) -> Result<DriftSection, FeaturesError> {
     let bytes = run_dir.get(DRIFT_TABLE)?;
-    let read = polars_err("read the drift table");
+    let read = FeaturesError::polars("read the drift table");
     let frame = ParquetReader::new(Cursor::new(bytes)).finish().map_err(&read)?;
     let total = frame.height() as u64;
     let worst = frame

@@ -90,10 +90,10 @@ impl DeviceOutcome {
 
     /// Orders outcomes by device, then sensor (integers by value).
     pub(crate) fn order(a: &Self, b: &Self) -> std::cmp::Ordering {
-        a.device.cmp(&b.device).then_with(|| match (&a.sensor, &b.sensor) {
-            (Some(x), Some(y)) => crate::dataset::sensor_order(x, y),
-            (x, y) => x.cmp(y),
-        })
+        crate::dataset::series_order(
+            (a.device, a.sensor.as_deref()),
+            (b.device, b.sensor.as_deref()),
+        )
     }
 }
 

@@ -103,6 +103,17 @@ impl Columns {
     }
 }
 
+/// Series in output order: by device, then sensor ([`sensor_order`]), device series first.
+pub(crate) fn series_order(
+    (device_a, sensor_a): (i64, Option<&str>),
+    (device_b, sensor_b): (i64, Option<&str>),
+) -> Ordering {
+    device_a.cmp(&device_b).then_with(|| match (sensor_a, sensor_b) {
+        (Some(x), Some(y)) => sensor_order(x, y),
+        (x, y) => x.cmp(&y),
+    })
+}
+
 /// Sensor names in a readable order: integers by value first, then text.
 pub fn sensor_order(a: &str, b: &str) -> Ordering {
     match (a.parse::<i64>(), b.parse::<i64>()) {

@@ -18,7 +18,7 @@ use batchscore_io::{CsvSource, Entry, IoError, Location, ParquetSource};
 
 use columns::resolve;
 pub use columns::sensor_order;
-pub(crate) use columns::{Columns, Shape};
+pub(crate) use columns::{Columns, Shape, series_order};
 pub use columns::{InputColumns, Layout};
 pub(crate) use read::{Series, UnitTable};
 
