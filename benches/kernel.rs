@@ -54,6 +54,18 @@ fn bench(c: &mut Criterion) {
                 .sum::<u64>()
         })
     });
+    // The same rows as 200-row series, as in configuration (c): the per-call cost shows.
+    group.bench_function("8_features/200x327", |b| {
+        b.iter(|| {
+            let mut rows = 0;
+            for (bins, values) in reference.features.iter().zip(&batch) {
+                for series in values.chunks(200) {
+                    rows += bins.as_ref().unwrap().observe(series).rows();
+                }
+            }
+            rows
+        })
+    });
     group.finish();
 
     c.bench_function("iforest_fit_2000x8", |b| b.iter(|| params.fit(&refs(&train)).unwrap()));

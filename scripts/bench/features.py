@@ -1,13 +1,15 @@
 """What drift, aggregation and the report cost (docs/benchmarks.md, "Drift, aggregation and
 the report"). Prints Markdown tables.
 
-  scripts/bench/features.sh [--configs a,b,c] [--repeats 3] [--aggregate-devices 2000]
+  scripts/bench/features.sh [--configs a,b,c] [--repeats 3] [--threads 2]
+                            [--aggregate-devices 2000] [--skip-drift] [--skip-aggregation]
 
 1. Drift: for each configuration (devices x rows per device, 8 sensors, one file sorted by
    device) batchscore trains one IsolationForest per device (100 trees, 256 samples; the models
    carry their drift reference), then `batchscore run` and `batchscore run --no-drift` run
-   alternately into fresh output directories; the difference of the median walls is what drift
-   costs, counting in each unit and the merge into drift.parquet when the run completes.
+   back to back, in alternating order, into fresh output directories; the median of the pairs'
+   differences (wall and CPU time) is what drift costs, counting in each unit and the merge
+   into drift.parquet when the run completes.
 2. The report of the last drift-measuring run of each configuration: `batchscore report` (HTML)
    and `--format json`, wall time and size.
 3. Aggregation: long readings (timestamp, device, sensor, value; 5 sensors at 5 s) of N devices,
@@ -24,7 +26,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from side_by_side import CONFIGS, SENSORS, SEED, log, measure, run  # noqa: E402
+from side_by_side import CONFIGS, SENSORS, SEED, log, measure, measure_cpu, run  # noqa: E402
 
 TAGS = "humidity,pressure,rpm,temperature,vibration"
 
@@ -55,22 +57,25 @@ def prepare_drift(bin_, cache, name):
     return os.path.join(data, "readings"), registry, devices * rows
 
 
-def drift(bin_, cache, names, repeats):
+def drift(bin_, cache, names, repeats, threads):
     rows_out, reports = [], []
     for name in names:
         readings, registry, rows = prepare_drift(bin_, cache, name)
         walls = {"drift": [], "no drift": []}
+        cpus = {"drift": [], "no drift": []}
         last = None
         for r in range(repeats):
             order = ["drift", "no drift"] if r % 2 == 0 else ["no drift", "drift"]
             for mode in order:
                 out = tempfile.mkdtemp(prefix="bs-drift-")
                 cmd = [bin_, "-q", "run", "--input", readings, "--registry", registry,
-                       "--output", out, "--devices", "all", "--run-id", "bench"]
+                       "--output", out, "--devices", "all", "--run-id", "bench",
+                       "--threads", threads]
                 if mode == "no drift":
                     cmd.append("--no-drift")
-                wall, _, _ = measure(cmd)
+                wall, _, _, cpu = measure_cpu(cmd)
                 walls[mode].append(wall)
+                cpus[mode].append(cpu)
                 if mode == "drift":
                     if last:
                         shutil.rmtree(last, ignore_errors=True)
@@ -78,20 +83,31 @@ def drift(bin_, cache, names, repeats):
                 else:
                     shutil.rmtree(out, ignore_errors=True)
         with_, without = statistics.median(walls["drift"]), statistics.median(walls["no drift"])
+        cpu_with, cpu_without = statistics.median(cpus["drift"]), statistics.median(cpus["no drift"])
+        # The share is the median of the differences within each back-to-back pair: the
+        # machine's speed wanders over minutes (other tenants) far more than within a pair.
+        def paired(m):
+            return statistics.median(a - b for a, b in zip(m["drift"], m["no drift"]))
+
         devices, per = CONFIGS[name]
         rows_out.append((f"({name}) {devices:,} x {per:,}", rows, without, with_,
-                         100 * (with_ - without) / with_))
+                         100 * paired(walls) / with_, cpu_without, cpu_with,
+                         100 * paired(cpus) / cpu_with))
         for fmt, file in (("html", "report.html"), ("json", "report.json")):
             wall, rss, _ = measure([bin_, "-q", "report", "--output", last, "--run-id", "bench",
                                     "--format", fmt])
             size = os.path.getsize(os.path.join(last, "bench", file))
             reports.append((f"({name}) {devices:,} x {per:,}", fmt, wall, size, rss))
         shutil.rmtree(last, ignore_errors=True)
-    print(f"\nDrift: medians of {repeats} alternating runs, 2 threads\n")
-    print("| config | rows | `run --no-drift` | `run` (drift measured) | drift's share |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for label, rows, without, with_, share in rows_out:
-        print(f"| {label} | {rows:,} | {without:.2f} s | {with_:.2f} s | {share:.1f} % |")
+    print(f"\nDrift: medians of {repeats} back-to-back pairs in alternating order, {threads} threads;"
+          " a share is the median of the pairs' differences over the median `run` (wall, and CPU"
+          " time user + system)\n")
+    print("| config | rows | `run --no-drift` | `run` (drift measured) | drift's share |"
+          " CPU `--no-drift` | CPU `run` | share of CPU |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, rows, without, with_, share, cpu_without, cpu_with, cpu_share in rows_out:
+        print(f"| {label} | {rows:,} | {without:.2f} s | {with_:.2f} s | {share:.1f} % |"
+              f" {cpu_without:.2f} s | {cpu_with:.2f} s | {cpu_share:.1f} % |")
     print("\nReport of the drift-measuring run\n")
     print("| config | format | wall | size | peak RSS |")
     print("| --- | --- | ---: | ---: | ---: |")
@@ -144,12 +160,13 @@ def main():
     p.add_argument("--aggregate-devices", type=int, default=2000)
     p.add_argument("--skip-aggregation", action="store_true")
     p.add_argument("--skip-drift", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     cache = os.environ.get("BATCHSCORE_BENCH_DIR",
                            os.path.expanduser("~/.cache/batchscore/bench"))
     os.makedirs(cache, exist_ok=True)
     if not args.skip_drift:
-        drift(args.bin, cache, args.configs.split(","), args.repeats)
+        drift(args.bin, cache, args.configs.split(","), args.repeats, args.threads)
     if not args.skip_aggregation:
         aggregation(args.bin, cache, args.aggregate_devices, args.repeats)
 

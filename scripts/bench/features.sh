@@ -3,7 +3,7 @@
 # `run --no-drift` on configurations (a), (b), (c) with batchscore-trained models, the report
 # of each run, and `aggregate` over long readings; prints Markdown tables.
 #
-#   scripts/bench/features.sh [--configs a,b,c] [--repeats 3] [--aggregate-devices 2000]
+#   scripts/bench/features.sh [--configs a,b,c] [--repeats 3] [--threads 2] [--aggregate-devices 2000]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"

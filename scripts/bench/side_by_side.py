@@ -101,6 +101,13 @@ def tree_rss_kb(root):
 
 def measure(cmd, env=None):
     """(wall seconds, peak tree RSS in bytes, stdout) of one command."""
+    wall, rss, out, _ = measure_cpu(cmd, env)
+    return wall, rss, out
+
+
+def measure_cpu(cmd, env=None):
+    """(wall seconds, peak tree RSS in bytes, stdout, CPU seconds user + system) of one
+    command."""
     start = time.perf_counter()
     proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, env=env)
     peak = [0]
@@ -115,14 +122,14 @@ def measure(cmd, env=None):
     out = proc.stdout.read()
     # Not the rusage's ru_maxrss: it survives exec, so it would count the forked benchmark
     # driver's own memory. VmHWM (sampled above) starts afresh at exec.
-    _, status, _ = os.wait4(proc.pid, 0)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     done.set()
     sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
-    return wall, peak[0] * 1024, out.decode()
+    return wall, peak[0] * 1024, out.decode(), usage.ru_utime + usage.ru_stime
 
 
 # --- data and models ---------------------------------------------------------------------------

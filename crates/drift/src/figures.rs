@@ -44,7 +44,7 @@ impl Band {
 }
 
 /// What a series' feature looked like in a run against its training reference.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     /// Finite values scored.
     pub rows: u64,

@@ -1,14 +1,18 @@
 //! Drift of a run's scored data against each model's training data.
 //!
 //! While scoring, each series (a device's, or a (device, sensor)'s) observes its feature values
-//! into [`Partial`]s against the bins its model stored at training. A unit's partials go to
-//! `_drift/unit-NNNNN.bin` before its receipt, so a committed unit always has them, and an
-//! attempt that finds the unit committed needs nothing else. When the run completes, the
-//! publisher merges every unit's partials per series and feature (units in order, so the
-//! figures do not depend on which shard merged) and writes `drift.parquet` beside the parts;
+//! into [`Partial`]s against the bins its model stored at training. A series whose device no
+//! other unit of the plan can hold is complete in its unit, which records its final figures; a
+//! series that may continue in another unit records its counts and its reference. A unit's
+//! record goes to `_drift/unit-NNNNN.bin` before its receipt, so a committed unit always has
+//! it, and an attempt that finds the unit committed needs nothing else. When the run
+//! completes, the publisher merges the counts of split series (units in order, so the figures
+//! do not depend on which shard merged), writes `drift.parquet` beside the parts, and
 //! `_SUCCESS` records its counts ([`DriftSummary`]).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
@@ -29,6 +33,18 @@ const READ_CONCURRENCY: usize = 16;
 /// Bounds what decoding a damaged unit file may allocate.
 const MAX_UNIT_FILE: usize = 1 << 30;
 
+/// How a unit observes drift: which of its devices no other unit holds.
+pub(crate) struct UnitObserver {
+    pub alone: Option<RangeInclusive<i64>>,
+}
+
+impl UnitObserver {
+    /// Whether every row of `device` is in this unit.
+    pub fn whole(&self, device: i64) -> bool {
+        self.alone.as_ref().is_some_and(|r| r.contains(&device))
+    }
+}
+
 /// One series' values in one unit, against its model's reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SeriesDrift {
@@ -37,9 +53,21 @@ pub(crate) struct SeriesDrift {
     pub model_version: String,
     /// Rows scored.
     pub rows: u64,
-    /// One entry per model feature; `None` when the model has no drift reference (imported
-    /// models, models of format version 2): drift unknown.
-    pub features: Option<Vec<FeatureDrift>>,
+    pub features: Observed,
+}
+
+/// What a unit records of a series' features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Observed {
+    /// The model has no drift reference (imported models, models of format version 2): drift
+    /// unknown.
+    Unknown,
+    /// Other units may hold rows of the series: counts and the reference they were counted
+    /// against, one per model feature, merged when the run is published.
+    Partials(Vec<FeatureDrift>),
+    /// No other unit of the plan can hold rows of the series: its figures, final here. Most
+    /// series are this, and their unit files stay a few dozen bytes per feature.
+    Final(Vec<FeatureRow>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,28 +78,69 @@ pub(crate) struct FeatureDrift {
     pub partial: Partial,
 }
 
+/// One feature's line of the drift table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FeatureRow {
+    pub feature: String,
+    pub non_finite: u64,
+    pub outcome: FeatureOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum FeatureOutcome {
+    /// The feature had no finite training value.
+    Unknown,
+    /// No finite value was scored.
+    NoData {
+        mean_train: f64,
+    },
+    Measured {
+        mean_train: f64,
+        figures: Figures,
+    },
+}
+
+impl FeatureDrift {
+    /// The feature's line once every unit's counts are in.
+    fn row(&self) -> FeatureRow {
+        let outcome = match &self.reference {
+            None => FeatureOutcome::Unknown,
+            Some(bins) => match Figures::of(bins, &self.partial) {
+                None => FeatureOutcome::NoData { mean_train: bins.mean },
+                Some(figures) => FeatureOutcome::Measured { mean_train: bins.mean, figures },
+            },
+        };
+        FeatureRow { feature: self.feature.clone(), non_finite: self.partial.non_finite, outcome }
+    }
+}
+
 impl SeriesDrift {
-    /// Observes a series' feature columns (model order) against `model`'s reference.
+    /// Observes a series' feature columns (model order) against `model`'s reference. `whole`
+    /// says that no other unit holds rows of the series, so its figures are final.
     pub fn observe(
         (device, sensor): (i64, Option<String>),
         model: &Model,
         columns: &[&[f64]],
+        whole: bool,
     ) -> Self {
         let rows = columns.first().map_or(0, |c| c.len() as u64);
-        let features = model.drift.as_ref().map(|reference| {
-            model
-                .meta
-                .features
-                .iter()
-                .zip(&reference.features)
-                .zip(columns)
-                .map(|((feature, bins), values)| FeatureDrift {
-                    feature: feature.clone(),
-                    partial: bins.as_ref().map(|b| b.observe(values)).unwrap_or_default(),
-                    reference: bins.clone(),
-                })
-                .collect()
-        });
+        let features = match &model.drift {
+            None => Observed::Unknown,
+            Some(reference) => {
+                let partials =
+                    model.meta.features.iter().zip(&reference.features).zip(columns).map(
+                        |((feature, bins), values)| FeatureDrift {
+                            feature: feature.clone(),
+                            partial: bins.as_ref().map(|b| b.observe(values)).unwrap_or_default(),
+                            reference: bins.clone(),
+                        },
+                    );
+                match whole {
+                    true => Observed::Final(partials.map(|f| f.row()).collect()),
+                    false => Observed::Partials(partials.collect()),
+                }
+            }
+        };
         Self { device, sensor, model_version: model.version().to_string(), rows, features }
     }
 
@@ -82,7 +151,9 @@ impl SeriesDrift {
     /// Adds a later unit's observation of the same series.
     fn merge(&mut self, other: SeriesDrift) {
         self.rows += other.rows;
-        if let (Some(mine), Some(theirs)) = (&mut self.features, other.features) {
+        if let (Observed::Partials(mine), Observed::Partials(theirs)) =
+            (&mut self.features, other.features)
+        {
             for (a, b) in mine.iter_mut().zip(theirs) {
                 a.partial.merge(&b.partial);
             }
@@ -148,7 +219,8 @@ pub(crate) fn publish(
         .collect();
     paths.sort();
     let rels: Vec<&str> = paths.iter().map(|(_, p)| p.as_str()).collect();
-    let mut merged: BTreeMap<(i64, Option<String>), SeriesDrift> = BTreeMap::new();
+    let mut whole: Vec<SeriesDrift> = Vec::new();
+    let mut split: BTreeMap<(i64, Option<String>), SeriesDrift> = BTreeMap::new();
     for ((unit, path), bytes) in paths.iter().zip(out.get_many(&rels, READ_CONCURRENCY)) {
         let record = decode_unit(out, path, &bytes?)?;
         if record.run_id != run_id || record.unit != *unit {
@@ -158,7 +230,11 @@ pub(crate) fn publish(
             });
         }
         for series in record.series {
-            match merged.entry(series.key()) {
+            if !matches!(series.features, Observed::Partials(_)) {
+                whole.push(series);
+                continue;
+            }
+            match split.entry(series.key()) {
                 std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(series),
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert(series);
@@ -166,13 +242,24 @@ pub(crate) fn publish(
             }
         }
     }
-    let mut merged: Vec<SeriesDrift> = merged.into_values().collect();
+    let mut merged = whole;
+    merged.extend(split.into_values());
     merged.sort_by(|a, b| {
         crate::dataset::series_order(
             (a.device, a.sensor.as_deref()),
             (b.device, b.sensor.as_deref()),
         )
     });
+    if let Some(pair) = merged.windows(2).find(|p| p[0].key() == p[1].key()) {
+        // Units claim a series whole only when the plan gives no other unit its device.
+        return Err(SchedulerError::CorruptRecord {
+            url: out.url_of(DIR),
+            reason: format!(
+                "series {} is in more than one unit's final drift figures",
+                ModelKey::name(pair[0].device, pair[0].sensor.as_deref())
+            ),
+        });
+    }
     let (batch, summary) = table(run_id, &merged)?;
     let bytes = encode_parquet(&batch.schema(), &[batch], &WriteOptions::default())?;
     out.put_if_absent(DRIFT_TABLE, bytes)?;
@@ -203,14 +290,11 @@ fn decode_unit(out: &Location, path: &str, bytes: &[u8]) -> Result<UnitDrift, Sc
     }
 }
 
-/// One row of the drift table.
-#[derive(Default)]
-struct Row {
-    key: String,
-    device: i64,
-    sensor: Option<String>,
-    feature: Option<String>,
-    model_version: String,
+/// One row of the drift table, borrowing from the merged series.
+struct Row<'a> {
+    /// Position of the series in the merged list.
+    series: usize,
+    feature: Option<&'a str>,
     status: &'static str,
     rows: u64,
     non_finite_rows: u64,
@@ -224,30 +308,43 @@ fn table(
     run_id: &str,
     merged: &[SeriesDrift],
 ) -> Result<(RecordBatch, DriftSummary), SchedulerError> {
-    let mut rows = Vec::new();
+    // Series split over units become lines here, once all their counts are in.
+    let lines: Vec<Option<Cow<'_, [FeatureRow]>>> = merged
+        .iter()
+        .map(|series| match &series.features {
+            Observed::Final(features) => Some(Cow::Borrowed(features.as_slice())),
+            Observed::Partials(features) => {
+                Some(Cow::Owned(features.iter().map(FeatureDrift::row).collect()))
+            }
+            Observed::Unknown => None,
+        })
+        .collect();
+    let keys: Vec<String> =
+        merged.iter().map(|s| ModelKey::name(s.device, s.sensor.as_deref())).collect();
+    let mut rows =
+        Vec::with_capacity(lines.iter().map(|l| l.as_ref().map_or(1, |f| f.len())).sum());
     let mut summary = DriftSummary { table: DRIFT_TABLE.into(), ..DriftSummary::default() };
     let mut drifted = BTreeSet::new();
-    for series in merged {
+    for (at, (series, features)) in merged.iter().zip(&lines).enumerate() {
         summary.series += 1;
-        let base = Row {
-            key: ModelKey::name(series.device, series.sensor.as_deref()),
-            device: series.device,
-            sensor: series.sensor.clone(),
-            model_version: series.model_version.clone(),
-            rows: series.rows,
-            ..Row::default()
-        };
-        let Some(features) = &series.features else {
+        let Some(features) = features else {
             summary.series_unknown += 1;
-            rows.push(Row { status: "unknown", ..base });
+            rows.push(Row {
+                series: at,
+                feature: None,
+                status: "unknown",
+                rows: series.rows,
+                non_finite_rows: 0,
+                figures: None,
+                mean_train: None,
+            });
             continue;
         };
-        for f in features {
-            let figures = f.reference.as_ref().and_then(|bins| Figures::of(bins, &f.partial));
-            let status = match (&f.reference, figures) {
-                (None, _) => "unknown",
-                (Some(_), None) => "no_data",
-                (Some(_), Some(figures)) => {
+        for f in features.iter() {
+            let (status, figures, mean_train) = match f.outcome {
+                FeatureOutcome::Unknown => ("unknown", None, None),
+                FeatureOutcome::NoData { mean_train } => ("no_data", None, Some(mean_train)),
+                FeatureOutcome::Measured { mean_train, figures } => {
                     match figures.band {
                         Band::Stable => summary.features_stable += 1,
                         Band::Moderate => summary.features_moderate += 1,
@@ -256,20 +353,17 @@ fn table(
                             drifted.insert(series.device);
                         }
                     }
-                    figures.band.as_str()
+                    (figures.band.as_str(), Some(figures), Some(mean_train))
                 }
             };
             rows.push(Row {
-                key: base.key.clone(),
-                device: base.device,
-                sensor: base.sensor.clone(),
-                feature: Some(f.feature.clone()),
-                model_version: base.model_version.clone(),
+                series: at,
+                feature: Some(&f.feature),
                 status,
-                rows: f.partial.rows(),
-                non_finite_rows: f.partial.non_finite,
+                rows: figures.map_or(0, |f| f.rows),
+                non_finite_rows: f.non_finite,
                 figures,
-                mean_train: f.reference.as_ref().map(|b| b.mean),
+                mean_train,
             });
         }
     }
@@ -277,6 +371,7 @@ fn table(
     let figure = |get: fn(&Figures) -> f64| -> ArrayRef {
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.figures.as_ref().map(get))))
     };
+    let series = |r: &Row<'_>| &merged[r.series];
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("model_key", DataType::Utf8, false),
@@ -295,11 +390,13 @@ fn table(
     ]));
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![run_id; rows.len()])),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.key.as_str()))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.device))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.sensor.as_deref()))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.feature.as_deref()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.model_version.as_str()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| keys[r.series].as_str()))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| series(r).device))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| series(r).sensor.as_deref()))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.feature))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| series(r).model_version.as_str()),
+        )),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.status))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.rows))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.non_finite_rows))),
@@ -338,7 +435,68 @@ mod tests {
     use arrow::array::AsArray;
 
     fn series(device: i64, features: Option<Vec<FeatureDrift>>) -> SeriesDrift {
+        let features = features.map_or(Observed::Unknown, Observed::Partials);
         SeriesDrift { device, sensor: None, model_version: "v".into(), rows: 4, features }
+    }
+
+    fn whole(device: i64, features: &[FeatureDrift]) -> SeriesDrift {
+        let features = Observed::Final(features.iter().map(FeatureDrift::row).collect());
+        SeriesDrift { device, sensor: None, model_version: "v".into(), rows: 4, features }
+    }
+
+    /// A series split over units and merged at publish gets the line a series counted whole
+    /// in one unit gets; the table is in series order whatever the units' order.
+    #[test]
+    fn split_series_merge_to_the_figures_of_whole_ones() {
+        let bins = FeatureBins::of(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let values = [0.5, 1.5, 2.5, 4.5, f64::NAN, 9.0];
+        let feature = |values: &[f64]| FeatureDrift {
+            feature: "x".into(),
+            partial: bins.observe(values),
+            reference: Some(bins.clone()),
+        };
+        let storage = batchscore_io::Storage::new().unwrap();
+        let put = |out: &Location, unit: usize, series: Vec<SeriesDrift>| {
+            let bytes = encode_unit("run-x", unit, series).unwrap();
+            out.put_if_absent(&unit_path(unit), bytes).unwrap();
+        };
+        let split = storage.open("memory:///split").unwrap();
+        let mut first = series(7, Some(vec![feature(&values[..2])]));
+        first.rows = 2;
+        put(&split, 0, vec![whole(9, &[feature(&values)]), first]);
+        put(&split, 1, vec![series(7, Some(vec![feature(&values[2..])]))]);
+        let together = storage.open("memory:///together").unwrap();
+        let mut seven = whole(7, &[feature(&values)]);
+        seven.rows = 6;
+        put(&together, 0, vec![seven, whole(9, &[feature(&values)])]);
+        let read = |out: &Location| {
+            publish(out, "run-x", 2).unwrap();
+            out.get(DRIFT_TABLE).unwrap()
+        };
+        assert_eq!(read(&split), read(&together));
+        let batches = batchscore_io::decode_parquet("drift", read(&split)).unwrap();
+        let devices = batches[0].column_by_name("device_id").unwrap();
+        let devices = devices.as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(devices.values().to_vec(), [7, 9]);
+    }
+
+    #[test]
+    fn a_series_final_in_two_units_is_refused() {
+        let bins = FeatureBins::of(&[1.0, 2.0]).unwrap();
+        let f = FeatureDrift {
+            feature: "x".into(),
+            partial: bins.observe(&[1.0]),
+            reference: Some(bins),
+        };
+        let storage = batchscore_io::Storage::new().unwrap();
+        let out = storage.open("memory:///twice").unwrap();
+        for unit in 0..2 {
+            let bytes =
+                encode_unit("run-x", unit, vec![whole(3, std::slice::from_ref(&f))]).unwrap();
+            out.put_if_absent(&unit_path(unit), bytes).unwrap();
+        }
+        let err = publish(&out, "run-x", 2).unwrap_err().to_string();
+        assert!(err.contains("more than one unit"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Work units: contiguous device intervals balanced by row count, and their shard assignment.
 
+use std::ops::RangeInclusive;
+
 use serde::Serialize;
 
 use crate::Shard;
@@ -128,6 +130,32 @@ impl Plan {
         Self { units }
     }
 
+    /// Per unit, devices of its interval that no other unit's interval holds (`None` when
+    /// there are none): every row of such a device is in that unit, so what the unit
+    /// computes of the device is final.
+    ///
+    /// The range leaves out every device up to the highest `hi` of the units before and from
+    /// the lowest `lo` of the units after: never a shared device, and for units cut along
+    /// files sorted by device (which share at most their edge devices) every other one. Units
+    /// that all hold every device (files per time period) have none alone.
+    pub(crate) fn devices_alone(&self) -> Vec<Option<RangeInclusive<i64>>> {
+        let mut lowest_after = vec![i64::MAX; self.units.len()];
+        for i in (1..self.units.len()).rev() {
+            lowest_after[i - 1] = lowest_after[i].min(self.units[i].lo);
+        }
+        let mut highest_before = i64::MIN;
+        let mut alone = Vec::with_capacity(self.units.len());
+        for (unit, after) in self.units.iter().zip(lowest_after) {
+            let lo = unit.lo.max(highest_before.saturating_add(1));
+            let hi = unit.hi.min(after.saturating_sub(1));
+            // Saturation keeps i64's extremes shared: conservative, never wrong.
+            let open = highest_before < i64::MAX && after > i64::MIN && lo <= hi;
+            alone.push(open.then_some(lo..=hi));
+            highest_before = highest_before.max(unit.hi);
+        }
+        alone
+    }
+
     /// Total rows over all units.
     pub fn rows(&self) -> u64 {
         self.units.iter().map(|u| u.rows).sum()
@@ -176,6 +204,7 @@ mod tests {
         assert_eq!(bounds, vec![(0, 4), (4, 9), (10, 20)]);
         assert_eq!(plan.units[2].slices, vec![0, 3]);
         assert_eq!(plan.rows(), 350);
+        assert_eq!(plan.devices_alone(), vec![Some(0..=3), Some(5..=9), Some(10..=20)]);
         let plan = Plan::build(&slices, 1000);
         assert_eq!(plan.units.len(), 1);
         assert_eq!(plan.units[0].slices, vec![1, 2, 0, 3], "file order within a unit");
@@ -220,6 +249,16 @@ mod tests {
                     prop_assert!(slices[s].lo >= u.lo && slices[s].hi <= u.hi);
                 }
             }
+            for (u, alone) in plan.units.iter().zip(plan.devices_alone()) {
+                let holders = |device: i64| plan.units.iter()
+                    .filter(|o| o.lo <= device && device <= o.hi).count();
+                if let Some(range) = alone {
+                    prop_assert!(u.lo <= *range.start() && *range.end() <= u.hi);
+                    for device in range {
+                        prop_assert_eq!(holders(device), 1, "device {} alone", device);
+                    }
+                }
+            }
             let mut all: Vec<usize> = (0..count)
                 .flat_map(|i| plan.shard_units(Shard::new(i, count).unwrap()))
                 .collect();
@@ -248,7 +287,9 @@ mod tests {
                     prop_assert!(holders[0].slices.contains(&i));
                 }
             }
-            for u in &plan.units {
+            let alone = plan.devices_alone();
+            for (u, alone) in plan.units.iter().zip(alone) {
+                prop_assert_eq!(alone, Some(u.lo..=u.hi), "disjoint units hold their devices alone");
                 prop_assert!(u.lo <= u.hi);
                 for &s in &u.slices {
                     prop_assert!(slices[s].lo <= u.hi && slices[s].hi >= u.lo);

@@ -10,7 +10,7 @@ use batchscore_io::error_chain;
 use crate::SchedulerError;
 use crate::commit::{DeviceOutcome, DeviceStatus};
 use crate::dataset::{Columns, Series, Shape, UnitTable};
-use crate::drift::SeriesDrift;
+use crate::drift::{SeriesDrift, UnitObserver};
 use crate::output::{OutputSpec, ScoredRows};
 
 /// Rows handed to a detector per call: bounds the scratch memory of one call.
@@ -123,7 +123,7 @@ pub(crate) fn score_unit(
     registry: &Registry,
     run_id: &str,
     output: &OutputSpec,
-    measure_drift: bool,
+    drift_observer: Option<&UnitObserver>,
 ) -> Result<ScoredUnit, SchedulerError> {
     let mut outcomes = Vec::with_capacity(table.runs.len());
     let mut drift = Vec::new();
@@ -162,11 +162,12 @@ pub(crate) fn score_unit(
             let (outcome, features) =
                 score_series(table, columns, series, key, &model, &mut scored);
             // A scored series' feature columns, counted against the model's training bins.
-            if let Some(indices) = features.filter(|_| measure_drift) {
+            if let (Some(indices), Some(observer)) = (features, drift_observer) {
                 let rows = series.rows.clone();
                 let values: Vec<&[f64]> =
                     indices.iter().map(|&i| &table.values[i][rows.clone()]).collect();
-                drift.push(SeriesDrift::observe(key.clone(), &model, &values));
+                let whole = observer.whole(key.0);
+                drift.push(SeriesDrift::observe(key.clone(), &model, &values, whole));
             }
             outcomes.push(outcome);
         }
