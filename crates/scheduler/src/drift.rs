@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array};
@@ -32,18 +31,6 @@ const DIR: &str = "_drift";
 const READ_CONCURRENCY: usize = 16;
 /// Bounds what decoding a damaged unit file may allocate.
 const MAX_UNIT_FILE: usize = 1 << 30;
-
-/// How a unit observes drift: which of its devices no other unit holds.
-pub(crate) struct UnitObserver {
-    pub alone: Option<RangeInclusive<i64>>,
-}
-
-impl UnitObserver {
-    /// Whether every row of `device` is in this unit.
-    pub fn whole(&self, device: i64) -> bool {
-        self.alone.as_ref().is_some_and(|r| r.contains(&device))
-    }
-}
 
 /// One series' values in one unit, against its model's reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,5 @@
 //! Work units: contiguous device intervals balanced by row count, and their shard assignment.
 
-use std::ops::RangeInclusive;
-
 use serde::Serialize;
 
 use crate::Shard;
@@ -20,6 +18,17 @@ pub struct Unit {
     pub rows: u64,
     #[serde(skip)]
     pub(crate) slices: Vec<usize>,
+}
+
+/// Devices held by more than one unit's interval, as sorted disjoint ranges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SharedDevices(Vec<(i64, i64)>);
+
+impl SharedDevices {
+    pub fn contains(&self, device: i64) -> bool {
+        let at = self.0.partition_point(|(_, hi)| *hi < device);
+        self.0.get(at).is_some_and(|(lo, _)| *lo <= device)
+    }
 }
 
 /// Every unit of a job, in device order.
@@ -130,30 +139,29 @@ impl Plan {
         Self { units }
     }
 
-    /// Per unit, devices of its interval that no other unit's interval holds (`None` when
-    /// there are none): every row of such a device is in that unit, so what the unit
-    /// computes of the device is final.
-    ///
-    /// The range leaves out every device up to the highest `hi` of the units before and from
-    /// the lowest `lo` of the units after: never a shared device, and for units cut along
-    /// files sorted by device (which share at most their edge devices) every other one. Units
-    /// that all hold every device (files per time period) have none alone.
-    pub(crate) fn devices_alone(&self) -> Vec<Option<RangeInclusive<i64>>> {
-        let mut lowest_after = vec![i64::MAX; self.units.len()];
-        for i in (1..self.units.len()).rev() {
-            lowest_after[i - 1] = lowest_after[i].min(self.units[i].lo);
+    /// The devices that more than one unit's interval holds: a unit that meets any other
+    /// device holds all of its rows, so what it computes of that device is final.
+    pub(crate) fn shared_devices(&self) -> SharedDevices {
+        // Sweep over interval bounds; at one position, ends before starts, so touching
+        // intervals ([a, b] and [b + 1, c]) share nothing.
+        let mut bounds: Vec<(i128, i32)> = self
+            .units
+            .iter()
+            .flat_map(|u| [(i128::from(u.lo), 1), (i128::from(u.hi) + 1, -1)])
+            .collect();
+        bounds.sort_unstable();
+        let (mut depth, mut start, mut ranges) = (0, 0i128, Vec::new());
+        for (at, step) in bounds {
+            let before = depth;
+            depth += step;
+            if before < 2 && depth >= 2 {
+                start = at;
+            } else if before >= 2 && depth < 2 {
+                // Both bounds lie within i64: `start` is some `lo`, `at - 1` some `hi`.
+                ranges.push((start as i64, (at - 1) as i64));
+            }
         }
-        let mut highest_before = i64::MIN;
-        let mut alone = Vec::with_capacity(self.units.len());
-        for (unit, after) in self.units.iter().zip(lowest_after) {
-            let lo = unit.lo.max(highest_before.saturating_add(1));
-            let hi = unit.hi.min(after.saturating_sub(1));
-            // Saturation keeps i64's extremes shared: conservative, never wrong.
-            let open = highest_before < i64::MAX && after > i64::MIN && lo <= hi;
-            alone.push(open.then_some(lo..=hi));
-            highest_before = highest_before.max(unit.hi);
-        }
-        alone
+        SharedDevices(ranges)
     }
 
     /// Total rows over all units.
@@ -204,7 +212,9 @@ mod tests {
         assert_eq!(bounds, vec![(0, 4), (4, 9), (10, 20)]);
         assert_eq!(plan.units[2].slices, vec![0, 3]);
         assert_eq!(plan.rows(), 350);
-        assert_eq!(plan.devices_alone(), vec![Some(0..=3), Some(5..=9), Some(10..=20)]);
+        let shared = plan.shared_devices();
+        assert_eq!(shared, SharedDevices(vec![(4, 4)]));
+        assert!((0..=20).all(|d| shared.contains(d) == (d == 4)));
         let plan = Plan::build(&slices, 1000);
         assert_eq!(plan.units.len(), 1);
         assert_eq!(plan.units[0].slices, vec![1, 2, 0, 3], "file order within a unit");
@@ -249,15 +259,10 @@ mod tests {
                     prop_assert!(slices[s].lo >= u.lo && slices[s].hi <= u.hi);
                 }
             }
-            for (u, alone) in plan.units.iter().zip(plan.devices_alone()) {
-                let holders = |device: i64| plan.units.iter()
-                    .filter(|o| o.lo <= device && device <= o.hi).count();
-                if let Some(range) = alone {
-                    prop_assert!(u.lo <= *range.start() && *range.end() <= u.hi);
-                    for device in range {
-                        prop_assert_eq!(holders(device), 1, "device {} alone", device);
-                    }
-                }
+            let shared = plan.shared_devices();
+            for device in -1..=221 {
+                let holders = plan.units.iter().filter(|u| u.lo <= device && device <= u.hi).count();
+                prop_assert_eq!(shared.contains(device), holders > 1, "device {}", device);
             }
             let mut all: Vec<usize> = (0..count)
                 .flat_map(|i| plan.shard_units(Shard::new(i, count).unwrap()))
@@ -287,9 +292,8 @@ mod tests {
                     prop_assert!(holders[0].slices.contains(&i));
                 }
             }
-            let alone = plan.devices_alone();
-            for (u, alone) in plan.units.iter().zip(alone) {
-                prop_assert_eq!(alone, Some(u.lo..=u.hi), "disjoint units hold their devices alone");
+            prop_assert_eq!(plan.shared_devices(), SharedDevices::default(), "disjoint units");
+            for u in &plan.units {
                 prop_assert!(u.lo <= u.hi);
                 for &s in &u.slices {
                     prop_assert!(slices[s].lo <= u.hi && slices[s].hi >= u.lo);

@@ -428,7 +428,7 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
         scored: &scored,
         registry: &registry,
         commit: &commit,
-        devices_alone: plan.devices_alone(),
+        shared: plan.shared_devices(),
     };
     let executed =
         execute((spec.threads, spec.shard), &commit, &plan, progress, &|u| context.process(u))?;

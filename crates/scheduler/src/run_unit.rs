@@ -5,8 +5,8 @@ use batchscore_registry::Registry;
 
 use crate::commit::{Committed, PartWrite, Receipt, RunCommit};
 use crate::dataset::{Columns, Dataset, UnitTable};
-use crate::drift::UnitObserver;
 use crate::output::OutputFormat;
+use crate::plan::SharedDevices;
 use crate::run::{RunSpec, part_options};
 use crate::score::{ScoredUnit, score_unit};
 use crate::{SchedulerError, TableLayout, UnitTransform};
@@ -18,8 +18,8 @@ pub(crate) struct UnitContext<'a> {
     pub scored: &'a Columns,
     pub registry: &'a Registry,
     pub commit: &'a RunCommit,
-    /// Per unit of the plan, the devices no other unit holds ([`crate::Plan::devices_alone`]).
-    pub devices_alone: Vec<Option<std::ops::RangeInclusive<i64>>>,
+    /// Devices more than one unit holds: their drift is merged at publish.
+    pub shared: SharedDevices,
 }
 
 impl UnitContext<'_> {
@@ -61,16 +61,13 @@ impl UnitContext<'_> {
             None => table,
             Some(transform) => self.transformed(unit.index, table, transform.as_ref())?,
         };
-        let observer = spec
-            .drift
-            .then(|| UnitObserver { alone: self.devices_alone.get(unit.index).cloned().flatten() });
         let ScoredUnit { batch, outcomes: devices, drift } = score_unit(
             &table,
             self.scored,
             self.registry,
             run_id,
             &spec.output_spec,
-            observer.as_ref(),
+            spec.drift.then_some(&self.shared),
         )?;
         drop(table);
         let drift = match drift.is_empty() {

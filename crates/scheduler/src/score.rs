@@ -10,8 +10,9 @@ use batchscore_io::error_chain;
 use crate::SchedulerError;
 use crate::commit::{DeviceOutcome, DeviceStatus};
 use crate::dataset::{Columns, Series, Shape, UnitTable};
-use crate::drift::{SeriesDrift, UnitObserver};
+use crate::drift::SeriesDrift;
 use crate::output::{OutputSpec, ScoredRows};
+use crate::plan::SharedDevices;
 
 /// Rows handed to a detector per call: bounds the scratch memory of one call.
 const SCORE_BATCH_ROWS: usize = 64 * 1024;
@@ -116,17 +117,18 @@ pub(crate) struct ScoredUnit {
 }
 
 /// Scores every series of `table`. Per-series problems become failed outcomes; only storage
-/// faults (worth retrying) abort the unit.
+/// faults (worth retrying) abort the unit. With `drift`, each scored series is observed against
+/// its model's reference: final figures unless other units hold its device too.
 pub(crate) fn score_unit(
     table: &UnitTable,
     columns: &Columns,
     registry: &Registry,
     run_id: &str,
     output: &OutputSpec,
-    drift_observer: Option<&UnitObserver>,
+    drift: Option<&SharedDevices>,
 ) -> Result<ScoredUnit, SchedulerError> {
     let mut outcomes = Vec::with_capacity(table.runs.len());
-    let mut drift = Vec::new();
+    let mut observed = Vec::new();
     let mut scored = ScoredRows::default();
     // On a remote registry the models of a group of series are fetched together.
     let group_size = if registry.is_remote() { MODEL_PREFETCH } else { 1 };
@@ -162,12 +164,12 @@ pub(crate) fn score_unit(
             let (outcome, features) =
                 score_series(table, columns, series, key, &model, &mut scored);
             // A scored series' feature columns, counted against the model's training bins.
-            if let (Some(indices), Some(observer)) = (features, drift_observer) {
+            if let (Some(indices), Some(shared)) = (features, drift) {
                 let rows = series.rows.clone();
                 let values: Vec<&[f64]> =
                     indices.iter().map(|&i| &table.values[i][rows.clone()]).collect();
-                let whole = observer.whole(key.0);
-                drift.push(SeriesDrift::observe(key.clone(), &model, &values, whole));
+                let whole = !shared.contains(key.0);
+                observed.push(SeriesDrift::observe(key.clone(), &model, &values, whole));
             }
             outcomes.push(outcome);
         }
@@ -177,7 +179,7 @@ pub(crate) fn score_unit(
         true => None,
         false => Some(output.batch(columns, table, scored, run_id)?),
     };
-    Ok(ScoredUnit { batch, outcomes, drift })
+    Ok(ScoredUnit { batch, outcomes, drift: observed })
 }
 
 /// Scores one series with its model in column batches, appending its rows to `scored`; a

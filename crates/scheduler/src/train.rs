@@ -195,10 +195,7 @@ impl UnitJob<'_> {
         &self,
         progress: &dyn Progress,
     ) -> Result<(Vec<SeriesResult>, BTreeMap<Key, Vec<SharedRows>>), SchedulerError> {
-        let intervals: Vec<(i64, i64)> = self.plan.units.iter().map(|u| (u.lo, u.hi)).collect();
-        let shared = |device: i64| {
-            intervals.iter().filter(|(lo, hi)| (*lo..=*hi).contains(&device)).count() > 1
-        };
+        let shared = self.plan.shared_devices();
         let results: Vec<Result<UnitResult, SchedulerError>> = self
             .plan
             .units
@@ -215,7 +212,7 @@ impl UnitJob<'_> {
                     &spec.window,
                 )?;
                 let (mine, set_aside): (Vec<usize>, Vec<usize>) =
-                    (0..table.runs.len()).partition(|&i| !shared(table.runs[i].device));
+                    (0..table.runs.len()).partition(|&i| !shared.contains(table.runs[i].device));
                 let trained = mine
                     .par_iter()
                     .map(|&i| self.train_series(&table, i))
