@@ -1,12 +1,13 @@
 //! Criterion benches of the hot paths: IsolationForest scoring and fitting, model decoding.
 //!
 //! `cargo bench --bench kernel` prints rows/s (throughput) for scoring 100 trees of 256 samples
-//! over 8 features, the reference shape of the performance targets, the same rows counted
-//! into the drift bins (what drift adds to scoring), the time to load one such model from a
-//! registry (the scoring path), and its file size.
+//! over 8 features, the reference shape of the performance targets (with the kernel scoring
+//! picks, then with each kernel this CPU runs), the same rows counted into the drift bins (what
+//! drift adds to scoring), the time to load one such model from a registry (the scoring path),
+//! and its file size.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use batchscore_detectors::{Detector, IsolationForestParams};
+use batchscore_detectors::{Detector, ForestKernel, IsolationForestParams};
 use batchscore_registry::{FeatureSummary, Model, ModelKey, Registry, TrainingInfo};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
@@ -26,9 +27,11 @@ fn bench(c: &mut Criterion) {
     let params = IsolationForestParams { seed: 7, ..Default::default() }.check().unwrap();
     let forest = params.fit(&refs(&train)).unwrap();
 
+    // Every kernel this CPU runs; the plain `iforest_score` names the one scoring picks.
     let mut group = c.benchmark_group("iforest_score");
-    // 1 and 3 rows: what a real-time request brings per device (a partial lane group).
-    for rows in [1usize, 3, 1_024, 65_536] {
+    // 1 and 3 rows: what a real-time request brings per device (a partial lane group); 200: a
+    // device's series in configuration (c).
+    for rows in [1usize, 3, 200, 1_024, 65_536] {
         let batch = data(rows, 8, 2);
         let columns = refs(&batch);
         let mut out = vec![0.0; rows];
@@ -36,6 +39,15 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("100x256x8", rows), &rows, |b, _| {
             b.iter(|| forest.score_samples_into(&columns, &mut out).unwrap())
         });
+        for kernel in [ForestKernel::Portable, ForestKernel::Avx512] {
+            if !kernel.is_available() {
+                continue;
+            }
+            let id = BenchmarkId::new(format!("{}/100x256x8", kernel.name()), rows);
+            group.bench_with_input(id, &rows, |b, _| {
+                b.iter(|| forest.score_samples_with(kernel, &columns, &mut out).unwrap())
+            });
+        }
     }
     group.finish();
 

@@ -19,8 +19,8 @@ pub use detector::{Detector, Scored};
 pub use error::DetectorError;
 pub use iforest::LEAF;
 pub use iforest::{
-    Contamination, IsolationForest, IsolationForestParams, MaxFeatures, MaxSamples, RawForest,
-    RawNode, ValidIsolationForestParams, average_path_length,
+    Contamination, ForestKernel, IsolationForest, IsolationForestParams, MaxFeatures, MaxSamples,
+    RawForest, RawNode, ValidIsolationForestParams, average_path_length,
 };
 pub use pca::{Pca, PcaComponents, PcaParams, RawPca, ValidPcaParams};
 pub use scaler::{RawStandardScaler, Scaled, StandardScaler};

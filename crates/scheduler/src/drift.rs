@@ -217,7 +217,9 @@ pub(crate) fn publish(
             });
         }
         for series in record.series {
-            if !matches!(series.features, Observed::Partials(_)) {
+            // A series of a device other units share records partials, or nothing known (a
+            // model without a drift reference): both merge here. Only final figures stand alone.
+            if matches!(series.features, Observed::Final(_)) {
                 whole.push(series);
                 continue;
             }
@@ -465,6 +467,31 @@ mod tests {
         let devices = batches[0].column_by_name("device_id").unwrap();
         let devices = devices.as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!(devices.values().to_vec(), [7, 9]);
+    }
+
+    /// Regression (the side-by-side benchmark on sorted input with imported models): a device
+    /// split over two units whose model has no drift reference is one unknown series, with the
+    /// rows of both units, not "a series final in two units".
+    #[test]
+    fn an_unknown_series_split_over_units_merges() {
+        let storage = batchscore_io::Storage::new().unwrap();
+        let out = storage.open("memory:///unknown-split").unwrap();
+        for (unit, series) in
+            [(0, vec![series(3, None), series(5, None)]), (1, vec![series(5, None)])]
+        {
+            let bytes = encode_unit("run-x", unit, series).unwrap();
+            out.put_if_absent(&unit_path(unit), bytes).unwrap();
+        }
+        let summary = publish(&out, "run-x", 2).unwrap();
+        assert_eq!(summary.series_unknown, 2);
+        let batches =
+            batchscore_io::decode_parquet("drift", out.get(DRIFT_TABLE).unwrap()).unwrap();
+        let devices = batches[0].column_by_name("device_id").unwrap();
+        let devices = devices.as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(devices.values().to_vec(), [3, 5]);
+        let rows = batches[0].column_by_name("rows").unwrap();
+        let rows = rows.as_primitive::<arrow::datatypes::UInt64Type>();
+        assert_eq!(rows.values().to_vec(), [4, 8]);
     }
 
     #[test]

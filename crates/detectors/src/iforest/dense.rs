@@ -11,21 +11,26 @@
 //! indices are masked into range instead of bounds-checked (the masks never change a valid
 //! index), which keeps the step at a handful of instructions and the lanes' state in registers.
 //!
-//! Forests with deeper trees or more than [`FEATURES`] features use the general pre-order
-//! kernel in `model.rs`. Both give the same sums, bit for bit (tests in `model.rs`).
+//! This file holds the portable kernel (eight rows in scalar code, on every CPU); `avx512.rs`
+//! walks the same layout sixteen rows per vector step. Forests with deeper trees or more than
+//! [`FEATURES`] features use the general pre-order layout (`preorder.rs`). All give the same
+//! sums, bit for bit (tests in `model.rs` against a row-at-a-time reference).
+
+use crate::iforest::model::{BLOCK_ROWS, ForestKernel};
+use crate::iforest::stored::{Position, Sink, Split};
 
 /// Tree height (edges from the root to the deepest leaf) the layout holds.
 pub(crate) const HEIGHT: u32 = 8;
 /// Split slots per tree (levels 0..HEIGHT); the array has one unused slot, to be a power of two.
-const SPLITS: usize = (1 << HEIGHT) - 1;
+pub(crate) const SPLITS: usize = (1 << HEIGHT) - 1;
 /// Leaf slots per tree.
-const LEAVES: usize = 1 << HEIGHT;
+pub(crate) const LEAVES: usize = 1 << HEIGHT;
 /// Features a model may have to use this layout: the input block is a fixed-size array.
 pub(crate) const FEATURES: usize = 64;
 /// Rows walked through one tree together: independent traversals overlap their latency.
 pub(crate) const LANES: usize = 8;
 /// Set in a split's feature code when a NaN input goes left there.
-const NAN_LEFT: u8 = 0x80;
+pub(crate) const NAN_LEFT: u8 = 0x80;
 
 /// One tree in heap order. 3.3 KB: a block's walk through it stays in the L1 cache.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +49,11 @@ impl DenseTree {
         Self { thresholds: [0.0; LEAVES], features: [0; LEAVES], leaves: [0.0; LEAVES] }
     }
 
+    /// The thresholds, feature codes and leaf path terms, by slot (for the vector kernels).
+    pub(crate) fn parts(&self) -> (&[f32; LEAVES], &[u8; LEAVES], &[f64; LEAVES]) {
+        (&self.thresholds, &self.features, &self.leaves)
+    }
+
     /// Sets the split at `slot` (depth below `HEIGHT`); `feature` is below [`FEATURES`].
     pub(crate) fn set_split(&mut self, slot: usize, feature: u32, threshold: f32, nan_left: bool) {
         let code = (feature as u8 & (FEATURES as u8 - 1)) | if nan_left { NAN_LEFT } else { 0 };
@@ -59,6 +69,49 @@ impl DenseTree {
         let count = 1usize << below;
         if let Some(slots) = self.leaves.get_mut(first..first + count) {
             slots.fill(value);
+        }
+    }
+}
+
+/// Adds every tree's path term to each row's sum (`sums` is overwritten), with `kernel` where
+/// this CPU runs it and the batch is big enough to gain, the portable kernel otherwise.
+///
+/// Rows go in blocks of `BLOCK_ROWS`: a block's inputs (as f32, scikit-learn's dtype) stay in
+/// the L1 cache while every tree walks it, and each tree's splits are read once per block.
+pub(crate) fn path_sums(
+    trees: &[DenseTree],
+    kernel: ForestKernel,
+    columns: &[&[f64]],
+    sums: &mut [f64],
+) {
+    // Below one vector's sixteen rows (a real-time request's rows of a device) the portable
+    // kernel's eight lanes waste less (benches/kernel.rs: 1 and 3 rows).
+    #[cfg(target_arch = "x86_64")]
+    if kernel == ForestKernel::Avx512
+        && sums.len() >= super::avx512::LANES
+        && super::avx512::available()
+    {
+        let mut block = super::avx512::Block::new(columns.len(), sums.len().min(BLOCK_ROWS));
+        let mut walked = true;
+        for (b, block_sums) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
+            block_sums.fill(0.0);
+            let nan = block.load(columns, b * BLOCK_ROWS, block_sums.len());
+            walked &= block.walk(trees, block_sums, nan);
+        }
+        // Refused (it never is once `available`): the portable kernel below starts over.
+        if walked {
+            return;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kernel;
+    let mut block = DenseBlock::new(sums.len().min(BLOCK_ROWS));
+    for (b, block_sums) in sums.chunks_mut(BLOCK_ROWS).enumerate() {
+        block_sums.fill(0.0);
+        if block.load(columns, b * BLOCK_ROWS, block_sums.len()) {
+            block.walk::<true>(trees, block_sums);
+        } else {
+            block.walk::<false>(trees, block_sums);
         }
     }
 }
@@ -143,4 +196,34 @@ fn step<const NAN: bool>(
         right = code & NAN_LEFT == 0;
     }
     (2 * slot + 1 + usize::from(right)) as u32
+}
+
+impl Sink for Vec<DenseTree> {
+    fn start_tree(&mut self, _first: u32) {
+        self.push(DenseTree::new());
+    }
+
+    fn split(&mut self, at: Position, _: u32, split: Split) -> bool {
+        let Split { feature, threshold, nan_left } = split;
+        // A split at the last level would put its children beyond the layout.
+        if at.depth >= HEIGHT {
+            return false;
+        }
+        if let Some(tree) = self.last_mut() {
+            tree.set_split(at.slot, feature, threshold, nan_left);
+        }
+        true
+    }
+
+    fn leaf(&mut self, at: Position, _: u32, value: f64, _: u64) -> bool {
+        if at.depth > HEIGHT {
+            return false;
+        }
+        if let Some(tree) = self.last_mut() {
+            tree.set_leaf(at.slot, at.depth, value);
+        }
+        true
+    }
+
+    fn end_tree(&mut self, _height: u32) {}
 }

@@ -6,13 +6,23 @@
 //! row's sum in tree order, where the root counts as one node. The score is
 //! `-(2^(-sum / (n_trees * c(max_samples))))`.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod dense;
 mod model;
 mod params;
+mod path_length;
+mod preorder;
+mod raw;
+mod stored;
+#[cfg(test)]
+mod testing;
 mod train;
 
-pub use model::{IsolationForest, LEAF, RawForest, RawNode, average_path_length};
+pub use model::{ForestKernel, IsolationForest};
 pub use params::{
     Contamination, IsolationForestParams, MaxFeatures, MaxSamples, ValidIsolationForestParams,
 };
+pub use path_length::average_path_length;
+pub use raw::{LEAF, RawForest, RawNode};
 pub(crate) use train::percentile_linear;

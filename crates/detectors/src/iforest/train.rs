@@ -12,8 +12,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::detector::batch_rows;
-use crate::iforest::model::LEAF;
 use crate::iforest::params::{Contamination, ValidIsolationForestParams};
+use crate::iforest::raw::LEAF;
 use crate::{Detector, DetectorError, IsolationForest, RawForest, RawNode};
 
 impl ValidIsolationForestParams {
