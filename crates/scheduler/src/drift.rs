@@ -428,6 +428,12 @@ mod tests {
         SeriesDrift { device, sensor: None, model_version: "v".into(), rows: 4, features }
     }
 
+    /// Stores `series` as unit `unit`'s drift file.
+    fn put(out: &Location, unit: usize, series: Vec<SeriesDrift>) {
+        let bytes = encode_unit("run-x", unit, series).unwrap();
+        out.put_if_absent(&unit_path(unit), bytes).unwrap();
+    }
+
     fn whole(device: i64, features: &[FeatureDrift]) -> SeriesDrift {
         let features = Observed::Final(features.iter().map(FeatureDrift::row).collect());
         SeriesDrift { device, sensor: None, model_version: "v".into(), rows: 4, features }
@@ -445,10 +451,6 @@ mod tests {
             reference: Some(bins.clone()),
         };
         let storage = batchscore_io::Storage::new().unwrap();
-        let put = |out: &Location, unit: usize, series: Vec<SeriesDrift>| {
-            let bytes = encode_unit("run-x", unit, series).unwrap();
-            out.put_if_absent(&unit_path(unit), bytes).unwrap();
-        };
         let split = storage.open("memory:///split").unwrap();
         let mut first = series(7, Some(vec![feature(&values[..2])]));
         first.rows = 2;
@@ -476,12 +478,8 @@ mod tests {
     fn an_unknown_series_split_over_units_merges() {
         let storage = batchscore_io::Storage::new().unwrap();
         let out = storage.open("memory:///unknown-split").unwrap();
-        for (unit, series) in
-            [(0, vec![series(3, None), series(5, None)]), (1, vec![series(5, None)])]
-        {
-            let bytes = encode_unit("run-x", unit, series).unwrap();
-            out.put_if_absent(&unit_path(unit), bytes).unwrap();
-        }
+        put(&out, 0, vec![series(3, None), series(5, None)]);
+        put(&out, 1, vec![series(5, None)]);
         let summary = publish(&out, "run-x", 2).unwrap();
         assert_eq!(summary.series_unknown, 2);
         let batches =
@@ -505,9 +503,7 @@ mod tests {
         let storage = batchscore_io::Storage::new().unwrap();
         let out = storage.open("memory:///twice").unwrap();
         for unit in 0..2 {
-            let bytes =
-                encode_unit("run-x", unit, vec![whole(3, std::slice::from_ref(&f))]).unwrap();
-            out.put_if_absent(&unit_path(unit), bytes).unwrap();
+            put(&out, unit, vec![whole(3, std::slice::from_ref(&f))]);
         }
         let err = publish(&out, "run-x", 2).unwrap_err().to_string();
         assert!(err.contains("more than one unit"), "{err}");
