@@ -1,14 +1,13 @@
-//! Criterion benches of the hot paths: IsolationForest scoring and fitting, model decoding.
+//! Criterion benches of the hot paths: IsolationForest scoring and fitting.
 //!
 //! `cargo bench --bench kernel` prints rows/s (throughput) for scoring 100 trees of 256 samples
 //! over 8 features, the reference shape of the performance targets (with the kernel scoring
 //! picks, then with each kernel this CPU runs), the same rows counted into the drift bins (what
-//! drift adds to scoring), the time to load one such model from a registry (the scoring path),
-//! and its file size.
+//! drift adds to scoring) and the time to fit such a forest. Loading a model is benched in the
+//! registry crate (`cargo bench -p batchscore-registry --bench load`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use batchscore_detectors::{Detector, ForestKernel, IsolationForestParams};
-use batchscore_registry::{FeatureSummary, Model, ModelKey, Registry, TrainingInfo};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -81,32 +80,6 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     c.bench_function("iforest_fit_2000x8", |b| b.iter(|| params.fit(&refs(&train)).unwrap()));
-
-    let summaries = train.iter().map(|c| FeatureSummary::of(c)).collect();
-    let model = Model::isolation_forest(
-        ModelKey::device(1),
-        params.params(),
-        (0..8).map(|i| format!("f{i}")).collect(),
-        TrainingInfo { rows: 2000, from_us: None, to_us: None, summaries },
-        forest,
-        "2026-01-01T00:00:00Z".into(),
-    )
-    .unwrap()
-    .with_drift(reference)
-    .unwrap();
-    let bytes = model.encode().unwrap();
-    c.bench_function("model_decode_100_trees", |b| {
-        b.iter(|| Model::decode("bench", &bytes).unwrap())
-    });
-    // The scoring path's load: fetch from the store, structural checks, no re-hashing (the
-    // index's checksum vouches for the file). This is the per-model load the targets name.
-    let storage = batchscore_io::Storage::new().unwrap();
-    let mut registry = Registry::open(storage.open("memory://bench/registry").unwrap()).unwrap();
-    let entry = registry.write_model(&model).unwrap();
-    registry.commit(vec![entry]).unwrap();
-    let key = ModelKey::device(1);
-    c.bench_function("model_load_100_trees", |b| b.iter(|| registry.load(&key).unwrap()));
-    eprintln!("model file: {} bytes for 100 trees", bytes.len());
 }
 
 criterion_group!(benches, bench);

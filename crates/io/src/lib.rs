@@ -26,7 +26,10 @@ pub use options::{
     AzureIdentity, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MULTIPART_PART_SIZE, RetrySettings,
     StorageOptions, compact_service_errors, redact,
 };
-pub use parquet_io::{ParquetSource, WriteOptions, decode_parquet, encode_csv, encode_parquet};
+pub use parquet_io::{
+    ParquetCodec, ParquetSource, ParquetStatistics, WriteOptions, decode_parquet, encode_csv,
+    encode_parquet,
+};
 pub use upload::Written;
 
 /// Every backend available here, for tests that must hold on all of them.

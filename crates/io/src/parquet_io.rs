@@ -22,7 +22,7 @@ use parquet::file::FOOTER_SIZE;
 use parquet::file::metadata::{
     ColumnChunkMetaData, FooterTail, KeyValue, ParquetMetaData, ParquetMetaDataReader,
 };
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
 
@@ -380,15 +380,57 @@ pub struct WriteOptions {
     pub row_group_rows: usize,
     /// Key-value pairs stored in the file footer.
     pub metadata: Vec<(String, String)>,
+    /// The compression codec of every column.
+    pub codec: ParquetCodec,
+    /// Where min/max statistics are kept.
+    pub statistics: ParquetStatistics,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { row_group_rows: 128 * 1024, metadata: Vec::new() }
+        Self {
+            row_group_rows: 128 * 1024,
+            metadata: Vec::new(),
+            codec: ParquetCodec::default(),
+            statistics: ParquetStatistics::default(),
+        }
     }
 }
 
-/// Encodes batches as one Parquet file in memory (zstd, statistics on).
+/// A Parquet compression codec every mainstream reader (pyarrow, DuckDB, Spark 3, polars)
+/// decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParquetCodec {
+    /// zstd at a level from 1 (fastest) to 22 (smallest).
+    Zstd(i32),
+    /// Snappy: fast, larger files.
+    Snappy,
+    /// No compression.
+    Uncompressed,
+}
+
+impl Default for ParquetCodec {
+    /// zstd level 1: on scored parts, files within 0.4 % of level 3's size (sensor readings and
+    /// scores are near-random doubles; the gain is in ids, timestamps and strings, which the
+    /// fastest level already finds), encoded 10-15 % faster; snappy would write 10 % bigger
+    /// files (docs/benchmarks.md, "The write path").
+    fn default() -> Self {
+        Self::Zstd(1)
+    }
+}
+
+/// Where the writer keeps min/max statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParquetStatistics {
+    /// Per column chunk (row group), in the footer: what readers prune row groups with.
+    Chunk,
+    /// Per page as well, in the page index: finer pruning for readers that use it, more to
+    /// compute and a bigger footer.
+    #[default]
+    Page,
+}
+
+/// Encodes batches as one Parquet file in memory (by default zstd, statistics per page).
 ///
 /// The bytes depend only on the batches and options, so a rerun writes identical files.
 pub fn encode_parquet(
@@ -421,8 +463,18 @@ pub(crate) fn writer_properties(
 ) -> Result<WriterProperties, ParquetError> {
     let kv: Vec<KeyValue> =
         options.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
+    let compression = match options.codec {
+        ParquetCodec::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level)?),
+        ParquetCodec::Snappy => Compression::SNAPPY,
+        ParquetCodec::Uncompressed => Compression::UNCOMPRESSED,
+    };
+    let statistics = match options.statistics {
+        ParquetStatistics::Chunk => EnabledStatistics::Chunk,
+        ParquetStatistics::Page => EnabledStatistics::Page,
+    };
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .set_compression(compression)
+        .set_statistics_enabled(statistics)
         .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
         .set_key_value_metadata((!kv.is_empty()).then_some(kv))
         .set_dictionary_enabled(false);
@@ -538,6 +590,56 @@ mod tests {
         .unwrap()
     }
 
+    /// Every codec and statistics level writes what its options say and reads back the same
+    /// rows; the default is zstd level 1 with page statistics.
+    #[test]
+    fn codecs_and_statistics_round_trip() {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let b = batch((0..5_000).map(|i| i / 100).collect());
+        let default = WriteOptions::default();
+        assert_eq!(
+            (default.codec, default.statistics),
+            (ParquetCodec::Zstd(1), ParquetStatistics::Page)
+        );
+        for codec in [
+            ParquetCodec::Zstd(1),
+            ParquetCodec::Zstd(3),
+            ParquetCodec::Snappy,
+            ParquetCodec::Uncompressed,
+        ] {
+            for statistics in [ParquetStatistics::Chunk, ParquetStatistics::Page] {
+                let options = WriteOptions { codec, statistics, ..WriteOptions::default() };
+                let bytes =
+                    encode_parquet(&b.schema(), std::slice::from_ref(&b), &options).unwrap();
+                let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+                let column = reader.metadata().row_group(0).column(0);
+                let expected = match codec {
+                    ParquetCodec::Zstd(level) => {
+                        Compression::ZSTD(ZstdLevel::try_new(level).unwrap())
+                    }
+                    ParquetCodec::Snappy => Compression::SNAPPY,
+                    ParquetCodec::Uncompressed => Compression::UNCOMPRESSED,
+                };
+                // The footer records the codec, not the level.
+                assert_eq!(
+                    std::mem::discriminant(&column.compression()),
+                    std::mem::discriminant(&expected)
+                );
+                assert!(column.statistics().is_some(), "{codec:?} {statistics:?}");
+                assert_eq!(
+                    column.column_index_offset().is_some(),
+                    statistics == ParquetStatistics::Page,
+                    "{codec:?} {statistics:?}"
+                );
+                let back = decode_parquet("m", bytes).unwrap();
+                assert_eq!(arrow::compute::concat_batches(&b.schema(), &back).unwrap(), b);
+            }
+        }
+        // A level zstd does not have is an encoding error, not a panic.
+        let bad = WriteOptions { codec: ParquetCodec::Zstd(99), ..WriteOptions::default() };
+        assert!(encode_parquet(&b.schema(), std::slice::from_ref(&b), &bad).is_err());
+    }
+
     #[test]
     fn statistics_prune_and_projection_reads_on_every_backend() {
         let (_dir, storage, urls) = crate::backends::all("parquet");
@@ -562,6 +664,7 @@ mod tests {
             let options = WriteOptions {
                 row_group_rows: rows as usize / 10,
                 metadata: vec![("k".into(), "v".into())],
+                ..WriteOptions::default()
             };
             let schema = b.schema();
             let bytes = encode_parquet(&schema, std::slice::from_ref(&b), &options).unwrap();
@@ -597,6 +700,7 @@ mod tests {
         let big = WriteOptions {
             row_group_rows: 5,
             metadata: vec![("padding".into(), "x".repeat(2 * FOOTER_PREFETCH))],
+            ..WriteOptions::default()
         };
         let bytes = encode_parquet(&b.schema(), std::slice::from_ref(&b), &big).unwrap();
         loc.put("big.parquet", bytes).unwrap();
@@ -649,7 +753,7 @@ mod tests {
             cut in proptest::prelude::any::<usize>(),
         ) {
             let b = batch((0..2_000).collect());
-            let options = WriteOptions { row_group_rows: 500, metadata: Vec::new() };
+            let options = WriteOptions { row_group_rows: 500, ..WriteOptions::default() };
             let mut bytes = encode_parquet(&b.schema(), &[b], &options).unwrap().to_vec();
             for (at, value) in flips {
                 let i = at % bytes.len();

@@ -166,7 +166,7 @@ impl Write for ObjectSink<'_> {
 }
 
 impl Location {
-    /// Encodes batches as Parquet straight into the object at `rel` (zstd, statistics on).
+    /// Encodes batches as Parquet straight into the object at `rel` (as `options` say).
     ///
     /// The bytes are those of [`crate::encode_parquet`] for the same input, so a retry
     /// rewrites identical content. The object is visible whole or not at all.
@@ -261,7 +261,7 @@ mod tests {
     fn written_equals_encoded(storage: &Storage, url: &str) {
         let loc = storage.open(url).unwrap();
         let b = batch(200_000);
-        let options = WriteOptions { row_group_rows: 50_000, metadata: vec![] };
+        let options = WriteOptions { row_group_rows: 50_000, ..WriteOptions::default() };
         let expected = encode_parquet(&b.schema(), std::slice::from_ref(&b), &options).unwrap();
         let written = loc
             .write_parquet("big.parquet", &b.schema(), std::slice::from_ref(&b), &options)

@@ -3,32 +3,52 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic "BSMODEL\0"
-//! 8       4     format version, u32 little-endian (currently 3; 2 is still read)
+//! 8       4     format version, u32 little-endian (currently 4)
 //! 12      8     payload length, u64 little-endian
-//! 20      32    SHA-256 of the payload
-//! 52      n     payload: bincode 2 (standard config) of `Model` via serde
+//! 20      8     XXH3-64 of the payload, u64 little-endian
+//! 28      n     payload: bincode 2 (standard config) of `Model` via serde
 //! ```
-//! The header stays the same when the payload codec changes: a new codec gets a new format
-//! version, and old files keep decoding.
+//! The magic and the version stay where they are when anything else changes: a new layout or
+//! payload codec gets a new format version, and a build refuses versions it does not read with
+//! a message that says to retrain or re-import.
+//!
+//! The file's own checksum catches damage on every load (a torn write, a flipped bit, a file
+//! whose index entry was edited to match it). It is XXH3, not a cryptographic hash: loading
+//! 10,000 models per run made SHA-256 of each file a quarter of a model load. Tampering is the
+//! registry index's concern, which records each file's SHA-256; `models verify` (and
+//! [`Model::decode`]) check that too.
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::{Model, RegistryError};
 
 /// The first bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"BSMODEL\0";
-/// The format version this build writes. Version 3 adds the drift reference after the
-/// detector; version 2 files (the same payload without it) still decode, as models whose drift
-/// is unknown. Version 2 introduced the compact pre-order IsolationForest form (f32
-/// thresholds); version 1 files are refused with a message naming the versions (retrain or
-/// re-import those models).
-pub const FORMAT_VERSION: u32 = 3;
-/// The oldest format version this build reads.
-const OLDEST_READ: u32 = 2;
-const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+/// The format version this build writes and the only one it reads. Version 4 checks the
+/// payload with XXH3 instead of SHA-256; version 3 added the drift reference, version 2 the
+/// compact pre-order forest. Older files are refused with a message naming the versions
+/// (retrain or re-import those models).
+pub const FORMAT_VERSION: u32 = 4;
+const HEADER_LEN: usize = 8 + 4 + 8 + 8;
 /// No model is bigger; a larger length field is corruption, and the bound caps allocations.
 const MAX_PAYLOAD: u64 = 512 << 20;
+
+/// The payload's checksum as the header stores it.
+fn checksum(payload: &[u8]) -> [u8; 8] {
+    xxh3_64(payload).to_le_bytes()
+}
+
+/// A whole model file around `payload`, in format `version` (tests write older versions).
+pub(crate) fn file(version: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&checksum(payload));
+    out.extend_from_slice(payload);
+    out
+}
 
 impl Model {
     /// Encodes the model as a model file.
@@ -37,13 +57,7 @@ impl Model {
             bincode::serde::encode_to_vec(self, bincode::config::standard()).map_err(|e| {
                 RegistryError::Encode { key: self.meta.key.to_string(), reason: e.to_string() }
             })?;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&Sha256::digest(&payload));
-        out.extend_from_slice(&payload);
-        Ok(Bytes::from(out))
+        Ok(Bytes::from(file(FORMAT_VERSION, &payload)))
     }
 
     /// Decodes and validates a model file; `url` names it in errors.
@@ -68,7 +82,7 @@ impl Model {
             return Err(corrupt("not a batchscore model file (bad magic bytes)".into()));
         }
         let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-        if !(OLDEST_READ..=FORMAT_VERSION).contains(&version) {
+        if version != FORMAT_VERSION {
             return Err(RegistryError::FormatVersion {
                 url: url.into(),
                 found: version,
@@ -86,34 +100,20 @@ impl Model {
         }
         // Always: the file's own checksum is what catches a damaged file whose index entry was
         // edited to match it (the index's whole-file SHA-256 would then agree).
-        if Sha256::digest(payload).as_slice() != &header[20..52] {
+        if checksum(payload) != header[20..28] {
             return Err(corrupt("checksum mismatch".into()));
         }
         // The limit bounds every allocation the decoder makes to the payload's size, so a forged
         // length prefix inside the payload cannot exhaust memory.
         let config = bincode::config::standard().with_limit::<{ MAX_PAYLOAD as usize }>();
-        let undecodable =
-            |e: bincode::error::DecodeError| corrupt(format!("payload does not decode: {e}"));
-        let (model, read): (Model, usize) = if version == 2 {
-            let (v2, read): (ModelV2, usize) =
-                bincode::serde::decode_from_slice(payload, config).map_err(undecodable)?;
-            (Model { meta: v2.meta, detector: v2.detector, drift: None }, read)
-        } else {
-            bincode::serde::decode_from_slice(payload, config).map_err(undecodable)?
-        };
+        let (model, read): (Model, usize) = bincode::serde::decode_from_slice(payload, config)
+            .map_err(|e| corrupt(format!("payload does not decode: {e}")))?;
         if read != payload.len() {
             return Err(corrupt(format!("{} trailing payload bytes", payload.len() - read)));
         }
         model.check(verify == Verify::Full).map_err(corrupt)?;
         Ok(model)
     }
-}
-
-/// A version 2 payload: a model without its drift reference.
-#[derive(serde::Deserialize)]
-struct ModelV2 {
-    meta: crate::ModelMeta,
-    detector: crate::DetectorModel,
 }
 
 /// How much of a model file `decode_with` checks.
@@ -153,46 +153,36 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    /// A model file as a build of format version 2 wrote it: no drift reference.
-    fn version_2_file(model: &Model) -> Vec<u8> {
-        #[derive(serde::Serialize)]
-        struct V2<'a> {
-            meta: &'a crate::ModelMeta,
-            detector: &'a crate::DetectorModel,
-        }
-        let payload = bincode::serde::encode_to_vec(
-            V2 { meta: &model.meta, detector: &model.detector },
-            bincode::config::standard(),
-        )
-        .unwrap();
-        let mut file = Vec::new();
-        file.extend_from_slice(MAGIC);
-        file.extend_from_slice(&2u32.to_le_bytes());
-        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        file.extend_from_slice(&Sha256::digest(&payload));
-        file.extend_from_slice(&payload);
-        file
-    }
-
+    /// Files of earlier formats are refused with the message that says what to do, whatever
+    /// their checksum field holds (version 3 had a 32-byte SHA-256 there).
     #[test]
-    fn version_2_files_decode_without_drift_and_keep_their_version() {
-        let mut model = small_model(5);
-        model.drift = None;
-        // What a version 2 build computed: the hash of the content without a reference.
-        let plain = Model::new(
-            model.meta.key.clone(),
-            model.meta.params.clone(),
-            model.meta.features.clone(),
-            model.meta.training.clone(),
-            model.detector.clone(),
-            model.meta.created_at.clone(),
-        )
-        .unwrap();
-        let decoded = Model::decode("v2", &version_2_file(&plain)).unwrap();
-        assert_eq!(decoded.drift, None);
-        assert_eq!(decoded, plain);
-        // The reference is part of the version: the same forest with it is another model.
-        assert_ne!(small_model(5).version(), plain.version());
+    fn older_versions_are_refused_with_the_clear_message() {
+        let payload =
+            bincode::serde::encode_to_vec(small_model(5), bincode::config::standard()).unwrap();
+        for version in [1u32, 2, 3] {
+            let mut old = Vec::new();
+            old.extend_from_slice(MAGIC);
+            old.extend_from_slice(&version.to_le_bytes());
+            old.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            old.extend_from_slice(&[7u8; 32]);
+            old.extend_from_slice(&payload);
+            let err = Model::decode("old.bsm", &old).unwrap_err();
+            assert!(
+                matches!(err, RegistryError::FormatVersion { found, supported: 4, .. } if found == version),
+                "{err}"
+            );
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("format version {version}")), "{msg}");
+            assert!(msg.contains("retrain or re-import"), "{msg}");
+        }
+        // A newer version than this build knows is refused the same way.
+        let mut newer = file(5, &payload);
+        assert!(matches!(
+            Model::decode("new.bsm", &newer).unwrap_err(),
+            RegistryError::FormatVersion { found: 5, .. }
+        ));
+        newer[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        assert_eq!(Model::decode("same.bsm", &newer).unwrap(), small_model(5));
     }
 
     #[test]
@@ -281,14 +271,8 @@ pub(crate) mod tests {
             config,
         )
         .unwrap();
-        let mut file = Vec::new();
-        file.extend_from_slice(MAGIC);
-        file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        file.extend_from_slice(&Sha256::digest(&payload));
-        file.extend_from_slice(&payload);
-        let err = Model::decode("hostile", &file).unwrap_err().to_string();
-        assert!(err.contains("feature 1000"), "{err}");
+        let err = Model::decode("hostile", &file(FORMAT_VERSION, &payload)).unwrap_err();
+        assert!(err.to_string().contains("feature 1000"), "{err}");
     }
 
     proptest! {
@@ -322,10 +306,7 @@ pub(crate) mod tests {
                 let i = at % payload.len();
                 payload[i] = value;
             }
-            let mut file = bytes[..20].to_vec();
-            file.extend_from_slice(&Sha256::digest(&payload));
-            file.extend_from_slice(&payload);
-            let _ = Model::decode("fuzz", &file);
+            let _ = Model::decode("fuzz", &file(FORMAT_VERSION, &payload));
         }
     }
 }

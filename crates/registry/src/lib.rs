@@ -1,10 +1,10 @@
 //! The model registry: one model per model key, in a versioned, checksummed file format.
 //!
-//! A model file is a small header (magic, format version, payload length, SHA-256 of the payload)
+//! A model file is a small header (magic, format version, payload length, XXH3 of the payload)
 //! around a bincode payload holding the model's metadata and its detector. Decoding checks every
 //! byte of that and then validates the detector's structure, so a truncated, corrupted or hostile
 //! file is a [`RegistryError`], never a panic. An `index.json` at the registry root lists every
-//! model with its size and checksum, so opening a registry of any size is one read. Models
+//! model with its size and SHA-256, so opening a registry of any size is one read. Models
 //! exported from scikit-learn (`scripts/export_sklearn.py`) come in through [`import_sklearn`].
 
 mod error;

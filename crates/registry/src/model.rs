@@ -213,13 +213,13 @@ pub struct Model {
     pub meta: ModelMeta,
     pub detector: DetectorModel,
     /// Decile bins of the training data per feature; `None` for models imported without
-    /// training data and models of format version 2 (their drift is unknown).
+    /// training data (their drift is unknown).
     pub drift: Option<DriftReference>,
 }
 
 /// The parts of a model that define its behaviour, hashed to give its version. A model
-/// without a drift reference hashes as before the reference existed, so version 2 models keep
-/// their versions.
+/// without a drift reference hashes these alone (as before references existed), one with a
+/// reference hashes them and the reference.
 #[derive(Serialize)]
 struct Content<'a> {
     key: &'a ModelKey,

@@ -46,8 +46,7 @@ pub(crate) struct SeriesDrift {
 /// What a unit records of a series' features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Observed {
-    /// The model has no drift reference (imported models, models of format version 2): drift
-    /// unknown.
+    /// The model has no drift reference (models imported from scikit-learn): drift unknown.
     Unknown,
     /// Other units may hold rows of the series: counts and the reference they were counted
     /// against, one per model feature, merged when the run is published.

@@ -37,6 +37,7 @@ pub(crate) fn part_options(run_id: &str, unit: usize) -> WriteOptions {
             ("batchscore.run_id".into(), run_id.to_string()),
             ("batchscore.unit".into(), unit.to_string()),
         ],
+        ..WriteOptions::default()
     }
 }
 

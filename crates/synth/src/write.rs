@@ -171,7 +171,10 @@ pub fn generate(spec: &GenerateSpec, out: &Location) -> Result<GenerateSummary, 
                 FileFormat::Parquet => encode_parquet(
                     batch.schema_ref(),
                     std::slice::from_ref(&batch),
-                    &WriteOptions { row_group_rows: spec.row_group_rows, metadata: vec![] },
+                    &WriteOptions {
+                        row_group_rows: spec.row_group_rows,
+                        ..WriteOptions::default()
+                    },
                 )?,
                 FileFormat::Csv => encode_csv(std::slice::from_ref(&batch))?,
             };
