@@ -59,7 +59,7 @@ fn a_corrupt_model_fails_its_device_and_verify_reports_it() {
     let f = fixture();
     let dir = tempdir();
     let registry = registry_copy(dir.path());
-    // Model objects live at models/KEY/VERSION.bsm.
+    // Model objects live at models/KEY/VERSION.fN.bsm.
     let model = std::fs::read_dir(Path::new(&registry).join("models/3"))
         .unwrap()
         .next()

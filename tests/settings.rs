@@ -69,6 +69,80 @@ seed = 1
     assert_eq!(view["meta"]["params"]["n_estimators"], 10, "{models}");
 }
 
+/// A model file of an earlier format is refused with the message that says what to do, and the
+/// sample's models, when they are of an earlier format, are trained again on first use.
+#[test]
+fn models_of_an_older_format_are_refused_and_the_sample_retrained() {
+    let dir = tempdir();
+    let config = dir.path().join("job.toml");
+    std::fs::write(
+        &config,
+        "[paths]\ninput = \"data/readings\"\nregistry = \"registry\"\noutput = \"out\"\n\n\
+         [train]\nn_estimators = 5\n\n\
+         [sample]\ngenerate_if_missing = true\ndir = \"data\"\ndevices = 3\nsensors = 2\n\
+         rows_per_device = 50\nseed = 1\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    expect_code(&["--config", &config, "run"], 0);
+    // Make every model file look like a format 3 file (the version field, bytes 8..12) where a
+    // format 3 build put it (`VERSION.bsm`), with the index vouching for it as that build's
+    // index would.
+    let mut files = Vec::new();
+    let mut indexes: Vec<(std::path::PathBuf, String)> = walkdir(&dir.path().join("registry"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    for entry in walkdir(&dir.path().join("registry/models")) {
+        if entry.extension().is_some_and(|e| e == "bsm") {
+            let mut bytes = std::fs::read(&entry).unwrap();
+            let before = sha256_hex(&bytes);
+            bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+            let after = sha256_hex(&bytes);
+            let old_name = entry.to_string_lossy().replace(".f4.bsm", ".bsm");
+            std::fs::write(&old_name, bytes).unwrap();
+            std::fs::remove_file(&entry).unwrap();
+            for (_, text) in &mut indexes {
+                *text = text.replace(&before, &after).replace(".f4.bsm", ".bsm");
+            }
+            files.push(entry);
+        }
+    }
+    for (path, text) in indexes {
+        std::fs::write(path, text).unwrap();
+    }
+    assert_eq!(files.len(), 3);
+    let refused = expect_code(&["--config", &config, "models", "verify"], 3);
+    assert!(
+        refused.contains("format version 3; this build reads version 4 (retrain or re-import"),
+        "{refused}"
+    );
+    // The sample's models are retrained (new files), then the run scores every device.
+    let again = expect_code(&["--config", &config, "run", "--run-id", "after-upgrade"], 0);
+    assert!(again.contains("older build"), "{again}");
+    assert!(scored_devices(&again).contains("3 scored"), "{again}");
+    expect_code(&["--config", &config, "models", "verify"], 0);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 #[test]
 fn unknown_config_keys_are_rejected() {
     let dir = tempdir();

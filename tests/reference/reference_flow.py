@@ -49,6 +49,47 @@ def readings(rng, devices, tags, hours):
     return data, pd.DataFrame(injected, columns=["TS", "Device", "Tag"])
 
 
+def fit_pipeline(series):
+    """create_model.py: the pipeline of one (device, tag), fitted on its values alone."""
+    model = Pipeline([
+        ("scaler", StandardScaler()),
+        ("classifier", OneClassSVM(nu=0.0001, kernel="rbf", gamma=0.01)),
+    ])
+    model.fit(np.array(series["Value"]).reshape(-1, 1))
+    return model
+
+
+def save_model(out, device, tag, model):
+    with open(os.path.join(out, "models", f"model_{device}_{tag}.pkl"), "wb") as f:
+        pickle.dump(model, f)
+
+
+def load_model(out, device, tag):
+    with open(os.path.join(out, "models", f"model_{device}_{tag}.pkl"), "rb") as f:
+        return pickle.load(f)
+
+
+def predictions(model, series):
+    """predict.py's output for one series: sklearn's -1 (outlier) is 1, +1 is 0."""
+    predicted = model.predict(np.array(series["Value"]).reshape(-1, 1))
+    return pd.DataFrame({
+        "TS": series["TS"].values,
+        "Device": series["Device"].values,
+        "Tag": series["Tag"].values,
+        "Val": series["Value"].values,
+        "Prediction": np.where(predicted == -1, 1, 0),
+    })
+
+
+def predict_one(out, device, tag, preds_dir):
+    """predict.py, once per model: read the whole CSV, keep one series, predict, write its CSV."""
+    data = pd.read_csv(os.path.join(out, "data", "sensor_data.csv"))
+    model = load_model(out, device, tag)
+    result = predictions(model, data[(data.Device == device) & (data.Tag == tag)])
+    result.to_csv(os.path.join(preds_dir, f"preds_{device}_{tag}.csv"), index=False)
+    return result
+
+
 def main(out, devices, tags, hours):
     rng = np.random.default_rng(20180828)
     data, injected = readings(rng, devices, tags, hours)
@@ -65,34 +106,13 @@ def main(out, devices, tags, hours):
     for device in devices:
         for tag in tags:
             series = first_hour[(first_hour.Device == device) & (first_hour.Tag == tag)]
-            model = Pipeline([
-                ("scaler", StandardScaler()),
-                ("classifier", OneClassSVM(nu=0.0001, kernel="rbf", gamma=0.01)),
-            ])
-            model.fit(np.array(series["Value"]).reshape(-1, 1))
-            with open(os.path.join(out, "models", f"model_{device}_{tag}.pkl"), "wb") as f:
-                pickle.dump(model, f)
+            save_model(out, device, tag, fit_pipeline(series))
 
     # Scoring, as the reference's predict.py, once per model: read the whole CSV, keep one
     # series, predict, map sklearn's -1 (outlier) to 1 and +1 to 0, write TS, Device, Tag, Val,
     # Prediction.
     started = time.perf_counter()
-    results = []
-    for device in devices:
-        for tag in tags:
-            data = pd.read_csv(os.path.join(out, "data", "sensor_data.csv"))
-            with open(os.path.join(out, "models", f"model_{device}_{tag}.pkl"), "rb") as f:
-                model = pickle.load(f)
-            series = data[(data.Device == device) & (data.Tag == tag)]
-            predictions = model.predict(np.array(series["Value"]).reshape(-1, 1))
-            results.append(pd.DataFrame({
-                "TS": series["TS"].values,
-                "Device": series["Device"].values,
-                "Tag": series["Tag"].values,
-                "Val": series["Value"].values,
-                "Prediction": np.where(predictions == -1, 1, 0),
-            }))
-            results[-1].to_csv(os.path.join(out, f"preds_{device}_{tag}.csv"), index=False)
+    results = [predict_one(out, device, tag, out) for device in devices for tag in tags]
     elapsed = time.perf_counter() - started
     pd.concat(results).to_csv(os.path.join(out, "expected.csv"), index=False)
     print(f"reference scoring: {elapsed:.3f} s for {len(devices) * len(tags)} models, "

@@ -1,5 +1,5 @@
 //! The registry on storage: `index.json`, its generations under `_index/`, and one immutable
-//! object per model version under `models/KEY/VERSION.bsm`.
+//! object per model version and file format under `models/KEY/VERSION.fN.bsm`.
 //!
 //! Model objects are written create-only at a path named by their content hash, so an object
 //! never changes once written: a job that opened the registry before a retraining keeps
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::format::Verify;
-use crate::{Model, ModelKey, RegistryError};
+use crate::{FORMAT_VERSION, Model, ModelKey, RegistryError};
 
 const INDEX: &str = "index.json";
 /// Index format 2 adds the generation; format 1 indexes (no generation) are read as generation 0.
@@ -43,6 +43,14 @@ pub struct IndexEntry {
     pub features: Vec<String>,
     pub training_rows: u64,
     pub created_at: String,
+}
+
+/// Where a model's object lives: `models/KEY/VERSION.fN.bsm`, N the file format. The version is
+/// the content's hash, which does not change with the file format, so without N a model written
+/// again by a build of a newer format (the remedy the refusal of an older file names) would find
+/// the older file in its place and keep it.
+fn model_path(model: &Model) -> String {
+    format!("models/{}/{}.f{FORMAT_VERSION}.bsm", model.meta.key, model.version())
 }
 
 /// Parses and checks an index (`index.json` or a generation).
@@ -244,9 +252,10 @@ impl Registry {
     /// on [`Registry::commit`], so readers never see an entry whose file is not written yet.
     pub fn write_model(&self, model: &Model) -> Result<IndexEntry, RegistryError> {
         let bytes = model.encode()?;
-        let path = format!("models/{}/{}.bsm", model.meta.key, model.version());
+        let path = model_path(model);
         // Create-only: an object of this name already holds this content (the version is its
-        // hash), written by an earlier or a concurrent training.
+        // hash, the name carries the file format), written by an earlier or a concurrent
+        // training.
         self.location.put_if_absent(&path, bytes.clone())?;
         Ok(IndexEntry {
             key: model.meta.key.clone(),
@@ -341,7 +350,7 @@ mod tests {
         assert_eq!(reg.verify(&ModelKey::device(1)).unwrap(), small_model(1));
         assert!(matches!(reg.load(&ModelKey::device(9)), Err(RegistryError::NoModel { .. })));
         let path = path_of(&reg, 2);
-        assert_eq!(path, format!("models/2/{}.bsm", small_model(2).version()));
+        assert_eq!(path, format!("models/2/{}.f{FORMAT_VERSION}.bsm", small_model(2).version()));
 
         // A damaged file is caught, and says which file.
         loc.put(&path, Bytes::from_static(b"garbage")).unwrap();

@@ -233,23 +233,84 @@ fn sensor_column(
 
 /// Times as the reference system writes them: `2018-08-28 23:00:05.000` (UTC), with
 /// microseconds only when a time has them.
+///
+/// Written digit by digit: chrono's `format` parses its format string again for every value,
+/// which was a fifth of a reference-profile run's CPU (`perf record`, docs/benchmarks.md). The
+/// calendar fields still come from chrono.
 fn reference_times(micros: impl Iterator<Item = i64>) -> ArrayRef {
+    use chrono::{Datelike, Timelike};
     let mut out = StringBuilder::new();
+    let mut text = String::with_capacity(32);
     for us in micros {
+        text.clear();
         match chrono::DateTime::from_timestamp_micros(us) {
-            Some(t) if us % 1000 == 0 => {
-                out.append_value(t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            // Years outside 0..=9999 do not fit the fixed-width form; chrono writes those.
+            Some(t) if (0..=9999).contains(&t.year()) => {
+                push_digits(&mut text, t.year() as u32, 4);
+                text.push('-');
+                push_digits(&mut text, t.month(), 2);
+                text.push('-');
+                push_digits(&mut text, t.day(), 2);
+                text.push(' ');
+                push_digits(&mut text, t.hour(), 2);
+                text.push(':');
+                push_digits(&mut text, t.minute(), 2);
+                text.push(':');
+                push_digits(&mut text, t.second(), 2);
+                text.push('.');
+                let micro = us.rem_euclid(1_000_000) as u32;
+                if micro.is_multiple_of(1000) {
+                    push_digits(&mut text, micro / 1000, 3);
+                } else {
+                    push_digits(&mut text, micro, 6);
+                }
             }
-            Some(t) => out.append_value(t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
-            None => out.append_value(us.to_string()),
+            Some(t) if us % 1000 == 0 => {
+                text.push_str(&t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            }
+            Some(t) => text.push_str(&t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()),
+            None => text.push_str(&us.to_string()),
         }
+        out.append_value(&text);
     }
     Arc::new(out.finish())
+}
+
+/// Appends `value` as exactly `width` decimal digits (zero-padded; `value` has at most `width`).
+fn push_digits(text: &mut String, value: u32, width: u32) {
+    let mut divisor = 10u32.pow(width - 1);
+    while divisor > 0 {
+        text.push(char::from(b'0' + (value / divisor % 10) as u8));
+        divisor /= 10;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// The digit-by-digit form is chrono's, for every time chrono can represent (years
+        /// -262143..=262142, leap days, before 1970, microseconds or not).
+        #[test]
+        fn reference_times_equal_chronos_format(
+            us in proptest::prop_oneof![
+                -62_135_596_800_000_000i64..253_402_300_800_000_000,
+                proptest::num::i64::ANY,
+                (-62_135_596_800i64..253_402_300_800).prop_map(|s| s * 1_000_000),
+            ]
+        ) {
+            let times = reference_times(std::iter::once(us));
+            let times = times.as_any().downcast_ref::<StringArray>().unwrap();
+            let expected = match chrono::DateTime::from_timestamp_micros(us) {
+                Some(t) if us % 1000 == 0 => t.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+                Some(t) => t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+                None => us.to_string(),
+            };
+            proptest::prop_assert_eq!(times.value(0), expected.as_str());
+        }
+    }
 
     #[test]
     fn reference_times_match_the_reference_format() {
