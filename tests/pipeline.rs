@@ -197,6 +197,14 @@ fn training_is_deterministic_whatever_the_thread_count() {
     let one = versions("1");
     assert_eq!(one.len(), 6);
     assert_eq!(one, versions("2"));
+    // Regression: training the same data into the same registry again (the same versions, a
+    // later creation time) indexed checksums of bytes it did not write, and `models verify`
+    // then called every model corrupt.
+    let registry = dir.path().join("r1").display().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(one, versions("1"));
+    let verify = expect_code(&["models", "--registry", &registry, "verify"], 0);
+    assert!(verify.contains("6 ok, 0 bad"), "{verify}");
     // And equal to the fixture's models, trained on all devices at once.
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{}/index.json", f.registry())).unwrap())

@@ -250,13 +250,31 @@ impl Registry {
 
     /// Writes a model's immutable object and returns its index entry; the index changes only
     /// on [`Registry::commit`], so readers never see an entry whose file is not written yet.
+    ///
+    /// Create-only: when an object of this name exists (a model of this version and file
+    /// format, written by an earlier or a concurrent training of the same data), it stays, and
+    /// the entry describes it, not the bytes just encoded, which differ in the creation time.
     pub fn write_model(&self, model: &Model) -> Result<IndexEntry, RegistryError> {
-        let bytes = model.encode()?;
+        let encoded = model.encode()?;
         let path = model_path(model);
-        // Create-only: an object of this name already holds this content (the version is its
-        // hash, the name carries the file format), written by an earlier or a concurrent
-        // training.
-        self.location.put_if_absent(&path, bytes.clone())?;
+        let (bytes, created_at) = if self.location.put_if_absent(&path, encoded.clone())? {
+            (encoded, model.meta.created_at.clone())
+        } else {
+            let existing = self.location.get(&path)?;
+            let url = self.location.url_of(&path);
+            let stored = Model::decode(&url, &existing)?;
+            if stored.meta.key != model.meta.key || stored.version() != model.version() {
+                let reason = format!(
+                    "holds model `{}` version {}, its name says `{}` version {}",
+                    stored.meta.key,
+                    stored.version(),
+                    model.meta.key,
+                    model.version()
+                );
+                return Err(RegistryError::Corrupt { url, reason });
+            }
+            (existing, stored.meta.created_at)
+        };
         Ok(IndexEntry {
             key: model.meta.key.clone(),
             path,
@@ -266,7 +284,7 @@ impl Registry {
             detector: model.meta.detector.clone(),
             features: model.meta.features.clone(),
             training_rows: model.meta.training.rows,
-            created_at: model.meta.created_at.clone(),
+            created_at,
         })
     }
 
@@ -367,6 +385,32 @@ mod tests {
         entry.sha256 = hex::encode(Sha256::digest(&other));
         reg.commit(vec![entry]).unwrap();
         assert!(matches!(reg.load(&ModelKey::device(1)), Err(RegistryError::KeyMismatch { .. })));
+    }
+
+    /// Regression: training the same data again (same version, a later creation time) kept the
+    /// first object but indexed the checksum of the bytes it did not write, so `models verify`
+    /// called every model corrupt.
+    #[test]
+    fn writing_a_model_again_indexes_the_object_that_stays() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://again").unwrap();
+        let mut reg = Registry::open(loc.clone()).unwrap();
+        let first = reg.write_model(&small_model(1)).unwrap();
+        reg.commit(vec![first.clone()]).unwrap();
+        let mut later = small_model(1);
+        later.meta.created_at = "2031-06-01T00:00:00Z".into();
+        assert_eq!(later.version(), small_model(1).version());
+        let again = reg.write_model(&later).unwrap();
+        assert_eq!(again, first);
+        reg.commit(vec![again]).unwrap();
+        let reg = Registry::open(loc.clone()).unwrap();
+        assert_eq!(reg.verify(&ModelKey::device(1)).unwrap(), small_model(1));
+        // An object whose name promises another model than it holds is an error, not an entry.
+        let path = model_path(&small_model(3));
+        loc.put(&path, small_model(2).encode().unwrap()).unwrap();
+        let err = reg.write_model(&small_model(3)).unwrap_err();
+        assert!(matches!(err, RegistryError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&path), "{err}");
     }
 
     /// Regression: a damaged model whose index entry was edited to match was loaded on the hot
