@@ -88,31 +88,29 @@ fn models_of_an_older_format_are_refused_and_the_sample_retrained() {
     // Make every model file look like a format 3 file (the version field, bytes 8..12) where a
     // format 3 build put it (`VERSION.bsm`), with the index vouching for it as that build's
     // index would.
-    let mut files = Vec::new();
-    let mut indexes: Vec<(std::path::PathBuf, String)> = walkdir(&dir.path().join("registry"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+    let registry = dir.path().join("registry");
+    let all = files(&registry);
+    let mut indexes: Vec<(String, String)> = all
+        .iter()
+        .filter(|(rel, _)| rel.ends_with(".json"))
+        .map(|(rel, bytes)| (rel.clone(), String::from_utf8(bytes.clone()).unwrap()))
         .collect();
-    for entry in walkdir(&dir.path().join("registry/models")) {
-        if entry.extension().is_some_and(|e| e == "bsm") {
-            let mut bytes = std::fs::read(&entry).unwrap();
-            let before = sha256_hex(&bytes);
-            bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
-            let after = sha256_hex(&bytes);
-            let old_name = entry.to_string_lossy().replace(".f4.bsm", ".bsm");
-            std::fs::write(&old_name, bytes).unwrap();
-            std::fs::remove_file(&entry).unwrap();
-            for (_, text) in &mut indexes {
-                *text = text.replace(&before, &after).replace(".f4.bsm", ".bsm");
-            }
-            files.push(entry);
+    let mut models = 0;
+    for (rel, mut bytes) in all.into_iter().filter(|(rel, _)| rel.ends_with(".bsm")) {
+        let before = sha256_hex(&bytes);
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let after = sha256_hex(&bytes);
+        std::fs::write(registry.join(rel.replace(".f4.bsm", ".bsm")), bytes).unwrap();
+        std::fs::remove_file(registry.join(&rel)).unwrap();
+        for (_, text) in &mut indexes {
+            *text = text.replace(&before, &after).replace(".f4.bsm", ".bsm");
         }
+        models += 1;
     }
-    for (path, text) in indexes {
-        std::fs::write(path, text).unwrap();
+    for (rel, text) in indexes {
+        std::fs::write(registry.join(rel), text).unwrap();
     }
-    assert_eq!(files.len(), 3);
+    assert_eq!(models, 3);
     let refused = expect_code(&["--config", &config, "models", "verify"], 3);
     assert!(
         refused.contains("format version 3; this build reads version 4 (retrain or re-import"),
@@ -128,19 +126,6 @@ fn models_of_an_older_format_are_refused_and_the_sample_retrained() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walkdir(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]

@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
 from reference_flow import (  # noqa: E402  (the reference's own steps, shared with the tests)
     STEP_S, fit_pipeline, load_model, predict_one, predictions, save_model)
+from side_by_side import fmt_mb, measure  # noqa: E402  (wall time, peak RSS of a process tree)
 
 
 def log(msg):
@@ -90,14 +91,6 @@ def single_read_loop(work, out):
     return time.perf_counter() - started
 
 
-def timed(cmd):
-    """(wall seconds, peak RSS MB) of a command, by /usr/bin/time."""
-    res = subprocess.run(["/usr/bin/time", "-f", "%e %M"] + [str(c) for c in cmd],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
-    wall, rss = res.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss) / 1024
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bin", required=True)
@@ -136,7 +129,7 @@ def main(argv=None):
     expected = os.path.join(scratch, "expected.csv")
     single_s = single_read_loop(work, expected)
     out = os.path.join(scratch, "out")
-    bs_s, bs_rss = timed([args.bin, "-q", "run", "--input", os.path.join(work, "data"),
+    bs_s, bs_rss, _ = measure([args.bin, "-q", "run", "--input", os.path.join(work, "data"),
                           "--registry", registry, "--output", out, "--profile", "reference",
                           "--output-format", "csv", "--run-id", "bench"])
     # The same rows with the same predictions. The input is time-major (every series at each
@@ -157,7 +150,7 @@ def main(argv=None):
           f"extrapolated) | {ref_total:,.0f} s | {rows / ref_total:,.0f} | 1x |")
     print(f"| pandas, CSV read once | {single_s:.1f} s | {rows / single_s:,.0f} | "
           f"{ref_total / single_s:,.0f}x |")
-    print(f"| batchscore run --profile reference ({bs_rss:.0f} MB peak) | {bs_s:.2f} s | "
+    print(f"| batchscore run --profile reference ({fmt_mb(bs_rss)} peak) | {bs_s:.2f} s | "
           f"{rows / bs_s:,.0f} | {ref_total / bs_s:,.0f}x (pandas once: "
           f"{single_s / bs_s:.1f}x) |")
     subprocess.run(["rm", "-rf", scratch], check=True)
