@@ -59,23 +59,14 @@ fn a_corrupt_model_fails_its_device_and_verify_reports_it() {
     let f = fixture();
     let dir = tempdir();
     let registry = registry_copy(dir.path());
-    // Model objects live at models/KEY/VERSION.fN.bsm.
-    let model = std::fs::read_dir(Path::new(&registry).join("models/3"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let mut bytes = std::fs::read(&model).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x5a;
-    std::fs::write(&model, &bytes).unwrap();
+    let object = corrupt_model(Path::new(&registry), "3");
+    assert!(object.starts_with("packs/"), "trained models are packed: {object}");
 
     let output = dir.path().join("out").display().to_string();
     let stdout = run_job(&f.readings(), &registry, &output, &["--max-failed", "1"], 0);
     assert!(stdout.contains(&format!("{} scored, 1 failed", DEVICES - 1)), "{stdout}");
     assert!(stdout.contains("model 3: model_invalid"), "{stdout}");
-    assert!(stdout.contains("models/3/"), "{stdout}");
+    assert!(stdout.contains(&format!("{object} (at byte ")), "{stdout}");
     let verify = expect_code(&["models", "--registry", &registry, "verify"], 3);
     assert!(verify.contains("BAD  3:") && verify.contains("1 bad"), "{verify}");
 }

@@ -193,15 +193,26 @@ fn sigterm_stops_training_without_an_index_and_training_again_completes() {
     let dir = tempdir();
     let registry = dir.path().join("models");
     let registry_s = registry.display().to_string();
+    // Units of 5 devices: a unit writes its models as one pack, so packs appear as training
+    // goes on.
+    let config = dir.path().join("batchscore.toml");
+    std::fs::write(&config, "[train]\nunit_rows = 20000\n").unwrap();
+    let config = config.display().to_string();
     let child = crate::common::command()
-        .args(["train", "--input", &w.readings, "--registry", &registry_s, "--threads", "1"])
+        .args(["--config", &config, "train", "--input", &w.readings, "--registry", &registry_s])
+        .args(["--threads", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Stopped once its first model object is written.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(registry.join("models")).map_or(true, |mut d| d.next().is_none()) {
+    let written = || {
+        ["packs", "models"].iter().any(|d| {
+            std::fs::read_dir(registry.join(d)).is_ok_and(|mut entries| entries.next().is_some())
+        })
+    };
+    while !written() {
         assert!(Instant::now() < deadline, "no model written within 60 s");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -216,7 +227,8 @@ fn sigterm_stops_training_without_an_index_and_training_again_completes() {
         "{stderr}"
     );
     assert!(!registry.join("index.json").exists(), "no index after a stop");
-    expect_code(&["-q", "train", "--input", &w.readings, "--registry", &registry_s], 0);
+    let again = ["--config", &config, "-q", "train", "--input", &w.readings];
+    expect_code(&[&again[..], &["--registry", &registry_s]].concat(), 0);
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(registry.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["models"].as_array().unwrap().len(), 60);

@@ -18,9 +18,7 @@ fn drifted_run_with_a_failure(dir: &Path) -> (String, String) {
     shifted_copy(&moved);
     let registry = dir.join("registry");
     copy_dir(Path::new(&fixture().registry()), &registry);
-    let models = registry.join(format!("models/{BROKEN}"));
-    let model = std::fs::read_dir(&models).unwrap().next().unwrap().unwrap().path();
-    std::fs::write(&model, b"not a model").unwrap();
+    corrupt_model(&registry, &BROKEN.to_string());
     let output = dir.join("out").display().to_string();
     let stdout = run_job(
         &moved.display().to_string(),

@@ -85,31 +85,34 @@ fn models_of_an_older_format_are_refused_and_the_sample_retrained() {
     .unwrap();
     let config = config.display().to_string();
     expect_code(&["--config", &config, "run"], 0);
-    // Make every model file look like a format 3 file (the version field, bytes 8..12) where a
-    // format 3 build put it (`VERSION.bsm`), with the index vouching for it as that build's
-    // index would.
+    // Turn the registry into what a format 3 build left: each model its own object at
+    // `models/KEY/VERSION.bsm`, in format 3 (the version field, bytes 8..12), and an index of
+    // format 2 vouching for them.
     let registry = dir.path().join("registry");
-    let all = files(&registry);
-    let mut indexes: Vec<(String, String)> = all
-        .iter()
-        .filter(|(rel, _)| rel.ends_with(".json"))
-        .map(|(rel, bytes)| (rel.clone(), String::from_utf8(bytes.clone()).unwrap()))
-        .collect();
+    let index_path = registry.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
     let mut models = 0;
-    for (rel, mut bytes) in all.into_iter().filter(|(rel, _)| rel.ends_with(".bsm")) {
-        let before = sha256_hex(&bytes);
-        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
-        let after = sha256_hex(&bytes);
-        std::fs::write(registry.join(rel.replace(".f4.bsm", ".bsm")), bytes).unwrap();
-        std::fs::remove_file(registry.join(&rel)).unwrap();
-        for (_, text) in &mut indexes {
-            *text = text.replace(&before, &after).replace(".f4.bsm", ".bsm");
-        }
+    for entry in index["models"].as_array_mut().unwrap() {
+        let object = std::fs::read(registry.join(entry["path"].as_str().unwrap())).unwrap();
+        let at = entry["offset"].as_u64().unwrap_or(0) as usize;
+        let mut file = object[at..at + entry["size"].as_u64().unwrap() as usize].to_vec();
+        file[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let (key, version) = (entry["key"].as_str().unwrap(), entry["version"].as_str().unwrap());
+        let rel = format!("models/{key}/{version}.bsm");
+        std::fs::create_dir_all(registry.join(&rel).parent().unwrap()).unwrap();
+        std::fs::write(registry.join(&rel), &file).unwrap();
+        entry["path"] = rel.into();
+        entry["sha256"] = sha256_hex(&file).into();
+        entry.as_object_mut().unwrap().remove("offset");
         models += 1;
     }
-    for (rel, text) in indexes {
-        std::fs::write(registry.join(rel), text).unwrap();
-    }
+    index["format"] = 2.into();
+    let text = serde_json::to_string_pretty(&index).unwrap();
+    std::fs::write(&index_path, &text).unwrap();
+    let generation = index["generation"].as_u64().unwrap();
+    std::fs::write(registry.join(format!("_index/{generation:020}.json")), &text).unwrap();
+    let _ = std::fs::remove_dir_all(registry.join("packs"));
     assert_eq!(models, 3);
     let refused = expect_code(&["--config", &config, "models", "verify"], 3);
     assert!(

@@ -495,16 +495,20 @@ pub fn models(
             });
             let bad: Vec<_> =
                 results.iter().filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e))).collect();
-            // Files under models/ that the index does not name are left-overs, not errors.
+            // Objects under models/ and packs/ that the index does not name are left-overs
+            // (of retrainings, or of a training stopped before its commit), not errors.
             let listed: std::collections::HashSet<&str> =
                 entries.iter().map(|e| e.path.as_str()).collect();
-            let orphans: Vec<String> = storage
-                .open(&url)?
-                .list("models")?
-                .into_iter()
-                .map(|e| e.path)
-                .filter(|p| !listed.contains(p.as_str()))
-                .collect();
+            let root = storage.open(&url)?;
+            let mut orphans = Vec::new();
+            for dir in ["models", "packs"] {
+                orphans.extend(
+                    root.list(dir)?
+                        .into_iter()
+                        .map(|e| e.path)
+                        .filter(|p| !listed.contains(p.as_str())),
+                );
+            }
             for (key, reason) in &bad {
                 printer.out(&format!("BAD  {key}: {reason}"));
             }

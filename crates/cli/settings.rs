@@ -458,6 +458,7 @@ pub fn run_spec(
         max_failed,
         min_part_rows,
         max_part_rows,
+        chunk_rows: batchscore_scheduler::DEFAULT_CHUNK_ROWS,
         settings,
         transform,
         drift,

@@ -179,7 +179,9 @@ def prepare(bin_, python, name, cache, jobs):
             json.dump(info, f)
     info["root"], info["registry"] = root, registry
     info["model_bytes"] = dir_bytes(models) // devices
-    info["bsm_bytes"] = dir_bytes(os.path.join(registry, "models")) // devices
+    # Model files are packed (packs/) or, in registries written before packs, lone (models/).
+    info["bsm_bytes"] = sum(dir_bytes(os.path.join(registry, d))
+                            for d in ("models", "packs") if os.path.isdir(os.path.join(registry, d))) // devices
     return info
 
 

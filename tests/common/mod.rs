@@ -257,3 +257,23 @@ pub fn roc_auc(run: &Path, data: &Path) -> f64 {
     }
     (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
 }
+
+/// Flips a byte in the middle of the model file of `key` in the registry at `registry` (a lone
+/// object, or its range of a pack); returns the object's path relative to the registry.
+pub fn corrupt_model(registry: &Path, key: &str) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.join("index.json")).unwrap()).unwrap();
+    let entry = index["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == key)
+        .unwrap_or_else(|| panic!("no model {key} in {index}"));
+    let path = entry["path"].as_str().unwrap().to_string();
+    let at = entry["offset"].as_u64().unwrap_or(0) + entry["size"].as_u64().unwrap() / 2;
+    let file = registry.join(&path);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[at as usize] ^= 0x5a;
+    std::fs::write(&file, &bytes).unwrap();
+    path
+}

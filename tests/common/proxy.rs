@@ -49,13 +49,16 @@ struct Stats {
     log: Vec<String>,
 }
 
-/// An outage of some objects: requests whose path contains `needle` pass `pass` times, then
-/// every one is answered 503, as a storage account does that is failing for good.
+/// Faults aimed at some requests: those whose path (query included) contains `needle` pass
+/// `pass` times, then meet `fault`: every one after (an outage, as a storage account failing
+/// for good), or only the next one.
 #[derive(Debug)]
 struct Outage {
     needle: String,
     pass: u64,
     seen: Mutex<u64>,
+    fault: Fault,
+    lasting: bool,
 }
 
 /// A running proxy; stops when dropped.
@@ -74,7 +77,26 @@ impl FaultProxy {
     /// Forwards to `upstream`; requests whose path contains `needle` pass `pass` times and then
     /// meet a lasting outage (503 to every request).
     pub fn outage_after(upstream: &str, needle: &str, pass: u64) -> Self {
-        let outage = Outage { needle: needle.to_string(), pass, seen: Mutex::new(0) };
+        let outage = Outage {
+            needle: needle.to_string(),
+            pass,
+            seen: Mutex::new(0),
+            fault: Fault::Status503,
+            lasting: true,
+        };
+        Self::start_with(upstream, 0.0, 1, Some(Arc::new(outage)))
+    }
+
+    /// Forwards to `upstream`; the first request whose path contains `needle` reaches the
+    /// server, which acts on it, but its answer is lost (the connection closes).
+    pub fn lose_answer_once(upstream: &str, needle: &str) -> Self {
+        let outage = Outage {
+            needle: needle.to_string(),
+            pass: 0,
+            seen: Mutex::new(0),
+            fault: Fault::ResetAfter,
+            lasting: false,
+        };
         Self::start_with(upstream, 0.0, 1, Some(Arc::new(outage)))
     }
 
@@ -226,8 +248,8 @@ async fn serve(
     {
         let mut seen = outage.seen.lock().unwrap();
         *seen += 1;
-        if *seen > outage.pass {
-            fault = Some(Fault::Status503);
+        if *seen > outage.pass && (outage.lasting || *seen == outage.pass + 1) {
+            fault = Some(outage.fault);
         }
     }
     {

@@ -30,7 +30,7 @@ pub use parquet_io::{
     ParquetCodec, ParquetSource, ParquetStatistics, WriteOptions, decode_parquet, encode_csv,
     encode_parquet,
 };
-pub use upload::Written;
+pub use upload::{ObjectWriter, Written};
 
 /// Every backend available here, for tests that must hold on all of them.
 #[cfg(test)]

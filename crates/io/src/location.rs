@@ -73,7 +73,7 @@ pub struct Location {
     /// True for network stores, where each request costs a round trip.
     remote: bool,
     /// True for local disk, where `root` is an absolute file-system path.
-    local: bool,
+    pub(crate) local: bool,
     cancel: CancellationToken,
 }
 
@@ -463,6 +463,19 @@ impl Location {
         let path = self.path(rel)?;
         let store = self.store.clone();
         self.block_on(async move { store.get_range(&path, range).await })
+            .map_err(|e| IoError::storage(self.url_of(rel), e))
+    }
+
+    /// Several byte ranges of the object at `rel`, in the order asked. Neighbouring ranges are
+    /// fetched in one request (object_store coalesces ranges less than 1 MiB apart).
+    pub fn get_ranges(
+        &self,
+        rel: &str,
+        ranges: &[std::ops::Range<u64>],
+    ) -> Result<Vec<Bytes>, IoError> {
+        let path = self.path(rel)?;
+        let store = self.store.clone();
+        self.block_on(async move { store.get_ranges(&path, ranges).await })
             .map_err(|e| IoError::storage(self.url_of(rel), e))
     }
 

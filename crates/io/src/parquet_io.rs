@@ -35,8 +35,9 @@ const FOOTER_PREFETCH: usize = 64 * 1024;
 /// Files up to this size are read whole, in one request, and their footers are not kept
 /// between planning and reading: small files are the ones that come by the thousand.
 const SMALL_FILE: u64 = 1 << 20;
-/// Rows per decoded batch.
-const READ_BATCH_ROWS: usize = 64 * 1024;
+/// Rows per decoded batch: the decoder's buffers are a batch's size, and a unit streams in
+/// batches (docs/benchmarks.md, "Flat memory").
+const READ_BATCH_ROWS: usize = 16 * 1024;
 
 /// A Parquet object whose footer has been read: schema, row groups and their statistics.
 ///
@@ -307,14 +308,46 @@ impl ParquetSource {
         row_groups: &[usize],
         columns: &[&str],
     ) -> Result<Vec<RecordBatch>, IoError> {
-        guarded(&self.url(), || self.read_unguarded(row_groups, columns))
+        let mut batches = Vec::new();
+        self.read_each(row_groups, columns, |batch| {
+            batches.push(batch);
+            Ok::<_, IoError>(())
+        })?;
+        Ok(batches)
     }
 
+    /// Decodes the given row groups in that order, keeping only the named top-level columns,
+    /// and hands each batch to `each` as it is decoded: memory holds one batch, not the row
+    /// groups. No batch spans two row groups. The first error of `each` stops the reading and
+    /// is returned.
+    pub fn read_each<E: From<IoError>>(
+        &self,
+        row_groups: &[usize],
+        columns: &[&str],
+        mut each: impl FnMut(RecordBatch) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut failed: Option<E> = None;
+        let mut each = |batch| match each(batch) {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        };
+        let decoded = guarded(&self.url(), || self.read_unguarded(row_groups, columns, &mut each));
+        match failed {
+            Some(e) => Err(e),
+            None => decoded.map_err(E::from),
+        }
+    }
+
+    /// Decodes into `each` until it returns false.
     fn read_unguarded(
         &self,
         row_groups: &[usize],
         columns: &[&str],
-    ) -> Result<Vec<RecordBatch>, IoError> {
+        each: &mut dyn FnMut(RecordBatch) -> bool,
+    ) -> Result<(), IoError> {
         let url = self.url();
         let mut indices = Vec::with_capacity(columns.len());
         for column in columns {
@@ -339,15 +372,25 @@ impl ParquetSource {
                 .map_err(parquet_error)?;
             let mask =
                 ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
-                .with_row_groups(row_groups.to_vec())
-                .with_projection(mask)
-                .with_batch_size(READ_BATCH_ROWS)
-                .build()
-                .map_err(parquet_error)?;
-            return reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())));
+            // A reader per row group: batches never span two, so a caller knows when each is
+            // complete (as with the stream below).
+            for &row_group in row_groups {
+                let reader =
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
+                        .with_row_groups(vec![row_group])
+                        .with_projection(mask.clone())
+                        .with_batch_size(READ_BATCH_ROWS)
+                        .build()
+                        .map_err(parquet_error)?;
+                for batch in reader {
+                    let batch = batch
+                        .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())))?;
+                    if !each(batch) {
+                        return Ok(());
+                    }
+                }
+            }
+            return Ok(());
         };
         let meta = arrow_metadata(footer, self.size).map_err(parquet_error)?;
         let (store, path) = self.location.resolve(&self.path)?;
@@ -357,10 +400,17 @@ impl ParquetSource {
             .with_row_groups(row_groups.to_vec())
             .with_projection(mask)
             .with_batch_size(READ_BATCH_ROWS);
-        self.location.block_on(async {
-            let stream = builder.build().map_err(parquet_error)?;
-            stream.try_collect::<Vec<_>>().await.map_err(parquet_error)
-        })
+        let mut stream = builder.build().map_err(parquet_error)?;
+        // One batch per trip into the runtime: `each` runs outside it, free to block on
+        // storage itself (a scored chunk's upload).
+        while let Some(batch) =
+            self.location.block_on(async { stream.try_next().await.map_err(parquet_error) })?
+        {
+            if !each(batch) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 

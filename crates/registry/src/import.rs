@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use batchscore_io::{Location, Storage};
 use rayon::prelude::*;
 
-use crate::{KeyPattern, Model, ModelKey, Registry, RegistryError, import_sklearn};
+use crate::{EncodedModel, KeyPattern, Model, ModelKey, Registry, RegistryError, import_sklearn};
 
 /// One interchange file to import, and the key its name maps to.
 #[derive(Debug, Clone)]
@@ -132,10 +132,21 @@ impl ImportPlan {
     }
 }
 
-/// Writes `models` (in parallel on the caller's rayon pool) and commits them in one index
-/// generation.
+/// Models per pack that an import or a training writes: about 13 MB of forests, few requests to
+/// score them from a remote registry, small enough that a pack is cheap to write again.
+pub const PACK_MODELS: usize = 256;
+
+/// Writes `models` in packs of neighbouring series (in parallel on the caller's rayon pool)
+/// and commits them in one index generation.
 pub fn write_models(registry: &mut Registry, models: &[Model]) -> Result<(), RegistryError> {
-    let entries =
-        models.par_iter().map(|m| registry.write_model(m)).collect::<Result<Vec<_>, _>>()?;
-    registry.commit(entries)
+    let mut ordered: Vec<&Model> = models.iter().collect();
+    ordered.sort_by(|a, b| a.meta.key.series_order().cmp(&b.meta.key.series_order()));
+    let entries: Vec<Vec<_>> = ordered
+        .par_chunks(PACK_MODELS)
+        .map(|pack| {
+            let encoded = pack.iter().map(|m| EncodedModel::new(m)).collect::<Result<_, _>>()?;
+            registry.write_pack(encoded)
+        })
+        .collect::<Result<_, _>>()?;
+    registry.commit(entries.into_iter().flatten().collect())
 }

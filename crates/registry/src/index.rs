@@ -1,5 +1,11 @@
-//! The registry on storage: `index.json`, its generations under `_index/`, and one immutable
-//! object per model version and file format under `models/KEY/VERSION.fN.bsm`.
+//! The registry on storage: `index.json`, its generations under `_index/`, and immutable model
+//! objects: packs of the models written together, `packs/SHA256.fN.pack`, and single models,
+//! `models/KEY/VERSION.fN.bsm`.
+//!
+//! A pack is the model files of one training unit or import chunk laid end to end, named by
+//! the SHA-256 of its bytes; the index gives each model's offset and size in it. Scoring
+//! 10,000 models from a remote registry then costs a ranged GET per group of neighbouring
+//! models (object_store coalesces adjacent ranges), not a GET per model.
 //!
 //! Model objects are written create-only at a path named by their content hash, so an object
 //! never changes once written: a job that opened the registry before a retraining keeps
@@ -20,8 +26,9 @@ use crate::format::Verify;
 use crate::{FORMAT_VERSION, Model, ModelKey, RegistryError};
 
 const INDEX: &str = "index.json";
-/// Index format 2 adds the generation; format 1 indexes (no generation) are read as generation 0.
-const INDEX_FORMAT: u32 = 2;
+/// Index format 3 adds model offsets inside packs, format 2 the generation; format 1 indexes
+/// (no generation) are read as generation 0.
+const INDEX_FORMAT: u32 = 3;
 const OLDEST_INDEX_FORMAT: u32 = 1;
 /// Model files fetched at once by [`Registry::load_many`].
 const LOAD_CONCURRENCY: usize = 16;
@@ -43,6 +50,17 @@ pub struct IndexEntry {
     pub features: Vec<String>,
     pub training_rows: u64,
     pub created_at: String,
+    /// Where the model file starts inside `path` when `path` is a pack; `None`: `path` is the
+    /// model file alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+impl IndexEntry {
+    /// The model file's bytes inside its object, when the object is a pack.
+    fn range(&self) -> Option<std::ops::Range<u64>> {
+        self.offset.map(|offset| offset..offset + self.size)
+    }
 }
 
 /// Where a model's object lives: `models/KEY/VERSION.fN.bsm`, N the file format. The version is
@@ -51,6 +69,45 @@ pub struct IndexEntry {
 /// the older file in its place and keep it.
 fn model_path(model: &Model) -> String {
     format!("models/{}/{}.f{FORMAT_VERSION}.bsm", model.meta.key, model.version())
+}
+
+/// Where a pack lives: named by its bytes' SHA-256, so an object found at that name holds
+/// exactly those bytes, and by the file format of the models inside.
+fn pack_path(sha256: &str) -> String {
+    format!("packs/{sha256}.f{FORMAT_VERSION}.pack")
+}
+
+/// A model encoded for writing: its file, and the index entry of it as a model object.
+#[derive(Debug, Clone)]
+pub struct EncodedModel {
+    entry: IndexEntry,
+    file: bytes::Bytes,
+}
+
+impl EncodedModel {
+    /// Encodes `model`: a few tens of KB where the decoded forest takes several times that,
+    /// so trained models wait for their pack in this form.
+    pub fn new(model: &Model) -> Result<Self, RegistryError> {
+        let file = model.encode()?;
+        let entry = IndexEntry {
+            key: model.meta.key.clone(),
+            path: model_path(model),
+            size: file.len() as u64,
+            sha256: hex::encode(Sha256::digest(&file)),
+            version: model.version().to_string(),
+            detector: model.meta.detector.clone(),
+            features: model.meta.features.clone(),
+            training_rows: model.meta.training.rows,
+            created_at: model.meta.created_at.clone(),
+            offset: None,
+        };
+        Ok(Self { entry, file })
+    }
+
+    /// The model's key.
+    pub fn key(&self) -> &ModelKey {
+        &self.entry.key
+    }
 }
 
 /// Parses and checks an index (`index.json` or a generation).
@@ -66,6 +123,9 @@ fn parse_index(url: &str, bytes: &[u8]) -> Result<IndexFile, RegistryError> {
     for entry in &file.models {
         if entry.path.split('/').any(|p| p == ".." || p.is_empty()) {
             return Err(corrupt(format!("model path `{}` leaves the registry", entry.path)));
+        }
+        if entry.offset.is_some_and(|o| o.checked_add(entry.size).is_none()) {
+            return Err(corrupt(format!("model `{}` lies past the end of any object", entry.key)));
         }
     }
     Ok(file)
@@ -177,37 +237,68 @@ impl Registry {
         self.load_with(key, Verify::Full)
     }
 
-    /// Loads several models, fetching their files concurrently (one request each, a bounded
-    /// number in flight): on a remote registry the latency of one request is paid once per
-    /// batch, not once per model. Each model is decoded when the iterator reaches it, so only
-    /// one decoded model is held at a time. Results are in the order of `keys`.
+    /// Loads several models, fetching their files together: the models of one pack in one
+    /// call that coalesces neighbouring ranges into single requests, lone model files
+    /// concurrently (a bounded number in flight). On a remote registry the latency of a
+    /// request is paid once per group of models, not once per model. Each model is decoded
+    /// when the iterator reaches it, so only one decoded model is held at a time. Results are
+    /// in the order of `keys`.
     pub fn load_many<'a>(
         &'a self,
         keys: &'a [ModelKey],
     ) -> impl Iterator<Item = Result<Model, RegistryError>> + 'a {
+        let entries: Vec<Option<&IndexEntry>> = keys.iter().map(|k| self.entries.get(k)).collect();
+        let mut fetched: Vec<Option<Result<bytes::Bytes, batchscore_io::IoError>>> =
+            (0..keys.len()).map(|_| None).collect();
+        let lone: Vec<usize> =
+            (0..keys.len()).filter(|&i| entries[i].is_some_and(|e| e.offset.is_none())).collect();
         let paths: Vec<&str> =
-            keys.iter().filter_map(|k| self.entries.get(k).map(|e| e.path.as_str())).collect();
-        let mut fetched = self.location.get_many(&paths, LOAD_CONCURRENCY).into_iter();
-        keys.iter().map(move |key| {
-            let entry = self.entry_or_missing(key)?;
-            let bytes = fetched.next().ok_or_else(|| RegistryError::NoModel {
-                key: key.to_string(),
-                registry: self.location.url().to_string(),
-            })??;
+            lone.iter().filter_map(|&i| entries[i].map(|e| e.path.as_str())).collect();
+        for (&i, got) in lone.iter().zip(self.location.get_many(&paths, LOAD_CONCURRENCY)) {
+            fetched[i] = Some(got);
+        }
+        let mut packs: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(entry) = entry.filter(|e| e.offset.is_some()) {
+                packs.entry(entry.path.as_str()).or_default().push(i);
+            }
+        }
+        for (path, members) in packs {
+            let ranges: Vec<std::ops::Range<u64>> =
+                members.iter().filter_map(|&i| entries[i].and_then(IndexEntry::range)).collect();
+            // A failed pack read leaves its models to be fetched one by one below, each
+            // with its own error.
+            if let Ok(parts) = self.location.get_ranges(path, &ranges) {
+                for (&i, part) in members.iter().zip(parts) {
+                    fetched[i] = Some(Ok(part));
+                }
+            }
+        }
+        keys.iter().zip(entries).zip(fetched).map(move |((key, entry), fetched)| {
+            let entry = entry.ok_or_else(|| self.missing(key))?;
+            let bytes = match fetched {
+                Some(got) => got?,
+                None => self.fetch(entry)?,
+            };
             self.decode(key, entry, bytes, Verify::Structure)
         })
     }
 
-    fn entry_or_missing(&self, key: &ModelKey) -> Result<&IndexEntry, RegistryError> {
-        self.entries.get(key).ok_or_else(|| RegistryError::NoModel {
-            key: key.to_string(),
-            registry: self.location.url().to_string(),
+    /// A model file's bytes: its object, or its range of a pack.
+    fn fetch(&self, entry: &IndexEntry) -> Result<bytes::Bytes, RegistryError> {
+        Ok(match entry.range() {
+            None => self.location.get(&entry.path)?,
+            Some(range) => self.location.get_range(&entry.path, range)?,
         })
     }
 
+    fn missing(&self, key: &ModelKey) -> RegistryError {
+        RegistryError::NoModel { key: key.to_string(), registry: self.location.url().to_string() }
+    }
+
     fn load_with(&self, key: &ModelKey, verify: Verify) -> Result<Model, RegistryError> {
-        let entry = self.entry_or_missing(key)?;
-        let bytes = self.location.get(&entry.path)?;
+        let entry = self.entries.get(key).ok_or_else(|| self.missing(key))?;
+        let bytes = self.fetch(entry)?;
         self.decode(key, entry, bytes, verify)
     }
 
@@ -218,7 +309,10 @@ impl Registry {
         bytes: bytes::Bytes,
         verify: Verify,
     ) -> Result<Model, RegistryError> {
-        let url = self.location.url_of(&entry.path);
+        let url = match entry.offset {
+            None => self.location.url_of(&entry.path),
+            Some(offset) => format!("{} (at byte {offset})", self.location.url_of(&entry.path)),
+        };
         let corrupt = |reason: String| RegistryError::Corrupt { url: url.clone(), reason };
         if bytes.len() as u64 != entry.size {
             return Err(corrupt(format!("{} bytes, the index says {}", bytes.len(), entry.size)));
@@ -250,42 +344,62 @@ impl Registry {
 
     /// Writes a model's immutable object and returns its index entry; the index changes only
     /// on [`Registry::commit`], so readers never see an entry whose file is not written yet.
+    pub fn write_model(&self, model: &Model) -> Result<IndexEntry, RegistryError> {
+        self.write_one(EncodedModel::new(model)?)
+    }
+
+    /// Writes an encoded model as its own object at `models/KEY/VERSION.fN.bsm`.
     ///
     /// Create-only: when an object of this name exists (a model of this version and file
     /// format, written by an earlier or a concurrent training of the same data), it stays, and
     /// the entry describes it, not the bytes just encoded, which differ in the creation time.
-    pub fn write_model(&self, model: &Model) -> Result<IndexEntry, RegistryError> {
-        let encoded = model.encode()?;
-        let path = model_path(model);
-        let (bytes, created_at) = if self.location.put_if_absent(&path, encoded.clone())? {
-            (encoded, model.meta.created_at.clone())
-        } else {
-            let existing = self.location.get(&path)?;
-            let url = self.location.url_of(&path);
-            let stored = Model::decode(&url, &existing)?;
-            if stored.meta.key != model.meta.key || stored.version() != model.version() {
-                let reason = format!(
-                    "holds model `{}` version {}, its name says `{}` version {}",
-                    stored.meta.key,
-                    stored.version(),
-                    model.meta.key,
-                    model.version()
-                );
-                return Err(RegistryError::Corrupt { url, reason });
-            }
-            (existing, stored.meta.created_at)
-        };
-        Ok(IndexEntry {
-            key: model.meta.key.clone(),
-            path,
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-            version: model.version().to_string(),
-            detector: model.meta.detector.clone(),
-            features: model.meta.features.clone(),
-            training_rows: model.meta.training.rows,
-            created_at,
-        })
+    fn write_one(&self, encoded: EncodedModel) -> Result<IndexEntry, RegistryError> {
+        let EncodedModel { mut entry, file } = encoded;
+        if self.location.put_if_absent(&entry.path, file)? {
+            return Ok(entry);
+        }
+        let existing = self.location.get(&entry.path)?;
+        let url = self.location.url_of(&entry.path);
+        let stored = Model::decode(&url, &existing)?;
+        if stored.meta.key != entry.key || stored.version() != entry.version {
+            let reason = format!(
+                "holds model `{}` version {}, its name says `{}` version {}",
+                stored.meta.key,
+                stored.version(),
+                entry.key,
+                entry.version
+            );
+            return Err(RegistryError::Corrupt { url, reason });
+        }
+        entry.size = existing.len() as u64;
+        entry.sha256 = hex::encode(Sha256::digest(&existing));
+        entry.created_at = stored.meta.created_at;
+        Ok(entry)
+    }
+
+    /// Writes models as one pack (their files end to end, in the order given) and returns
+    /// their index entries; like [`Registry::write_model`], the index changes only on
+    /// [`Registry::commit`]. A single model is written as a model object.
+    ///
+    /// Create-only at a name that is the pack's SHA-256: a pack found there (the same models
+    /// written by an earlier attempt) holds these very bytes.
+    pub fn write_pack(&self, models: Vec<EncodedModel>) -> Result<Vec<IndexEntry>, RegistryError> {
+        if models.len() == 1 {
+            return models.into_iter().map(|m| self.write_one(m)).collect();
+        }
+        let mut pack = Vec::with_capacity(models.iter().map(|m| m.file.len()).sum());
+        let mut entries = Vec::with_capacity(models.len());
+        for EncodedModel { mut entry, file } in models {
+            entry.offset = Some(pack.len() as u64);
+            pack.extend_from_slice(&file);
+            entries.push(entry);
+        }
+        let path = pack_path(&hex::encode(Sha256::digest(&pack)));
+        self.location.put_if_absent(&path, bytes::Bytes::from(pack))?;
+        for entry in &mut entries {
+            entry.path.clone_from(&path);
+        }
+        Ok(entries)
     }
 
     /// Adds or replaces `entries` in a new index generation, merged onto whatever generation
@@ -436,6 +550,77 @@ mod tests {
         reg.commit(vec![wrong]).unwrap();
         let err = reg.load(&ModelKey::device(5)).unwrap_err();
         assert!(err.to_string().contains("the index says 0000"), "{err}");
+    }
+
+    fn encoded(keys: std::ops::Range<i64>) -> Vec<EncodedModel> {
+        keys.map(|k| EncodedModel::new(&small_model(k)).unwrap()).collect()
+    }
+
+    #[test]
+    fn packed_models_load_alone_and_together_and_each_names_its_damage() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://packs").unwrap();
+        let mut reg = Registry::open(loc.clone()).unwrap();
+        let mut entries = reg.write_pack(encoded(0..4)).unwrap();
+        // Written again (a retried unit): the same pack, the same entries.
+        assert_eq!(reg.write_pack(encoded(0..4)).unwrap(), entries);
+        entries.push(reg.write_model(&small_model(9)).unwrap());
+        reg.commit(entries.clone()).unwrap();
+        let pack = entries[0].path.clone();
+        assert!(pack.starts_with("packs/") && pack.ends_with(".f4.pack"), "{pack}");
+        assert!(entries[..4].iter().all(|e| e.path == pack));
+        let offsets: Vec<Option<u64>> = entries.iter().map(|e| e.offset).collect();
+        let mut at = 0;
+        for (e, offset) in entries[..4].iter().zip(&offsets) {
+            assert_eq!(*offset, Some(at));
+            at += e.size;
+        }
+        assert_eq!(offsets[4], None, "a lone model is its own object");
+        assert_eq!(loc.list("packs").unwrap().len(), 1);
+
+        let reg = Registry::open(loc.clone()).unwrap();
+        for k in [0, 3, 9] {
+            assert_eq!(reg.verify(&ModelKey::device(k)).unwrap(), small_model(k));
+        }
+        let keys: Vec<ModelKey> = [3, 9, 7, 0, 1].map(ModelKey::device).to_vec();
+        let loaded: Vec<Result<Model, RegistryError>> = reg.load_many(&keys).collect();
+        assert_eq!(loaded[0].as_ref().unwrap(), &small_model(3));
+        assert_eq!(loaded[1].as_ref().unwrap(), &small_model(9));
+        assert!(matches!(loaded[2], Err(RegistryError::NoModel { .. })));
+        assert_eq!(loaded[3].as_ref().unwrap(), &small_model(0));
+        assert_eq!(loaded[4].as_ref().unwrap(), &small_model(1));
+
+        // A flipped byte inside the second model fails that model alone, and says where.
+        let mut bytes = loc.get(&pack).unwrap().to_vec();
+        let second = entries[1].offset.unwrap() as usize;
+        bytes[second + entries[1].size as usize - 1] ^= 0x01;
+        loc.put(&pack, Bytes::from(bytes)).unwrap();
+        let loaded: Vec<Result<Model, RegistryError>> =
+            reg.load_many(&[0, 1, 2].map(ModelKey::device)).collect();
+        assert!(loaded[0].is_ok() && loaded[2].is_ok());
+        let err = loaded[1].as_ref().unwrap_err();
+        assert!(matches!(err, RegistryError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&format!("{pack} (at byte {second})")), "{err}");
+        assert!(reg.verify(&ModelKey::device(1)).is_err());
+        // A pack cut short: every model past the cut fails, each with its own error.
+        let bytes = loc.get(&pack).unwrap();
+        loc.put(&pack, bytes.slice(..second + 10)).unwrap();
+        let loaded: Vec<Result<Model, RegistryError>> =
+            reg.load_many(&[0, 2, 3].map(ModelKey::device)).collect();
+        assert!(loaded[0].is_ok());
+        assert!(loaded[1].is_err() && loaded[2].is_err());
+    }
+
+    #[test]
+    fn an_index_entry_past_any_object_is_a_corrupt_index() {
+        let storage = Storage::new().unwrap();
+        let loc = storage.open("memory://past").unwrap();
+        let mut reg = Registry::open(loc.clone()).unwrap();
+        let mut entries = reg.write_pack(encoded(0..2)).unwrap();
+        entries[1].offset = Some(u64::MAX - 3);
+        reg.commit(entries).unwrap();
+        let err = Registry::open(loc).unwrap_err();
+        assert!(matches!(err, RegistryError::CorruptIndex { .. }), "{err}");
     }
 
     #[test]

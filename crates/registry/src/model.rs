@@ -48,6 +48,16 @@ impl ModelKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The order scoring meets series in: by device number, then sensor name; keys that name
+    /// no device number after those, by text.
+    pub fn series_order(&self) -> (Option<i64>, &str) {
+        let device = self.0.split_once('.').map_or(self.0.as_str(), |(d, _)| d);
+        match device.parse::<i64>() {
+            Ok(device) => (Some(device), self.sensor().unwrap_or("")),
+            Err(_) => (None, &self.0),
+        }
+    }
 }
 
 impl TryFrom<String> for ModelKey {

@@ -12,8 +12,8 @@ use batchscore_io::Location;
 use serde::Serialize;
 
 use crate::commit::{
-    Committed, DeviceOutcome, DeviceStatus, FORMAT, PartInfo, PartWrite, PlanRecord, Publish,
-    Receipt, RunCommit, merge_outcomes,
+    Committed, DeviceOutcome, DeviceStatus, FORMAT, PartInfo, PlanRecord, Publish, Receipt,
+    RunCommit, UnitOutput, merge_outcomes,
 };
 use crate::dataset::{Columns, Dataset, UnitTable};
 use crate::execute::execute;
@@ -185,6 +185,12 @@ impl UnitContext<'_> {
         if let Some(receipt) = self.commit.committed_earlier(unit.index)? {
             return Ok((receipt, Committed::Earlier));
         }
+        self.commit.commit_unit(unit.index, &|| self.produce(unit))
+    }
+
+    /// Reads the unit whole (an aggregate needs all of a device's rows, and its part is
+    /// smaller than its input), transforms it and writes its part.
+    fn produce(&self, unit: &crate::Unit) -> Result<UnitOutput, SchedulerError> {
         let spec = self.spec;
         let table = self.dataset.read_unit(
             &unit.slices,
@@ -195,7 +201,7 @@ impl UnitContext<'_> {
         )?;
         let devices = outcomes(&table);
         if table.device.is_empty() {
-            return self.commit.commit_unit(unit.index, None, devices, None);
+            return Ok(UnitOutput { part: None, devices, drift: None });
         }
         let batch = unit_batch(&table, self.layout)?;
         drop(table);
@@ -210,11 +216,16 @@ impl UnitContext<'_> {
         let options = part_options(run_id, unit.index);
         let path = format!("part-{:05}.parquet", unit.index);
         let out = self.commit.location();
-        let write = || {
-            Ok(out.write_parquet(&path, &batch.schema(), std::slice::from_ref(&batch), &options)?)
+        let written =
+            out.write_parquet(&path, &batch.schema(), std::slice::from_ref(&batch), &options)?;
+        let part = PartInfo {
+            unit: unit.index,
+            path,
+            rows: batch.num_rows() as u64,
+            bytes: written.bytes,
+            sha256: written.sha256,
         };
-        let part = PartWrite { path: path.clone(), rows: batch.num_rows() as u64, write: &write };
-        self.commit.commit_unit(unit.index, Some(part), devices, None)
+        Ok(UnitOutput { part: Some(part), devices, drift: None })
     }
 }
 

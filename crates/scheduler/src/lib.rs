@@ -39,7 +39,10 @@ pub use output::{OutputFormat, OutputProfile, OutputSpec};
 pub use plan::{Plan, Unit};
 pub use pool::worker_pool;
 pub use progress::{NoProgress, Progress};
-pub use run::{PlanSummary, RunReport, RunSpec, StoredRun, check_run_id, dry_run, run, store_plan};
+pub use run::{
+    DEFAULT_CHUNK_ROWS, PlanSummary, RunReport, RunSpec, StoredRun, check_run_id, dry_run, run,
+    store_plan,
+};
 pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
 pub use status::{RunState, RunStatus, ShardState, completed_run, status};
 pub use train::{TrainParams, TrainReport, TrainSpec, train};

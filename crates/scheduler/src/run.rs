@@ -27,6 +27,9 @@ use crate::{
 const MAX_LISTED_SELECTION: u64 = 1_000_000;
 /// Rows per row group of scored parts.
 const PART_ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows a worker gathers before scoring and encoding the complete devices among them: a
+/// quarter of a part's row group (docs/benchmarks.md, "Flat memory").
+pub const DEFAULT_CHUNK_ROWS: usize = PART_ROW_GROUP_ROWS / 4;
 
 /// How a unit's Parquet part is written: row groups for analytics, the run and unit recorded in
 /// the file's metadata.
@@ -62,6 +65,10 @@ pub struct RunSpec {
     /// Bounds on rows per work unit (and so per part file).
     pub min_part_rows: u64,
     pub max_part_rows: u64,
+    /// Rows a worker gathers before scoring the complete devices among them (memory per
+    /// worker: input sorted or partitioned by device streams through a unit in chunks of about
+    /// this size); the part still holds the whole unit.
+    pub chunk_rows: usize,
     /// The settings as given, recorded in manifests (must hold no secrets).
     pub settings: serde_json::Value,
     /// A transform of each unit's readings before scoring (interval aggregation); units then

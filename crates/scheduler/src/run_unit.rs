@@ -1,9 +1,14 @@
 //! One unit of a scoring run: read its rows, aggregate them when the run asks, score each
 //! series, count its values into the drift bins, and commit part, partials and receipt.
+//!
+//! A unit streams: its rows arrive in chunks of whole devices (see
+//! [`Dataset::read_unit_in_chunks`]), and each chunk is transformed, scored and encoded into
+//! the part before the next is read, so memory holds a chunk, not the part.
 
+use batchscore_io::ObjectWriter;
 use batchscore_registry::Registry;
 
-use crate::commit::{Committed, PartWrite, Receipt, RunCommit};
+use crate::commit::{Committed, PartInfo, Receipt, RunCommit, UnitOutput};
 use crate::dataset::{Columns, Dataset, UnitTable};
 use crate::output::OutputFormat;
 use crate::plan::SharedDevices;
@@ -23,7 +28,7 @@ pub(crate) struct UnitContext<'a> {
 }
 
 impl UnitContext<'_> {
-    /// A unit's readings after the transform, as the table scoring reads.
+    /// A chunk's readings after the transform, as the table scoring reads.
     fn transformed(
         &self,
         unit: usize,
@@ -48,50 +53,92 @@ impl UnitContext<'_> {
         if let Some(receipt) = self.commit.committed_earlier(unit.index)? {
             return Ok((receipt, Committed::Earlier));
         }
+        self.commit.commit_unit(unit.index, &|| self.produce(unit))
+    }
+
+    /// Reads, scores and encodes the unit chunk by chunk into its part: one object at a path
+    /// fixed by run id and unit, visible whole or not at all, so a retry rewrites the same
+    /// bytes, never a second copy.
+    fn produce(&self, unit: &crate::Unit) -> Result<UnitOutput, SchedulerError> {
         let spec = self.spec;
         let run_id = self.commit.run_id();
-        let table = self.dataset.read_unit(
-            &unit.slices,
-            unit.lo..=unit.hi,
-            &spec.selection,
-            &spec.sensors,
-            &spec.window,
-        )?;
-        let table = match &spec.transform {
-            None => table,
-            Some(transform) => self.transformed(unit.index, table, transform.as_ref())?,
-        };
-        let ScoredUnit { batch, outcomes: devices, drift } = score_unit(
-            &table,
-            self.scored,
-            self.registry,
-            run_id,
-            &spec.output_spec,
-            spec.drift.then_some(&self.shared),
-        )?;
-        drop(table);
+        let path = spec.output_spec.part_path(unit.index);
+        let mut part = PartStream { unit: unit.index, path: &path, writer: None, rows: 0 };
+        let (mut devices, mut drift) = (Vec::new(), Vec::new());
+        let filter = (&(unit.lo..=unit.hi), &spec.selection, &spec.sensors, &spec.window);
+        self.dataset.read_unit_in_chunks(&unit.slices, filter, spec.chunk_rows, &mut |table| {
+            let table = match &spec.transform {
+                None => table,
+                Some(transform) => self.transformed(unit.index, table, transform.as_ref())?,
+            };
+            let ScoredUnit { batch, outcomes, drift: observed } = score_unit(
+                &table,
+                self.scored,
+                self.registry,
+                run_id,
+                &spec.output_spec,
+                spec.drift.then_some(&self.shared),
+            )?;
+            drop(table);
+            devices.extend(outcomes);
+            drift.extend(observed);
+            match batch {
+                Some(batch) => part.write(self, &batch),
+                None => Ok(()),
+            }
+        })?;
         let drift = match drift.is_empty() {
             true => None,
             false => Some(crate::drift::encode_unit(run_id, unit.index, drift)?),
         };
-        let Some(batch) = batch else {
-            return self.commit.commit_unit(unit.index, None, devices, drift);
+        Ok(UnitOutput { part: part.finish()?, devices, drift })
+    }
+}
+
+/// A unit's part as it is written: opened with the first scored rows.
+struct PartStream<'p> {
+    unit: usize,
+    path: &'p str,
+    writer: Option<ObjectWriter<'p>>,
+    rows: u64,
+}
+
+impl<'p> PartStream<'p> {
+    fn write(
+        &mut self,
+        context: &'p UnitContext<'_>,
+        batch: &arrow::array::RecordBatch,
+    ) -> Result<(), SchedulerError> {
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => {
+                let out = context.commit.location();
+                let writer = match context.spec.output_spec.format {
+                    OutputFormat::Parquet => {
+                        let options = part_options(context.commit.run_id(), self.unit);
+                        out.parquet_writer(self.path, &batch.schema(), &options)?
+                    }
+                    OutputFormat::Csv => out.csv_writer(self.path)?,
+                };
+                self.writer.insert(writer)
+            }
         };
-        let options = part_options(run_id, unit.index);
-        let path = spec.output_spec.part_path(unit.index);
-        let out = self.commit.location();
-        let batches = std::slice::from_ref(&batch);
-        // One object at a path fixed by run id and unit, visible whole or not at all: a retry
-        // rewrites the same bytes, never a second copy.
-        let write = || {
-            Ok(match spec.output_spec.format {
-                OutputFormat::Parquet => {
-                    out.write_parquet(&path, &batch.schema(), batches, &options)?
-                }
-                OutputFormat::Csv => out.write_csv(&path, batches)?,
-            })
+        writer.write(batch)?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Option<PartInfo>, SchedulerError> {
+        let Some(writer) = self.writer else {
+            return Ok(None);
         };
-        let part = PartWrite { path: path.clone(), rows: batch.num_rows() as u64, write: &write };
-        self.commit.commit_unit(unit.index, Some(part), devices, drift)
+        let written = writer.finish()?;
+        Ok(Some(PartInfo {
+            unit: self.unit,
+            path: self.path.to_string(),
+            rows: self.rows,
+            bytes: written.bytes,
+            sha256: written.sha256,
+        }))
     }
 }

@@ -16,10 +16,11 @@ use crate::plan::SharedDevices;
 
 /// Rows handed to a detector per call: bounds the scratch memory of one call.
 const SCORE_BATCH_ROWS: usize = 64 * 1024;
-/// Model files fetched together from a remote registry: one round trip per group, and at most
-/// this many files held per worker. Local registries read one at a time (no latency to hide,
+/// Model files fetched together from a remote registry: a pack's worth, so a group costs a
+/// ranged request or two (neighbouring series share packs) and a worker holds at most this
+/// many files (~13 MB of forests). Local registries read one at a time (no latency to hide,
 /// less memory).
-const MODEL_PREFETCH: usize = 32;
+const MODEL_PREFETCH: usize = batchscore_registry::PACK_MODELS;
 
 fn failed(series: &Key, rows: usize, stage: &str, reason: String) -> DeviceOutcome {
     DeviceOutcome {

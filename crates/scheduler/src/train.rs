@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use batchscore_detectors::{ValidIsolationForestParams, ValidPcaParams};
 use batchscore_io::Location;
 use batchscore_registry::{
-    DriftReference, FeatureSummary, IndexEntry, Model, ModelKey, Registry, TrainingInfo,
+    DriftReference, EncodedModel, FeatureSummary, IndexEntry, Model, ModelKey, PACK_MODELS,
+    Registry, TrainingInfo,
 };
 use rayon::prelude::*;
 
@@ -213,10 +214,16 @@ impl UnitJob<'_> {
                 )?;
                 let (mine, set_aside): (Vec<usize>, Vec<usize>) =
                     (0..table.runs.len()).partition(|&i| !shared.contains(table.runs[i].device));
-                let trained = mine
-                    .par_iter()
-                    .map(|&i| self.train_series(&table, i))
-                    .collect::<Result<Vec<_>, _>>()?;
+                // Models go to storage a pack at a time: memory holds one pack's encoded
+                // models per unit, and neighbouring series share a pack.
+                let mut trained = Vec::with_capacity(mine.len());
+                for pack in mine.chunks(PACK_MODELS) {
+                    let fitted = pack
+                        .par_iter()
+                        .map(|&i| self.fit_series(&table, i))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    trained.extend(self.trainer.store(fitted)?);
+                }
                 let set_aside = set_aside.into_iter().map(|i| self.set_aside(&table, i)).collect();
                 progress.unit_done(table.device.len() as u64, table.runs.len(), false);
                 Ok((trained, set_aside))
@@ -239,16 +246,24 @@ impl UnitJob<'_> {
         &self,
         shared_rows: BTreeMap<Key, Vec<SharedRows>>,
     ) -> Result<Vec<SeriesResult>, SchedulerError> {
-        shared_rows
-            .into_par_iter()
-            .map(|(key, pieces)| {
-                self.trainer.spec.input.check_cancelled()?;
-                let (timestamps, columns) = SharedRows::concat(pieces);
-                let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
-                let (first, last) = (timestamps.first().copied(), timestamps.last().copied());
-                self.trainer.train(key, &refs, first, last)
-            })
-            .collect()
+        let mut shared: Vec<(Key, Vec<SharedRows>)> = shared_rows.into_iter().collect();
+        let mut trained = Vec::with_capacity(shared.len());
+        while !shared.is_empty() {
+            let pack: Vec<(Key, Vec<SharedRows>)> =
+                shared.drain(..PACK_MODELS.min(shared.len())).collect();
+            let fitted = pack
+                .into_par_iter()
+                .map(|(key, pieces)| {
+                    self.trainer.spec.input.check_cancelled()?;
+                    let (timestamps, columns) = SharedRows::concat(pieces);
+                    let refs: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+                    let (first, last) = (timestamps.first().copied(), timestamps.last().copied());
+                    Ok(self.trainer.fit(key, &refs, first, last))
+                })
+                .collect::<Result<Vec<_>, SchedulerError>>()?;
+            trained.extend(self.trainer.store(fitted)?);
+        }
+        Ok(trained)
     }
 
     fn key(table: &UnitTable, i: usize) -> Key {
@@ -256,7 +271,7 @@ impl UnitJob<'_> {
         (series.device, table.sensor_name(series).map(String::from))
     }
 
-    fn train_series(&self, table: &UnitTable, i: usize) -> Result<SeriesResult, SchedulerError> {
+    fn fit_series(&self, table: &UnitTable, i: usize) -> Result<Fitted, SchedulerError> {
         // A long unit stops between its series, not only between units.
         self.trainer.spec.input.check_cancelled()?;
         let range = table.runs[i].rows.clone();
@@ -264,7 +279,7 @@ impl UnitJob<'_> {
             self.indices.iter().map(|&c| &table.values[c][range.clone()]).collect();
         let first = table.timestamp_us.get(range.start).copied();
         let last = table.timestamp_us.get(range.end.wrapping_sub(1)).copied();
-        self.trainer.train(Self::key(table, i), &columns, first, last)
+        Ok(self.trainer.fit(Self::key(table, i), &columns, first, last))
     }
 
     fn set_aside(&self, table: &UnitTable, i: usize) -> SharedRows {
@@ -283,6 +298,9 @@ impl UnitJob<'_> {
 
 /// A series' training outcome: its rows, and its index entry or why it has none.
 type SeriesResult = (Key, u64, Result<IndexEntry, String>);
+
+/// A series' trained model, encoded for its pack, or why it has none.
+type Fitted = (Key, u64, Result<EncodedModel, String>);
 
 /// What a unit produced: models of its own series, rows of series it shares with others.
 type UnitResult = (Vec<SeriesResult>, Vec<SharedRows>);
@@ -324,15 +342,15 @@ struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
-    /// Trains and writes a series' model; a series-level problem is an `Err` inside the result,
-    /// only a retry-worthy storage fault stops the job.
-    fn train(
+    /// Trains a series' model and encodes it for its pack; a series-level problem is an `Err`
+    /// inside the result.
+    fn fit(
         &self,
         key: Key,
         columns: &[&[f64]],
         first_us: Option<i64>,
         last_us: Option<i64>,
-    ) -> Result<SeriesResult, SchedulerError> {
+    ) -> Fitted {
         let rows = columns.first().map_or(0, |c| c.len() as u64);
         let fitted = match &key.1 {
             None => Ok((ModelKey::device(key.0), self.features.unwrap_or_default().to_vec())),
@@ -344,14 +362,42 @@ impl Trainer<'_> {
             let series = (key.0, key.1.as_deref());
             fit_one(self.spec, model_key, series, features, columns, (first_us, last_us))
         });
-        match fitted {
-            Ok(model) => match self.registry.write_model(&model) {
-                Ok(entry) => Ok((key, rows, Ok(entry))),
-                Err(e) if e.is_retryable() => Err(SchedulerError::Registry(e)),
-                Err(e) => Ok((key, rows, Err(error_chain(&e)))),
-            },
-            Err(reason) => Ok((key, rows, Err(reason))),
+        let encoded =
+            fitted.and_then(|model| EncodedModel::new(&model).map_err(|e| error_chain(&e)));
+        (key, rows, encoded)
+    }
+
+    /// Writes the models that fitted as one pack; a storage fault worth retrying stops the
+    /// job, any other failure to write is each model's outcome.
+    fn store(&self, fitted: Vec<Fitted>) -> Result<Vec<SeriesResult>, SchedulerError> {
+        let mut results = Vec::with_capacity(fitted.len());
+        let mut encoded = Vec::new();
+        let mut written = Vec::new();
+        for (key, rows, model) in fitted {
+            match model {
+                Ok(model) => {
+                    encoded.push(model);
+                    written.push((key, rows));
+                }
+                Err(reason) => results.push((key, rows, Err(reason))),
+            }
         }
+        if encoded.is_empty() {
+            return Ok(results);
+        }
+        match self.registry.write_pack(encoded) {
+            Ok(entries) => results.extend(
+                written.into_iter().zip(entries).map(|((key, rows), e)| (key, rows, Ok(e))),
+            ),
+            Err(e) if e.is_retryable() => return Err(SchedulerError::Registry(e)),
+            Err(e) => {
+                let reason = error_chain(&e);
+                results.extend(
+                    written.into_iter().map(|(key, rows)| (key, rows, Err(reason.clone()))),
+                );
+            }
+        }
+        Ok(results)
     }
 }
 

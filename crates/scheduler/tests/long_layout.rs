@@ -96,6 +96,7 @@ proptest! {
         threads in 1usize..4,
         shards in 1u32..4,
         min_part_rows in 1u64..150,
+        chunk_rows in prop_oneof![1usize..80, Just(usize::MAX)],
         sensor_mask in 1u8..=7,
         device_mask in 1u8..=15,
         seed in 0u64..1000,
@@ -146,6 +147,7 @@ proptest! {
             threads,
             min_part_rows,
             max_part_rows: min_part_rows * 3,
+            chunk_rows,
             ..common::run_spec(&input, &registry_location, &output)
         };
         let run_id = common::run_shards(&spec, shards);

@@ -112,6 +112,7 @@ proptest! {
         threads in 1usize..4,
         shards in 1u32..4,
         min_part_rows in 1u64..200,
+        chunk_rows in prop_oneof![1usize..80, Just(usize::MAX)],
         selection_mask in 1u8..=255,
         seed in 0u64..1000,
     ) {
@@ -142,6 +143,7 @@ proptest! {
             threads,
             min_part_rows,
             max_part_rows: min_part_rows * 3,
+            chunk_rows,
             ..common::run_spec(&input, &registry_location, &output)
         };
         let run_id = common::run_shards(&spec, shards);

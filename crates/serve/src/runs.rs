@@ -561,6 +561,7 @@ mod tests {
             shard: Shard::new(0, 1).unwrap(),
             max_failed: MaxFailed::Count(0),
             min_part_rows: 1,
+            chunk_rows: batchscore_scheduler::DEFAULT_CHUNK_ROWS,
             max_part_rows: 10,
             settings: json!({}),
             transform: None,

@@ -22,7 +22,7 @@ mod records;
 
 use std::collections::{BTreeMap, HashMap};
 
-use batchscore_io::{Location, Written};
+use batchscore_io::Location;
 
 pub(crate) use records::FORMAT;
 pub(crate) use records::from_json;
@@ -115,12 +115,17 @@ pub(crate) enum Publish {
     Drift,
 }
 
-/// The bytes of a part, written by the caller (which knows the format), at a fixed path.
-pub(crate) struct PartWrite<'a> {
-    pub path: String,
-    pub rows: u64,
-    pub write: &'a dyn Fn() -> Result<Written, SchedulerError>,
+/// What producing a unit wrote and found: its part (when any series scored), its series'
+/// outcomes and its drift partials (scoring runs).
+pub(crate) struct UnitOutput {
+    pub part: Option<PartInfo>,
+    pub devices: Vec<DeviceOutcome>,
+    pub drift: Option<bytes::Bytes>,
 }
+
+/// Produces a unit: reads it, writes its part at its fixed path, returns what it wrote. Called
+/// again after a storage failure, it writes the same bytes.
+pub(crate) type ProduceUnit<'a> = dyn Fn() -> Result<UnitOutput, SchedulerError> + 'a;
 
 impl RunCommit {
     /// Claims `out` (the run's directory) for `plan`: writes `_plan.json` create-only, or checks
@@ -211,49 +216,41 @@ impl RunCommit {
         self.committed(unit, Sizes::Listed)
     }
 
-    /// Commits one unit: its drift partials and its part (each if it has any) at fixed paths,
-    /// then its receipt.
+    /// Commits one unit: `produce` writes its part (if it has one) at a fixed path, then its
+    /// drift partials and its receipt are written.
     ///
     /// A concurrent attempt of this unit (Azure Batch reruns a task whose node it lost) may
     /// commit first: committing a block list discards the blocks of other uploads of the same
     /// blob, so our upload can fail. Its commit is then adopted if its receipt is there, else
-    /// the part is uploaded again from scratch, which writes the same bytes.
+    /// the unit is produced again from scratch, which writes the same bytes.
     pub fn commit_unit(
         &self,
         unit: usize,
-        part: Option<PartWrite<'_>>,
-        devices: Vec<DeviceOutcome>,
-        drift: Option<bytes::Bytes>,
+        produce: &ProduceUnit<'_>,
     ) -> Result<(Receipt, Committed), SchedulerError> {
-        if let Some(drift) = drift {
+        let output = match produce() {
+            Ok(output) => output,
+            Err(first) if Self::worth_retrying(&first) => {
+                if let Some(receipt) = self.committed(unit, Sizes::Fresh)? {
+                    tracing::info!(unit, "committed by another attempt");
+                    return Ok((receipt, Committed::Earlier));
+                }
+                tracing::warn!(unit, error = %first, "unit failed on storage; producing it again");
+                produce()?
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(drift) = output.drift {
             // Same plan, same bytes: a file an earlier attempt left is the same file.
             self.out.put_if_absent(&crate::drift::unit_path(unit), drift)?;
         }
-        let part = match part {
-            None => None,
-            Some(part) => {
-                let written = match (part.write)() {
-                    Ok(written) => written,
-                    Err(first) => {
-                        if let Some(receipt) = self.committed(unit, Sizes::Fresh)? {
-                            tracing::info!(unit, "committed by another attempt");
-                            return Ok((receipt, Committed::Earlier));
-                        }
-                        tracing::warn!(unit, error = %first, "part upload failed; uploading it again");
-                        (part.write)()?
-                    }
-                };
-                Some(PartInfo {
-                    unit,
-                    path: part.path,
-                    rows: part.rows,
-                    bytes: written.bytes,
-                    sha256: written.sha256,
-                })
-            }
+        let receipt = Receipt {
+            format: FORMAT,
+            run_id: self.plan.run_id.clone(),
+            unit,
+            part: output.part,
+            devices: output.devices,
         };
-        let receipt =
-            Receipt { format: FORMAT, run_id: self.plan.run_id.clone(), unit, part, devices };
         let path = Receipt::path(unit);
         if !self.out.put_if_absent(&path, to_json("receipt", &receipt)?)? {
             // A receipt exists although the unit was not committed: its part was missing, and
@@ -261,6 +258,12 @@ impl RunCommit {
             tracing::debug!(unit, "receipt already present");
         }
         Ok((receipt, Committed::Now))
+    }
+
+    /// A storage failure (not a stop) may be another attempt's commit, or pass.
+    fn worth_retrying(e: &SchedulerError) -> bool {
+        e.class() != batchscore_io::ErrorClass::Interrupted
+            && (matches!(e, SchedulerError::Io(_)) || e.is_retryable())
     }
 
     /// Commits this shard: its failures table (if any series failed) and its manifest, both

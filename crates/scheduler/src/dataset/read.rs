@@ -10,7 +10,8 @@ use arrow::datatypes::{
 };
 
 use super::{
-    CSV_CHUNK_BYTES, Columns, Dataset, InputFile, Shape, column_type_error, missing, sensor_order,
+    CSV_CHUNK_BYTES, Columns, Dataset, InputFile, Shape, Slice, column_type_error, missing,
+    sensor_order,
 };
 use crate::{DeviceSelection, SchedulerError, SensorSelection, TimeWindow};
 
@@ -55,6 +56,11 @@ struct Sink<'a> {
     values: &'a mut Vec<Vec<f64>>,
     /// Long layout: sensor name -> unit-local id.
     dictionary: &'a mut HashMap<String, u32>,
+    /// Each row's file rank, and the rank of this batch's file, when files are read out of
+    /// input order.
+    ranks: Option<(&'a mut Vec<u32>, u32)>,
+    /// Rows of devices below this bound were handed on already.
+    floor: i64,
 }
 
 impl Dataset {
@@ -80,8 +86,8 @@ impl Dataset {
     }
 
     /// Reads the given slices and keeps the rows of selected devices in `devices` (and, in the
-    /// long layout, sensors) inside the window, sorted by device, sensor and time (ties keep input order,
-    /// so the result is deterministic).
+    /// long layout, sensors) inside the window, sorted by device, sensor and time (ties keep
+    /// input order, so the result is deterministic).
     pub fn read_unit(
         &self,
         slices: &[usize],
@@ -90,90 +96,272 @@ impl Dataset {
         sensors: &SensorSelection,
         window: &TimeWindow,
     ) -> Result<UnitTable, SchedulerError> {
-        let mut builder = Builder::new(&self.columns.shape);
-        let mut by_file: Vec<(usize, Vec<usize>)> = Vec::new();
-        for &s in slices {
-            let slice = &self.slices[s];
-            match by_file.last_mut() {
-                Some((f, rgs)) if *f == slice.file => rgs.push(slice.row_group),
-                _ => by_file.push((slice.file, vec![slice.row_group])),
-            }
-        }
-        for (f, row_groups) in by_file {
-            let file = &self.files[f];
-            let hive = self.hive_device[f];
+        let mut whole = None;
+        let filter = (&devices, selection, sensors, window);
+        self.read_unit_in_chunks(slices, filter, usize::MAX, &mut |table| {
+            whole = Some(table);
+            Ok(())
+        })?;
+        Ok(whole.unwrap_or_else(|| Builder::new(&self.columns.shape, false).finish()))
+    }
+
+    /// Reads a unit like [`Dataset::read_unit`], handing its rows to `each` in chunks that
+    /// each hold whole devices, in device order: the chunks' rows, one after the other, are
+    /// the unit's rows in [`Dataset::read_unit`]'s order. A unit without rows hands nothing.
+    ///
+    /// Files are read in the order of their smallest device, each file's row groups in file
+    /// order, a batch at a time. Once `chunk_rows` rows are gathered, the rows of every device
+    /// that no unread row group can hold (by its statistics) go out as a chunk. Input sorted
+    /// or partitioned by device so streams through in about `chunk_rows` rows plus a row
+    /// group; input whose every row group may hold every device (files per time period, CSV)
+    /// is gathered whole, as one chunk.
+    pub fn read_unit_in_chunks(
+        &self,
+        slices: &[usize],
+        filter: Filter<'_>,
+        chunk_rows: usize,
+        each: &mut dyn FnMut(UnitTable) -> Result<(), SchedulerError>,
+    ) -> Result<(), SchedulerError> {
+        let order = ReadOrder::new(&self.slices, slices);
+        let mut builder = Builder::new(&self.columns.shape, order.reordered);
+        let mut done = 0;
+        for (position, (f, group)) in order.files.iter().enumerate() {
+            let file = &self.files[*f];
+            let hive = self.hive_device[*f];
             let has_device = file.schema().field_with_name(&self.columns.device).is_ok();
             let wanted = self.read_columns(hive.is_none() || has_device);
-            let batches = match file {
+            let url = file.url();
+            builder.rank = order.file_rank[position];
+            let first = done;
+            match file {
                 InputFile::Parquet(p) => {
                     let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
-                    p.read(&row_groups, &names)
+                    let row_groups: Vec<usize> =
+                        group.iter().map(|&s| self.slices[s].row_group).collect();
+                    // Rows read once each of the file's slices is complete.
+                    let ends: Vec<u64> = group
+                        .iter()
+                        .scan(0u64, |end, &s| {
+                            *end += self.slices[s].rows;
+                            Some(*end)
+                        })
+                        .collect();
+                    let mut consumed = 0u64;
+                    p.read_each(&row_groups, &names, |batch: RecordBatch| {
+                        consumed += batch.num_rows() as u64;
+                        append_batch(
+                            &self.columns,
+                            &url,
+                            &batch,
+                            hive,
+                            filter,
+                            &mut builder.sink(),
+                        )?;
+                        while done - first < group.len() && ends[done - first] <= consumed {
+                            done += 1;
+                        }
+                        builder.cut(Some(order.watermark[done]), chunk_rows, each)
+                    })
+                    .map_err(|e| match e {
+                        SchedulerError::Io(e) => SchedulerError::reading(e),
+                        e => e,
+                    })?;
                 }
                 InputFile::Csv(c) => {
                     let chunks = c.chunks(CSV_CHUNK_BYTES);
-                    let mut batches = Vec::new();
-                    for chunk in row_groups {
-                        if let Some(range) = chunks.get(chunk) {
-                            batches.extend(
-                                c.read(range.clone(), &wanted).map_err(SchedulerError::reading)?,
-                            );
+                    for &s in group {
+                        if let Some(range) = chunks.get(self.slices[s].row_group) {
+                            let batches =
+                                c.read(range.clone(), &wanted).map_err(SchedulerError::reading)?;
+                            for batch in batches {
+                                let sink = &mut builder.sink();
+                                append_batch(&self.columns, &url, &batch, hive, filter, sink)?;
+                            }
                         }
+                        done += 1;
+                        builder.cut(Some(order.watermark[done]), chunk_rows, each)?;
                     }
-                    Ok(batches)
                 }
             }
-            .map_err(SchedulerError::reading)?;
-            let mut sink = builder.sink();
-            for batch in batches {
-                append_batch(
-                    &self.columns,
-                    &file.url(),
-                    &batch,
-                    hive,
-                    (&devices, selection, sensors, window),
-                    &mut sink,
-                )?;
-            }
+            done = first + group.len();
+            builder.cut(Some(order.watermark[done]), chunk_rows, each)?;
         }
-        Ok(builder.finish())
+        builder.cut(None, 0, each)
     }
 }
 
-/// A unit table being filled: rows appended through [`Sink`]s, then sorted into series.
+/// The order a unit's slices are read in: files by their smallest device, so that devices
+/// complete early; each file's row groups in file order.
+struct ReadOrder {
+    /// `(file, slices)` in reading order.
+    files: Vec<(usize, Vec<usize>)>,
+    /// Once the first `k` slices in reading order are read, no unread slice holds a device
+    /// below `watermark[k]`.
+    watermark: Vec<i64>,
+    /// Whether files are read out of input order (their index order): rows then carry their
+    /// file's rank in input order, so that ties still sort in input order.
+    reordered: bool,
+    /// Each file's rank in input order, by reading position.
+    file_rank: Vec<u32>,
+}
+
+impl ReadOrder {
+    fn new(all: &[Slice], slices: &[usize]) -> Self {
+        let mut files: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut sorted = slices.to_vec();
+        sorted.sort_by_key(|&s| (all[s].file, all[s].row_group));
+        for s in sorted {
+            match files.last_mut() {
+                Some((f, group)) if *f == all[s].file => group.push(s),
+                _ => files.push((all[s].file, vec![s])),
+            }
+        }
+        let mut by_reading: Vec<usize> = (0..files.len()).collect();
+        // A rank must fit beside a row position in a 64-bit tie-breaker; beyond that (never
+        // met: millions of files in one unit), files are read in input order.
+        if files.len() < 1 << RANK_BITS {
+            let least = |group: &[usize]| group.iter().map(|&s| (all[s].lo, all[s].hi)).min();
+            by_reading.sort_by_key(|&i| (least(&files[i].1), i));
+        }
+        let reordered = by_reading.windows(2).any(|w| w[0] > w[1]);
+        let file_rank = by_reading.iter().map(|&i| if reordered { i as u32 } else { 0 }).collect();
+        let files: Vec<(usize, Vec<usize>)> =
+            by_reading.into_iter().map(|i| std::mem::take(&mut files[i])).collect();
+        let lows: Vec<i64> =
+            files.iter().flat_map(|(_, group)| group.iter().map(|&s| all[s].lo)).collect();
+        let mut watermark = vec![i64::MAX; lows.len() + 1];
+        for k in (0..lows.len()).rev() {
+            watermark[k] = watermark[k + 1].min(lows[k]);
+        }
+        Self { files, watermark, reordered, file_rank }
+    }
+}
+
+/// Bits of a row's tie-breaker that hold its position among the rows gathered; the bits above
+/// hold its file's rank in input order.
+const POSITION_BITS: u32 = 40;
+const RANK_BITS: u32 = 64 - POSITION_BITS;
+
+/// A unit's rows being gathered: appended through [`Sink`]s, cut into sorted chunks of whole
+/// devices.
 struct Builder {
     table: UnitTable,
     /// Long layout: sensor name -> unit-local id.
     dictionary: HashMap<String, u32>,
+    /// Each row's file rank in input order, when files are read out of that order.
+    ranks: Option<Vec<u32>>,
+    /// The rank of the file being read.
+    rank: u32,
+    /// Every device below this bound went out in a chunk: a later row of one is an error.
+    floor: i64,
 }
 
 impl Builder {
-    fn new(shape: &Shape) -> Self {
+    fn new(shape: &Shape, ranked: bool) -> Self {
         let value_columns = match shape {
             Shape::Wide { sensors } => sensors.len(),
             Shape::Long { .. } => 1,
         };
-        let table = UnitTable { values: vec![Vec::new(); value_columns], ..Default::default() };
-        Self { table, dictionary: HashMap::new() }
+        Self {
+            table: UnitTable { values: vec![Vec::new(); value_columns], ..Default::default() },
+            dictionary: HashMap::new(),
+            ranks: ranked.then(Vec::new),
+            rank: 0,
+            floor: i64::MIN,
+        }
     }
 
     fn sink(&mut self) -> Sink<'_> {
+        let rank = self.rank;
         Sink {
             device: &mut self.table.device,
             timestamp_us: &mut self.table.timestamp_us,
             sensor: &mut self.table.sensor,
             values: &mut self.table.values,
             dictionary: &mut self.dictionary,
+            ranks: self.ranks.as_mut().map(|r| (r, rank)),
+            floor: self.floor,
         }
     }
 
-    fn finish(mut self) -> UnitTable {
-        self.table.sensor_names = vec![String::new(); self.dictionary.len()];
-        for (name, id) in self.dictionary {
-            self.table.sensor_names[id as usize] = name;
+    /// Once `min_rows` rows are gathered, hands the rows of the devices below `bound` (all
+    /// rows: `None`) to `each` as one sorted chunk.
+    fn cut(
+        &mut self,
+        bound: Option<i64>,
+        min_rows: usize,
+        each: &mut dyn FnMut(UnitTable) -> Result<(), SchedulerError>,
+    ) -> Result<(), SchedulerError> {
+        let gathered = self.table.device.len();
+        if gathered == 0 || gathered < min_rows {
+            return Ok(());
         }
-        sort_and_split(&mut self.table);
-        self.table
+        let (chunk, ranks) = match bound {
+            None => {
+                let empty = UnitTable {
+                    values: vec![Vec::new(); self.table.values.len()],
+                    ..Default::default()
+                };
+                (std::mem::replace(&mut self.table, empty), self.ranks.as_mut().map(std::mem::take))
+            }
+            Some(bound) => {
+                if bound <= self.floor {
+                    return Ok(());
+                }
+                self.floor = bound;
+                let below: Vec<bool> = self.table.device.iter().map(|&d| d < bound).collect();
+                if !below.contains(&true) {
+                    return Ok(());
+                }
+                let t = &mut self.table;
+                let chunk = UnitTable {
+                    device: split_off_where(&mut t.device, &below),
+                    timestamp_us: split_off_where(&mut t.timestamp_us, &below),
+                    sensor: split_off_where(&mut t.sensor, &below),
+                    values: t.values.iter_mut().map(|v| split_off_where(v, &below)).collect(),
+                    ..Default::default()
+                };
+                (chunk, self.ranks.as_mut().map(|r| split_off_where(r, &below)))
+            }
+        };
+        each(self.sorted(chunk, ranks.as_deref()))
     }
+
+    /// A chunk named and sorted into series.
+    fn sorted(&self, mut chunk: UnitTable, ranks: Option<&[u32]>) -> UnitTable {
+        chunk.sensor_names = vec![String::new(); self.dictionary.len()];
+        for (name, id) in &self.dictionary {
+            chunk.sensor_names[*id as usize] = name.clone();
+        }
+        sort_and_split(&mut chunk, ranks);
+        chunk
+    }
+
+    /// Every row gathered, as one sorted table.
+    fn finish(mut self) -> UnitTable {
+        let table = std::mem::take(&mut self.table);
+        let ranks = self.ranks.take();
+        self.sorted(table, ranks.as_deref())
+    }
+}
+
+/// Removes the elements whose `mask` entry is true from `v` and returns them, both in order.
+fn split_off_where<T: Copy>(v: &mut Vec<T>, mask: &[bool]) -> Vec<T> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    let mut taken = Vec::with_capacity(mask.iter().filter(|m| **m).count());
+    let mut kept = 0;
+    for (i, &take) in mask.iter().enumerate() {
+        if take {
+            taken.push(v[i]);
+        } else {
+            v[kept] = v[i];
+            kept += 1;
+        }
+    }
+    v.truncate(kept);
+    taken
 }
 
 impl UnitTable {
@@ -184,7 +372,7 @@ impl UnitTable {
         batch: &RecordBatch,
         columns: &Columns,
     ) -> Result<Self, SchedulerError> {
-        let mut builder = Builder::new(&columns.shape);
+        let mut builder = Builder::new(&columns.shape, false);
         // Selection and window were applied when the unit was read.
         let window = TimeWindow { from_us: None, to_us: None };
         let everything =
@@ -302,6 +490,21 @@ fn append_batch(
                 None => continue,
             }
         }
+        if d < sink.floor {
+            return Err(SchedulerError::InvalidValue {
+                url: url.to_string(),
+                column: c.device.clone(),
+                value: d.to_string(),
+                reason: format!(
+                    "the file's row-group statistics say its devices are at least {}: \
+                     the statistics do not describe the data",
+                    sink.floor
+                ),
+            });
+        }
+        if let Some((ranks, rank)) = &mut sink.ranks {
+            ranks.push(*rank);
+        }
         sink.device.push(d);
         sink.timestamp_us.push(t);
         for (column, v) in sink.values.iter_mut().zip(&values) {
@@ -313,18 +516,25 @@ fn append_batch(
 }
 
 /// Sorts a unit's rows by (device, sensor, time), stable so ties keep input order, and
-/// records each series' row range.
-fn sort_and_split(table: &mut UnitTable) {
+/// records each series' row range. `ranks` (when files were read out of input order) is each
+/// row's file rank in input order, which ties sort by before their position.
+fn sort_and_split(table: &mut UnitTable, ranks: Option<&[u32]>) {
     let n = table.device.len();
+    // Every tie-breaker is distinct (its low bits are the row's position), so an unstable
+    // sort of the keys gives the stable order.
+    let tie = |i: usize| match ranks {
+        Some(ranks) => u64::from(ranks[i]) << POSITION_BITS | i as u64,
+        None => i as u64,
+    };
+    let position = |tie: u64| (tie & ((1 << POSITION_BITS) - 1)) as usize;
     let order: Vec<usize> = if table.sensor.is_empty() {
-        // The keys side by side with the row index, sorted unstably: every key is distinct
-        // (the index breaks ties in input order), so the result is the stable order, without
-        // the random reads of three columns per comparison that sorting indices by a key
-        // function does (a tenth of a long-layout run's CPU, `perf record`).
-        let mut keys: Vec<(i64, i64, usize)> =
-            (0..n).map(|i| (table.device[i], table.timestamp_us[i], i)).collect();
+        // The keys side by side with the tie-breaker, sorted unstably, without the random reads
+        // of three columns per comparison that sorting indices by a key function does (a
+        // tenth of a long-layout run's CPU, `perf record`).
+        let mut keys: Vec<(i64, i64, u64)> =
+            (0..n).map(|i| (table.device[i], table.timestamp_us[i], tie(i))).collect();
         keys.sort_unstable();
-        keys.into_iter().map(|(_, _, i)| i).collect()
+        keys.into_iter().map(|(_, _, t)| position(t)).collect()
     } else {
         // Sensors sort by name (integers by value), not by the order they were met in.
         let mut by_name: Vec<u32> = (0..table.sensor_names.len() as u32).collect();
@@ -335,14 +545,14 @@ fn sort_and_split(table: &mut UnitTable) {
         for (r, id) in by_name.iter().enumerate() {
             rank[*id as usize] = r as u32;
         }
-        let mut keys: Vec<(i64, u32, i64, usize)> = (0..n)
+        let mut keys: Vec<(i64, u32, i64, u64)> = (0..n)
             .map(|i| {
                 let rank = rank.get(table.sensor[i] as usize).copied().unwrap_or(u32::MAX);
-                (table.device[i], rank, table.timestamp_us[i], i)
+                (table.device[i], rank, table.timestamp_us[i], tie(i))
             })
             .collect();
         keys.sort_unstable();
-        let order: Vec<usize> = keys.into_iter().map(|(.., i)| i).collect();
+        let order: Vec<usize> = keys.into_iter().map(|(.., t)| position(t)).collect();
         table.sensor = order.iter().map(|&i| table.sensor[i]).collect();
         order
     };
@@ -392,7 +602,7 @@ mod tests {
                 let (d, s, t) = rows[i];
                 (d, if long { rank(s) } else { 0 }, t)
             });
-            sort_and_split(&mut table);
+            sort_and_split(&mut table, None);
             let order: Vec<usize> = table.values[0].iter().map(|v| *v as usize).collect();
             prop_assert_eq!(&order, &expected);
             for (i, &row) in order.iter().enumerate() {
@@ -408,5 +618,215 @@ mod tests {
                 prop_assert!((pair[0].device, pair[0].sensor) != (pair[1].device, pair[1].sensor));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    //! Reading a unit in chunks: the chunks are the whole unit, cut between devices.
+
+    use std::sync::Arc;
+
+    use arrow::array::{Float64Array, Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema};
+    use batchscore_io::{Location, Storage, WriteOptions, encode_parquet};
+    use batchscore_synth::{FileFormat, GenerateSpec, Layout, Partitioning, generate};
+
+    use super::*;
+    use crate::InputColumns;
+
+    fn scan(root: &Location) -> Dataset {
+        let input = root.join("readings").unwrap();
+        let (all, window) = (DeviceSelection::All, TimeWindow::default());
+        Dataset::scan(&input, &InputColumns::default(), &all, &window).unwrap()
+    }
+
+    /// Every chunk of the whole dataset read as one unit.
+    fn chunks(d: &Dataset, chunk_rows: usize) -> Result<Vec<UnitTable>, SchedulerError> {
+        let all: Vec<usize> = (0..d.slices.len()).collect();
+        let (selection, sensors, window) =
+            (DeviceSelection::All, SensorSelection::All, TimeWindow::default());
+        let filter = (&(i64::MIN..=i64::MAX), &selection, &sensors, &window);
+        let mut out = Vec::new();
+        d.read_unit_in_chunks(&all, filter, chunk_rows, &mut |t| {
+            out.push(t);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// A table's rows as comparable tuples: device, sensor name, time, values' bits.
+    fn rows(t: &UnitTable) -> Vec<(i64, String, i64, Vec<u64>)> {
+        (0..t.device.len())
+            .map(|i| {
+                let sensor = t.sensor.get(i).map(|&s| t.sensor_names[s as usize].clone());
+                let values = t.values.iter().map(|v| v[i].to_bits()).collect();
+                (t.device[i], sensor.unwrap_or_default(), t.timestamp_us[i], values)
+            })
+            .collect()
+    }
+
+    fn check_chunks_make_the_unit(d: &Dataset, chunk_rows: usize) -> usize {
+        let all: Vec<usize> = (0..d.slices.len()).collect();
+        let whole = d
+            .read_unit(
+                &all,
+                i64::MIN..=i64::MAX,
+                &DeviceSelection::All,
+                &SensorSelection::All,
+                &TimeWindow::default(),
+            )
+            .unwrap();
+        let chunks = chunks(d, chunk_rows).unwrap();
+        let joined: Vec<_> = chunks.iter().flat_map(rows).collect();
+        assert_eq!(joined, rows(&whole), "chunks of {chunk_rows} rows are the unit, in order");
+        for pair in chunks.windows(2) {
+            let (last, first) = (pair[0].device.last(), pair[1].device.first());
+            assert!(last < first, "chunks hold whole devices, in device order");
+        }
+        let series: usize = chunks.iter().map(|c| c.runs.len()).sum();
+        assert_eq!(series, whole.runs.len(), "no series is split between chunks");
+        chunks.len()
+    }
+
+    #[test]
+    fn sorted_and_partitioned_input_streams_in_chunks_of_whole_devices() {
+        let storage = Storage::new().unwrap();
+        for (name, partitioning, layout, format) in [
+            ("sorted", Partitioning::None, Layout::Wide, FileFormat::Parquet),
+            ("hive", Partitioning::Device, Layout::Wide, FileFormat::Parquet),
+            ("long", Partitioning::None, Layout::Long, FileFormat::Parquet),
+            ("csv", Partitioning::None, Layout::Wide, FileFormat::Csv),
+        ] {
+            let root = storage.open(&format!("memory://chunks/{name}")).unwrap();
+            let spec = GenerateSpec {
+                devices: 12,
+                sensors: 2,
+                rows_per_device: 30,
+                row_group_rows: 16,
+                partitioning,
+                layout,
+                format,
+                ..Default::default()
+            };
+            generate(&spec, &root).unwrap();
+            let d = scan(&root);
+            for chunk_rows in [1, 7, 64, usize::MAX] {
+                let n = check_chunks_make_the_unit(&d, chunk_rows);
+                match (format, chunk_rows) {
+                    (_, usize::MAX) => assert_eq!(n, 1, "{name}: one chunk"),
+                    // CSV has no statistics: nothing is known complete before the end.
+                    (FileFormat::Csv, _) => assert_eq!(n, 1, "{name}: CSV is gathered whole"),
+                    (_, 1) => assert!(n >= 11, "{name}: a chunk per device or so, got {n}"),
+                    _ => assert!(n > 1, "{name}: {chunk_rows}-row chunks, got {n}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_file_streams_row_group_by_row_group() {
+        // Over 1 MiB: read by ranged requests through the footer kept at planning.
+        let storage = Storage::new().unwrap();
+        let root = storage.open("memory://chunks/large").unwrap();
+        let spec = GenerateSpec {
+            devices: 20,
+            rows_per_device: 2_000,
+            row_group_rows: 4_096,
+            ..Default::default()
+        };
+        generate(&spec, &root).unwrap();
+        let d = scan(&root);
+        let size = root.size_of("readings/part-00000.parquet").unwrap().unwrap_or(0);
+        assert!(size > 1 << 20, "{size} bytes");
+        let n = check_chunks_make_the_unit(&d, 1);
+        assert!(n >= 9, "a chunk per row group, got {n}");
+        // A chunk's consumer writes to storage, blocking on the runtime that fetches the
+        // input's ranges: it must not be called from inside it (it panicked when it was).
+        let all: Vec<usize> = (0..d.slices.len()).collect();
+        let (selection, sensors, window) =
+            (DeviceSelection::All, SensorSelection::All, TimeWindow::default());
+        let filter = (&(i64::MIN..=i64::MAX), &selection, &sensors, &window);
+        let mut written = 0;
+        d.read_unit_in_chunks(&all, filter, 1, &mut |t| {
+            root.put(&format!("out/{written}"), bytes::Bytes::from(t.device.len().to_string()))?;
+            written += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(written, n);
+    }
+
+    /// Writes `readings/NAME` holding `(device, minute, value)` rows in that order.
+    fn put_file(root: &Location, name: &str, rows: &[(i64, i64, f64)], row_group_rows: usize) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("device_id", DataType::Int64, false),
+            Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+            Field::new("temperature", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    rows.iter().map(|r| r.1 * 60_000_000),
+                )),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap();
+        let options = WriteOptions { row_group_rows, ..WriteOptions::default() };
+        let bytes = encode_parquet(&schema, &[batch], &options).unwrap();
+        root.put(&format!("readings/{name}"), bytes).unwrap();
+    }
+
+    #[test]
+    fn ties_keep_input_order_when_files_are_read_out_of_it() {
+        let storage = Storage::new().unwrap();
+        let root = storage.open("memory://chunks/ties").unwrap();
+        // `a` holds devices 1 and 5, `b` device 1 alone: `b` is read first (its smallest
+        // device interval is), yet device 1's rows at minute 0 keep input order, `a`'s first.
+        put_file(&root, "a.parquet", &[(5, 0, 50.0), (1, 0, 10.0), (1, 1, 11.0)], 16);
+        put_file(&root, "b.parquet", &[(1, 0, 20.0), (1, 2, 21.0)], 16);
+        let d = scan(&root);
+        for chunk_rows in [1, usize::MAX] {
+            let chunks = chunks(&d, chunk_rows).unwrap();
+            let values: Vec<f64> = chunks.iter().flat_map(|c| c.values[0].clone()).collect();
+            assert_eq!(values, vec![10.0, 20.0, 11.0, 21.0, 50.0], "{chunk_rows}-row chunks");
+        }
+    }
+
+    #[test]
+    fn input_in_time_order_is_gathered_whole() {
+        let storage = Storage::new().unwrap();
+        let root = storage.open("memory://chunks/time").unwrap();
+        // Every row group holds every device: no device is complete before the end.
+        let rows: Vec<(i64, i64, f64)> =
+            (0..40).flat_map(|m| (0..5).map(move |d| (d, m, (d * 100 + m) as f64))).collect();
+        put_file(&root, "t.parquet", &rows, 10);
+        let d = scan(&root);
+        assert_eq!(check_chunks_make_the_unit(&d, 1), 1);
+    }
+
+    #[test]
+    fn statistics_that_lie_about_devices_are_an_error_not_a_split_series() {
+        let storage = Storage::new().unwrap();
+        let root = storage.open("memory://chunks/lie").unwrap();
+        let rows: Vec<(i64, i64, f64)> =
+            (0..3).flat_map(|d| (0..20).map(move |m| (d, m, m as f64))).collect();
+        put_file(&root, "s.parquet", &rows, 10);
+        let mut d = scan(&root);
+        assert_eq!(d.slices.len(), 6);
+        // The second row group holds device 0, but is said to hold device 5 only: once the
+        // first is read, device 0 looks complete and goes out; its later rows must not
+        // start a second series of it.
+        (d.slices[1].lo, d.slices[1].hi) = (5, 5);
+        let error = chunks(&d, 1).unwrap_err();
+        assert!(
+            matches!(&error, SchedulerError::InvalidValue { column, value, .. }
+                if column == "device_id" && value == "0"),
+            "{error}"
+        );
+        assert_eq!(error.class(), batchscore_io::ErrorClass::BadInput);
     }
 }

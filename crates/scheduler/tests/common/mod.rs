@@ -85,6 +85,7 @@ pub fn run_spec(input: &Location, registry: &Location, output: &Location) -> Run
         shard: Shard::WHOLE,
         max_failed: MaxFailed::Count(0),
         min_part_rows: 1,
+        chunk_rows: batchscore_scheduler::DEFAULT_CHUNK_ROWS,
         max_part_rows: 1_000_000,
         settings: serde_json::Value::Null,
         transform: None,
