@@ -342,6 +342,29 @@ fn normalize_local(path: &std::path::Path) -> Result<std::path::PathBuf, IoError
     Ok(out)
 }
 
+/// Whether a local write failed because a file it had made is gone: object_store reports a
+/// staging file removed before its link into place as "not found", or as a failed rename whose
+/// cause is the operating system's "no such file" (seen when a completed attempt swept the
+/// staging file of a concurrent one).
+fn staging_vanished(error: &IoError) -> bool {
+    match error {
+        IoError::NotFound { .. } => true,
+        IoError::Storage { source, .. } => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+            while let Some(e) = cause {
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+                {
+                    return true;
+                }
+                cause = e.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
 impl Location {
     /// The location's URL as shown to users.
     pub fn url(&self) -> &str {
@@ -553,7 +576,7 @@ impl Location {
             // On local disk a create writes `NAME#N` and links it into place; "not found" can
             // only mean that file vanished in between (a completed attempt swept it as a
             // killed attempt's leftover): writing again is safe.
-            let vanished = self.local && matches!(error, IoError::NotFound { .. });
+            let vanished = self.local && staging_vanished(&error);
             if attempt == CREATE_ATTEMPTS || !(error.is_retryable() || vanished) {
                 return Err(error);
             }
@@ -615,6 +638,34 @@ impl Location {
 
 #[cfg(test)]
 mod tests {
+    /// Regression: a create-only write whose staging file a concurrent attempt swept failed
+    /// with "Unable to rename file: No such file or directory" instead of writing again (two
+    /// attempts of one run on local disk, one completing while the other wrote a receipt).
+    #[test]
+    fn a_swept_staging_file_is_written_again() {
+        #[derive(Debug)]
+        struct Rename(std::io::Error);
+        impl std::fmt::Display for Rename {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "Unable to rename file: {}", self.0)
+            }
+        }
+        impl std::error::Error for Rename {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let failed = |kind| {
+            let source = Rename(std::io::Error::new(kind, "staging file"));
+            let source =
+                object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) };
+            IoError::storage("/tmp/x/_receipts/part-00005.json", source)
+        };
+        assert!(staging_vanished(&failed(std::io::ErrorKind::NotFound)));
+        assert!(!staging_vanished(&failed(std::io::ErrorKind::PermissionDenied)));
+        assert!(staging_vanished(&IoError::NotFound { url: "x".into() }));
+    }
+
     use super::*;
 
     /// The same contract, run against every backend available here.
