@@ -483,16 +483,21 @@ pub fn models(
         ModelsCommand::Verify { threads } => {
             let registry = existing()?;
             let entries: Vec<_> = registry.entries().cloned().collect();
-            let results: Vec<(String, Result<(), String>)> = pool(*threads)?.install(|| {
-                entries
-                    .par_iter()
-                    .map(|e| {
-                        let r =
-                            registry.verify(&e.key).map(|_| ()).map_err(|err| error_chain(&err));
-                        (e.key.to_string(), r)
+            // Neighbouring series share packs: verified a pack's worth at a time, a group
+            // costs a ranged request per pack on a remote registry, not one per model.
+            let mut keys: Vec<ModelKey> = entries.iter().map(|e| e.key.clone()).collect();
+            keys.sort_by(|a, b| a.series_order().cmp(&b.series_order()));
+            let mut results: Vec<(String, Result<(), String>)> = pool(*threads)?.install(|| {
+                keys.par_chunks(batchscore_registry::PACK_MODELS)
+                    .flat_map_iter(|group| {
+                        let verified = registry.verify_many(group);
+                        group.iter().zip(verified).map(|(key, r)| {
+                            (key.to_string(), r.map(|_| ()).map_err(|err| error_chain(&err)))
+                        })
                     })
                     .collect()
             });
+            results.sort_by(|a, b| a.0.cmp(&b.0));
             let bad: Vec<_> =
                 results.iter().filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e))).collect();
             // Objects under models/ and packs/ that the index does not name are left-overs

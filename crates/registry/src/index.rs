@@ -247,6 +247,23 @@ impl Registry {
         &'a self,
         keys: &'a [ModelKey],
     ) -> impl Iterator<Item = Result<Model, RegistryError>> + 'a {
+        self.load_group(keys, Verify::Structure)
+    }
+
+    /// Loads several models like [`Registry::load_many`] (one ranged request per pack met),
+    /// with every check of [`Registry::verify`].
+    pub fn verify_many<'a>(
+        &'a self,
+        keys: &'a [ModelKey],
+    ) -> impl Iterator<Item = Result<Model, RegistryError>> + 'a {
+        self.load_group(keys, Verify::Full)
+    }
+
+    fn load_group<'a>(
+        &'a self,
+        keys: &'a [ModelKey],
+        verify: Verify,
+    ) -> impl Iterator<Item = Result<Model, RegistryError>> + 'a {
         let entries: Vec<Option<&IndexEntry>> = keys.iter().map(|k| self.entries.get(k)).collect();
         let mut fetched: Vec<Option<Result<bytes::Bytes, batchscore_io::IoError>>> =
             (0..keys.len()).map(|_| None).collect();
@@ -280,7 +297,7 @@ impl Registry {
                 Some(got) => got?,
                 None => self.fetch(entry)?,
             };
-            self.decode(key, entry, bytes, Verify::Structure)
+            self.decode(key, entry, bytes, verify)
         })
     }
 
@@ -602,6 +619,9 @@ mod tests {
         assert!(matches!(err, RegistryError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains(&format!("{pack} (at byte {second})")), "{err}");
         assert!(reg.verify(&ModelKey::device(1)).is_err());
+        let verified: Vec<Result<Model, RegistryError>> =
+            reg.verify_many(&[0, 1, 2].map(ModelKey::device)).collect();
+        assert!(verified[0].is_ok() && verified[1].is_err() && verified[2].is_ok());
         // A pack cut short: every model past the cut fails, each with its own error.
         let bytes = loc.get(&pack).unwrap();
         loc.put(&pack, bytes.slice(..second + 10)).unwrap();
