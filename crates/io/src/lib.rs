@@ -11,14 +11,17 @@
 
 mod csv_errors;
 mod csv_io;
+mod encode;
 mod error;
 mod hive;
 mod location;
 mod options;
 mod parquet_io;
+mod staging;
 mod upload;
 
 pub use csv_io::CsvSource;
+pub use encode::{ParquetCodec, ParquetStatistics, WriteOptions, encode_csv, encode_parquet};
 pub use error::{Cancelled, EXIT_FAILED_KEYS, ErrorClass, IoError, error_causes, error_chain};
 pub use hive::hive_value;
 pub use location::{Canceller, Entry, Location, Storage};
@@ -26,10 +29,7 @@ pub use options::{
     AzureIdentity, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MULTIPART_PART_SIZE, RetrySettings,
     StorageOptions, compact_service_errors, redact,
 };
-pub use parquet_io::{
-    ParquetCodec, ParquetSource, ParquetStatistics, WriteOptions, decode_parquet, encode_csv,
-    encode_parquet,
-};
+pub use parquet_io::{ParquetSource, decode_parquet};
 pub use upload::{ObjectWriter, Written};
 
 /// Every backend available here, for tests that must hold on all of them.

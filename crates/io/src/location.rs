@@ -301,16 +301,6 @@ pub(crate) async fn get_range_if(
     }
 }
 
-/// object_store's local staging names: `NAME#DIGITS` (it refuses such names for objects).
-fn is_staging_name(name: &str) -> bool {
-    match name.rsplit_once('#') {
-        Some((stem, suffix)) => {
-            !stem.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
-        }
-        None => false,
-    }
-}
-
 /// The kind of store a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -340,29 +330,6 @@ fn normalize_local(path: &std::path::Path) -> Result<std::path::PathBuf, IoError
         }
     }
     Ok(out)
-}
-
-/// Whether a local write failed because a file it had made is gone: object_store reports a
-/// staging file removed before its link into place as "not found", or as a failed rename whose
-/// cause is the operating system's "no such file" (seen when a completed attempt swept the
-/// staging file of a concurrent one).
-fn staging_vanished(error: &IoError) -> bool {
-    match error {
-        IoError::NotFound { .. } => true,
-        IoError::Storage { source, .. } => {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
-            while let Some(e) = cause {
-                if e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-                {
-                    return true;
-                }
-                cause = e.source();
-            }
-            false
-        }
-        _ => false,
-    }
 }
 
 impl Location {
@@ -576,7 +543,7 @@ impl Location {
             // On local disk a create writes `NAME#N` and links it into place; "not found" can
             // only mean that file vanished in between (a completed attempt swept it as a
             // killed attempt's leftover): writing again is safe.
-            let vanished = self.local && staging_vanished(&error);
+            let vanished = self.local && crate::staging::vanished(&error);
             if attempt == CREATE_ATTEMPTS || !(error.is_retryable() || vanished) {
                 return Err(error);
             }
@@ -596,33 +563,10 @@ impl Location {
             return Ok(0);
         }
         let dir = std::path::Path::new("/").join(self.path(rel)?.as_ref());
-        let io_error = |e: std::io::Error| IoError::Storage {
+        crate::staging::remove_under(dir).map_err(|e| IoError::Storage {
             url: self.url_of(rel),
             source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) },
-        };
-        let mut removed = 0;
-        let mut pending = vec![dir];
-        while let Some(dir) = pending.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_error(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(io_error)?;
-                let kind = entry.file_type().map_err(io_error)?;
-                if kind.is_dir() {
-                    pending.push(entry.path());
-                } else if kind.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
-                    match std::fs::remove_file(entry.path()) {
-                        Ok(()) => removed += 1,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io_error(e)),
-                    }
-                }
-            }
-        }
-        Ok(removed)
+        })
     }
 
     /// Deletes the object at `rel`; a missing object is not an error.
@@ -638,34 +582,6 @@ impl Location {
 
 #[cfg(test)]
 mod tests {
-    /// Regression: a create-only write whose staging file a concurrent attempt swept failed
-    /// with "Unable to rename file: No such file or directory" instead of writing again (two
-    /// attempts of one run on local disk, one completing while the other wrote a receipt).
-    #[test]
-    fn a_swept_staging_file_is_written_again() {
-        #[derive(Debug)]
-        struct Rename(std::io::Error);
-        impl std::fmt::Display for Rename {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "Unable to rename file: {}", self.0)
-            }
-        }
-        impl std::error::Error for Rename {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let failed = |kind| {
-            let source = Rename(std::io::Error::new(kind, "staging file"));
-            let source =
-                object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) };
-            IoError::storage("/tmp/x/_receipts/part-00005.json", source)
-        };
-        assert!(staging_vanished(&failed(std::io::ErrorKind::NotFound)));
-        assert!(!staging_vanished(&failed(std::io::ErrorKind::PermissionDenied)));
-        assert!(staging_vanished(&IoError::NotFound { url: "x".into() }));
-    }
-
     use super::*;
 
     /// The same contract, run against every backend available here.
@@ -739,8 +655,6 @@ mod tests {
 
     #[test]
     fn staging_files_of_killed_local_writes_are_removed() {
-        assert!(is_staging_name("part-00000.parquet#1") && is_staging_name("x#12"));
-        assert!(!is_staging_name("part#a") && !is_staging_name("#1") && !is_staging_name("p#"));
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::new().unwrap();
         let loc = storage.open(&dir.path().display().to_string()).unwrap();

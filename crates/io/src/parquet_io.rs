@@ -1,30 +1,27 @@
-//! Parquet in and out: footers, row-group statistics, projected range reads, encoding.
+//! Parquet in: footers, row-group statistics, projected range reads, decoding guarded against the parquet crate's panics.
 
 use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
-use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Type as PhysicalType;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::FOOTER_SIZE;
 use parquet::file::metadata::{
-    ColumnChunkMetaData, FooterTail, KeyValue, ParquetMetaData, ParquetMetaDataReader,
+    ColumnChunkMetaData, FooterTail, ParquetMetaData, ParquetMetaDataReader,
 };
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
-use parquet::schema::types::ColumnPath;
 
 use crate::{Entry, IoError, Location};
 
@@ -319,35 +316,13 @@ impl ParquetSource {
     /// Decodes the given row groups in that order, keeping only the named top-level columns,
     /// and hands each batch to `each` as it is decoded: memory holds one batch, not the row
     /// groups. No batch spans two row groups. The first error of `each` stops the reading and
-    /// is returned.
+    /// is returned. Only the decoding runs under the panic guard (see [`guarded`]), not `each`.
     pub fn read_each<E: From<IoError>>(
         &self,
         row_groups: &[usize],
         columns: &[&str],
         mut each: impl FnMut(RecordBatch) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut failed: Option<E> = None;
-        let mut each = |batch| match each(batch) {
-            Ok(()) => true,
-            Err(e) => {
-                failed = Some(e);
-                false
-            }
-        };
-        let decoded = guarded(&self.url(), || self.read_unguarded(row_groups, columns, &mut each));
-        match failed {
-            Some(e) => Err(e),
-            None => decoded.map_err(E::from),
-        }
-    }
-
-    /// Decodes into `each` until it returns false.
-    fn read_unguarded(
-        &self,
-        row_groups: &[usize],
-        columns: &[&str],
-        each: &mut dyn FnMut(RecordBatch) -> bool,
-    ) -> Result<(), IoError> {
         let url = self.url();
         let mut indices = Vec::with_capacity(columns.len());
         for column in columns {
@@ -365,34 +340,39 @@ impl ParquetSource {
                     "the file is {} bytes, it was {} when the run was planned",
                     file.len(),
                     self.size
-                ))));
+                )))
+                .into());
             }
-            let meta = footer_of(&file)
-                .and_then(|footer| arrow_metadata(footer, file.len() as u64))
-                .map_err(parquet_error)?;
+            let meta = guarded(&url, || {
+                footer_of(&file)
+                    .and_then(|footer| arrow_metadata(footer, file.len() as u64))
+                    .map_err(parquet_error)
+            })?;
             let mask =
                 ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
             // A reader per row group: batches never span two, so a caller knows when each is
             // complete (as with the stream below).
             for &row_group in row_groups {
-                let reader =
+                let mut reader = guarded(&url, || {
                     ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), meta.clone())
                         .with_row_groups(vec![row_group])
                         .with_projection(mask.clone())
                         .with_batch_size(READ_BATCH_ROWS)
                         .build()
-                        .map_err(parquet_error)?;
-                for batch in reader {
-                    let batch = batch
-                        .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())))?;
-                    if !each(batch) {
-                        return Ok(());
-                    }
+                        .map_err(parquet_error)
+                })?;
+                while let Some(batch) = guarded(&url, || {
+                    reader
+                        .next()
+                        .transpose()
+                        .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())))
+                })? {
+                    each(batch)?;
                 }
             }
             return Ok(());
         };
-        let meta = arrow_metadata(footer, self.size).map_err(parquet_error)?;
+        let meta = guarded(&url, || arrow_metadata(footer, self.size).map_err(parquet_error))?;
         let (store, path) = self.location.resolve(&self.path)?;
         let reader = ObjectReader { store, path, metadata: meta.metadata().clone() };
         let mask = ProjectionMask::roots(meta.metadata().file_metadata().schema_descr(), indices);
@@ -400,15 +380,13 @@ impl ParquetSource {
             .with_row_groups(row_groups.to_vec())
             .with_projection(mask)
             .with_batch_size(READ_BATCH_ROWS);
-        let mut stream = builder.build().map_err(parquet_error)?;
+        let mut stream = guarded(&url, || builder.build().map_err(parquet_error))?;
         // One batch per trip into the runtime: `each` runs outside it, free to block on
         // storage itself (a scored chunk's upload).
-        while let Some(batch) =
-            self.location.block_on(async { stream.try_next().await.map_err(parquet_error) })?
-        {
-            if !each(batch) {
-                break;
-            }
+        while let Some(batch) = guarded(&url, || {
+            self.location.block_on(async { stream.try_next().await.map_err(parquet_error) })
+        })? {
+            each(batch)?;
         }
         Ok(())
     }
@@ -421,124 +399,6 @@ fn int_statistics(column: &ColumnChunkMetaData) -> Option<(i64, i64)> {
         Statistics::Int32(s) => Some((i64::from(*s.min_opt()?), i64::from(*s.max_opt()?))),
         _ => None,
     }
-}
-
-/// How Parquet output is encoded.
-#[derive(Debug, Clone)]
-pub struct WriteOptions {
-    /// Rows per row group: small enough for statistics to prune, large enough to compress well.
-    pub row_group_rows: usize,
-    /// Key-value pairs stored in the file footer.
-    pub metadata: Vec<(String, String)>,
-    /// The compression codec of every column.
-    pub codec: ParquetCodec,
-    /// Where min/max statistics are kept.
-    pub statistics: ParquetStatistics,
-}
-
-impl Default for WriteOptions {
-    fn default() -> Self {
-        Self {
-            row_group_rows: 128 * 1024,
-            metadata: Vec::new(),
-            codec: ParquetCodec::default(),
-            statistics: ParquetStatistics::default(),
-        }
-    }
-}
-
-/// A Parquet compression codec every mainstream reader (pyarrow, DuckDB, Spark 3, polars)
-/// decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParquetCodec {
-    /// zstd at a level from 1 (fastest) to 22 (smallest).
-    Zstd(i32),
-    /// Snappy: fast, larger files.
-    Snappy,
-    /// No compression.
-    Uncompressed,
-}
-
-impl Default for ParquetCodec {
-    /// zstd level 1: on scored parts, files within 0.4 % of level 3's size (sensor readings and
-    /// scores are near-random doubles; the gain is in ids, timestamps and strings, which the
-    /// fastest level already finds), encoded 10-15 % faster; snappy would write 10 % bigger
-    /// files (docs/benchmarks.md, "The write path").
-    fn default() -> Self {
-        Self::Zstd(1)
-    }
-}
-
-/// Where the writer keeps min/max statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ParquetStatistics {
-    /// Per column chunk (row group), in the footer: what readers prune row groups with.
-    Chunk,
-    /// Per page as well, in the page index: finer pruning for readers that use it, more to
-    /// compute and a bigger footer.
-    #[default]
-    Page,
-}
-
-/// Encodes batches as one Parquet file in memory (by default zstd, statistics per page).
-///
-/// The bytes depend only on the batches and options, so a rerun writes identical files.
-pub fn encode_parquet(
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    options: &WriteOptions,
-) -> Result<Bytes, IoError> {
-    let encode =
-        |source: ParquetError| IoError::Encode { what: "Parquet".into(), source: Box::new(source) };
-    let props = writer_properties(options, schema).map_err(encode)?;
-    let mut buffer = Vec::new();
-    let mut writer =
-        ArrowWriter::try_new(&mut buffer, schema.clone(), Some(props)).map_err(encode)?;
-    for batch in batches {
-        writer.write(batch).map_err(encode)?;
-    }
-    writer.close().map_err(encode)?;
-    Ok(Bytes::from(buffer))
-}
-
-/// The writer settings of every Parquet file batchscore writes.
-///
-/// Dictionary encoding is on only for string and integer columns (device ids, sensors, model
-/// versions), where values repeat. Floats and timestamps are nearly all distinct: a dictionary
-/// would hash every value only to fall back to plain encoding (measured: a tenth of a scoring
-/// run's CPU went to the dictionary's hash table).
-pub(crate) fn writer_properties(
-    options: &WriteOptions,
-    schema: &SchemaRef,
-) -> Result<WriterProperties, ParquetError> {
-    let kv: Vec<KeyValue> =
-        options.metadata.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect();
-    let compression = match options.codec {
-        ParquetCodec::Zstd(level) => Compression::ZSTD(ZstdLevel::try_new(level)?),
-        ParquetCodec::Snappy => Compression::SNAPPY,
-        ParquetCodec::Uncompressed => Compression::UNCOMPRESSED,
-    };
-    let statistics = match options.statistics {
-        ParquetStatistics::Chunk => EnabledStatistics::Chunk,
-        ParquetStatistics::Page => EnabledStatistics::Page,
-    };
-    let mut builder = WriterProperties::builder()
-        .set_compression(compression)
-        .set_statistics_enabled(statistics)
-        .set_max_row_group_row_count(Some(options.row_group_rows.max(1)))
-        .set_key_value_metadata((!kv.is_empty()).then_some(kv))
-        .set_dictionary_enabled(false);
-    for field in schema.fields() {
-        let repeats = matches!(
-            field.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Dictionary(..)
-        ) || field.data_type().is_integer();
-        if repeats {
-            builder = builder
-                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
-        }
-    }
-    Ok(builder.build())
 }
 
 /// Runs the decoding of one file, turning a panic of the parquet crate into an error of that
@@ -580,52 +440,14 @@ fn decode_parquet_unguarded(url: &str, bytes: Bytes) -> Result<Vec<RecordBatch>,
         .map_err(|e| parquet_error(ParquetError::ArrowError(e.to_string())))
 }
 
-/// Encodes batches as CSV with a header row; UTC timestamps are written as RFC 3339.
-pub fn encode_csv(batches: &[RecordBatch]) -> Result<Bytes, IoError> {
-    let encode =
-        |e: arrow::error::ArrowError| IoError::Encode { what: "CSV".into(), source: Box::new(e) };
-    let mut buffer = Vec::new();
-    {
-        let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buffer);
-        for batch in batches {
-            writer.write(&utc_as_offset(batch).map_err(encode)?).map_err(encode)?;
-        }
-    }
-    Ok(Bytes::from(buffer))
-}
-
-/// Re-tags `UTC` timestamp columns as `+00:00`: the CSV writer formats offset time zones
-/// without the time-zone database (which would add a large dependency), and the instants are
-/// the same.
-pub(crate) fn utc_as_offset(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
-    use arrow::datatypes::{DataType, Field, Schema};
-    let schema = batch.schema();
-    let mut fields = Vec::with_capacity(schema.fields().len());
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        match field.data_type() {
-            DataType::Timestamp(unit, Some(tz))
-                if matches!(tz.as_ref(), "UTC" | "Z" | "Etc/UTC") =>
-            {
-                let data_type = DataType::Timestamp(*unit, Some("+00:00".into()));
-                columns.push(arrow::compute::cast(column, &data_type)?);
-                fields.push(Field::new(field.name(), data_type, field.is_nullable()));
-            }
-            _ => {
-                columns.push(column.clone());
-                fields.push(field.as_ref().clone());
-            }
-        }
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encode::{ParquetCodec, ParquetStatistics, WriteOptions, encode_parquet};
     use crate::{Location, Storage};
     use arrow::array::{Float64Array, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::basic::{Compression, ZstdLevel};
 
     fn batch(devices: Vec<i64>) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![

@@ -15,7 +15,7 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use parquet::arrow::ArrowWriter;
 use sha2::{Digest, Sha256};
 
-use crate::parquet_io::writer_properties;
+use crate::encode::{utc_as_offset, writer_properties};
 use crate::{IoError, Location, WriteOptions};
 
 /// Blocks of one upload in flight at once: enough to overlap encoding with sending, and memory
@@ -265,7 +265,7 @@ impl ObjectWriter<'_> {
             Encoder::Parquet(w) => w.write(batch).map_err(|e| Box::new(e) as _),
             Encoder::Csv { sink, header } => {
                 let mut buffer = Vec::new();
-                let encoded = crate::parquet_io::utc_as_offset(batch).and_then(|b| {
+                let encoded = utc_as_offset(batch).and_then(|b| {
                     arrow::csv::WriterBuilder::new()
                         .with_header(*header)
                         .build(&mut buffer)
