@@ -103,11 +103,6 @@ impl EncodedModel {
         };
         Ok(Self { entry, file })
     }
-
-    /// The model's key.
-    pub fn key(&self) -> &ModelKey {
-        &self.entry.key
-    }
 }
 
 /// Parses and checks an index (`index.json` or a generation).
