@@ -7,7 +7,9 @@ use std::process::Command;
 
 use crate::common::*;
 
-fn python() -> Option<String> {
+/// The test suite's Python (scripts/python-env.sh), or None where the suite does not ask for
+/// the Python tests.
+pub(crate) fn python() -> Option<String> {
     let python = std::env::var("BATCHSCORE_PYTHON").ok();
     if python.is_none() {
         assert!(

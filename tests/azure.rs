@@ -63,19 +63,28 @@ fn remote_manifest(endpoint: &str, run_prefix: &str) -> serde_json::Value {
     serde_json::from_slice(&get_blob(endpoint, &format!("{run_prefix}/_SUCCESS"))).unwrap()
 }
 
+/// The blob name of `run_prefix`'s drift table: beside the run's folder, in
+/// `OUTPUT/_runs/RUN_ID/`.
+fn drift_table_of(run_prefix: &str) -> String {
+    let (output, run) = run_prefix.rsplit_once('/').unwrap();
+    format!("{output}/_runs/{run}/drift.parquet")
+}
+
 /// Checks a committed run on Azurite: every part the manifest names is a blob of the recorded
-/// size, and no other part blob exists (the drift table sits beside them). Returns the scored
-/// rows.
+/// size, no other Parquet blob is in the run's folder (the drift table sits beside it), and
+/// the manifest names the drift table where it is. Returns the scored rows.
 pub(crate) fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
     let m = remote_manifest(endpoint, run_prefix);
     let blobs = list_blobs(endpoint, &format!("{run_prefix}/"));
     let parts: Vec<(String, u64)> = blobs
         .iter()
-        .filter(|(name, _)| name.ends_with(".parquet") && !name.contains("/_"))
+        .filter(|(name, _)| name.ends_with(".parquet"))
         .map(|(name, size)| (name[run_prefix.len() + 1..].to_string(), *size))
-        .filter(|(name, _)| name != "drift.parquet")
         .collect();
-    assert!(m["drift"]["table"] == "drift.parquet", "the manifest counts the drift table: {m}");
+    let table = m["drift"]["table"].as_str().unwrap_or_default();
+    let (output, _) = run_prefix.rsplit_once('/').unwrap();
+    assert_eq!(format!("{output}/{table}"), drift_table_of(run_prefix), "{m}");
+    assert!(!get_blob(endpoint, &drift_table_of(run_prefix)).is_empty());
     let named: Vec<(String, u64)> = m["parts"]
         .as_array()
         .unwrap()
@@ -89,17 +98,18 @@ pub(crate) fn check_run(endpoint: &str, run_prefix: &str) -> Scored {
 /// Part files, receipts, drift partials and the drift table of a run: the bytes that must not
 /// depend on faults or attempts.
 pub(crate) fn committed_bytes(endpoint: &str, run_prefix: &str) -> Vec<(String, Vec<u8>)> {
-    list_blobs(endpoint, &format!("{run_prefix}/"))
+    let mut objects: Vec<(String, Vec<u8>)> = list_blobs(endpoint, &format!("{run_prefix}/"))
         .into_iter()
         .filter(|(name, _)| {
             name.ends_with(".parquet") || name.contains("/_receipts/") || name.contains("/_drift/")
         })
-        .filter(|(name, _)| !name.contains("/_failures/"))
         .map(|(name, _)| {
             let bytes = get_blob(endpoint, &name);
             (name[run_prefix.len() + 1..].to_string(), bytes)
         })
-        .collect()
+        .collect();
+    objects.push(("drift table".into(), get_blob(endpoint, &drift_table_of(run_prefix))));
+    objects
 }
 
 #[test]

@@ -243,7 +243,9 @@ fn azure_batch_one_off_job_and_its_tasks() {
     assert_eq!(job["id"], "nightly-20260101T000000Z");
     assert_eq!(job["poolInfo"]["poolId"], "scoring");
     assert_eq!(job["onAllTasksComplete"], "noaction", "a job without tasks counts as complete");
-    let tasks = plan["tasks"]["value"].as_array().unwrap();
+    // Regression: `{"value": [...]}` was taken by `az batch task create --json-file` as one
+    // task without an id; a plain array is added as a collection.
+    let tasks = plan["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 3);
     // Each task as Batch runs it: its command line split into words (here by `sh`, which splits
     // it the same way), the index and count only in its environment settings.

@@ -46,7 +46,10 @@ fn a_device_without_a_model_fails_alone() {
         .collect();
     assert_eq!(failed, vec![8, 9]);
     assert_eq!(m["totals"]["rows"], 8 * ROWS as u64);
-    let table = read_parquet(&run.join(m["failures_tables"][0].as_str().unwrap()));
+    // Recorded relative to the output, beside the run's folder.
+    let recorded = m["failures_tables"][0].as_str().unwrap();
+    assert!(recorded.starts_with("_runs/"), "{recorded}");
+    let table = read_parquet(&run.parent().unwrap().join(recorded));
     assert_eq!(table[0].num_rows(), 2);
     // ... and within a tolerance the same committed run exits 0.
     let mut tolerant = args.to_vec();

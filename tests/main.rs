@@ -4,6 +4,7 @@
 mod aggregate;
 mod azure;
 mod azure_batch;
+mod bounds;
 mod common;
 mod drift;
 mod engines;
@@ -12,6 +13,7 @@ mod failures;
 mod hostile;
 mod interrupt;
 mod pipeline;
+mod readers;
 mod reference;
 mod report;
 mod serve;

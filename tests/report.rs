@@ -152,6 +152,50 @@ fn a_run_that_scored_nothing_still_has_a_report() {
     assert!(html.contains("No rows were scored.") && html.ends_with("</html>\n"), "{html}");
 }
 
+/// Opens `page` in headless Chromium (scripts/browser/check-report.mjs): what rendered, as JSON.
+/// The page's screenshot is kept as `NAME` among the suite's artefacts
+/// (`target/tmp/report-artefacts/`), to look at as a person would.
+fn open_in_chromium(browser: &str, page: &Path, name: &str) -> serde_json::Value {
+    let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-artefacts");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    let shot = artefacts.join(name);
+    let out = Command::new("node")
+        .arg(Path::new(browser).join("check-report.mjs"))
+        .arg(page)
+        .arg(&shot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot of the page");
+    eprintln!("screenshot: {}", shot.display());
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// The chart's bars of the anomaly colour, as the page lays them out.
+fn anomaly_bars(chart: &serde_json::Value) -> Vec<(f64, f64, f64, f64)> {
+    chart["bars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["fill"] == "#d62728")
+        .map(|b| {
+            let f = |k: &str| b[k].as_f64().unwrap();
+            (f("x"), f("y"), f("width"), f("height"))
+        })
+        .collect()
+}
+
+/// An axis label that is a count written with decimals (`2500.0`).
+fn decimal_count(label: &str) -> bool {
+    let digits = label.replace(',', "");
+    digits.split_once('.').is_some_and(|(whole, fraction)| {
+        !whole.is_empty()
+            && whole.bytes().all(|b| b.is_ascii_digit())
+            && fraction.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
 /// The browser check's directory (scripts/browser), or None where the suite does not ask for
 /// the browser test.
 fn browser() -> Option<String> {
@@ -172,17 +216,10 @@ fn the_html_report_renders_in_chromium_without_errors_or_requests() {
     let dir = tempdir();
     let (output, run_id) = drifted_run_with_a_failure(dir.path());
     let written = expect_code(&["report", "--output", &output, "--run-id", &run_id], 0);
-    let page = Path::new(&output).join(&run_id).join("report.html");
-    assert!(written.contains("report.html"), "{written}");
-
-    let out = Command::new("node")
-        .arg(Path::new(&browser).join("check-report.mjs"))
-        .arg(&page)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // Beside the run's other tables, not in the folder readers take for scored rows.
+    let page = Path::new(&output).join("_runs").join(&run_id).join("report.html");
+    assert!(written.contains("_runs") && written.contains("report.html"), "{written}");
+    let r = open_in_chromium(&browser, &page, "report.png");
     assert_eq!(r["console"], serde_json::json!([]), "console messages");
     assert_eq!(r["pageErrors"], serde_json::json!([]), "page errors");
     let requests = r["requests"].as_array().unwrap();
@@ -209,6 +246,23 @@ fn the_html_report_renders_in_chromium_without_errors_or_requests() {
             assert!(svg["shapes"].as_u64().unwrap() > 10, "{name}: {svg}");
         }
     }
+    // Regression: the highest-rates bars were drawn as a staircase, each filled to the chart's
+    // top; each is now a bar of its own row, highest rate on top, as long as its rate.
+    let bars = anomaly_bars(&charts["topSeries"][0]);
+    assert_eq!(bars.len(), 20, "{bars:?}");
+    for pair in bars.windows(2) {
+        let ((_, y0, w0, h0), (_, y1, w1, h1)) = (pair[0], pair[1]);
+        assert!((h0 - h1).abs() <= 1.0 && h0 < 22.0, "rows of one height: {bars:?}");
+        assert!(y1 > y0 + h0 - 0.5, "one below the other, not overlapping: {bars:?}");
+        assert!(w1 <= w0 + 0.5, "highest rate first: {bars:?}");
+    }
+    // Regression: counts were labelled with decimals (`2500.0` rows).
+    for name in ["perHour", "scores"] {
+        let texts = charts[name][0]["texts"].as_array().unwrap();
+        let decimals: Vec<_> =
+            texts.iter().filter_map(|t| t.as_str()).filter(|t| decimal_count(t)).collect();
+        assert!(decimals.is_empty(), "{name}: {decimals:?}");
+    }
     let labels = charts["topSeries"][0]["texts"].to_string();
     let top = report_json(&output, &run_id);
     assert!(labels.contains(top["top_series"][0]["key"].as_str().unwrap()), "{labels}");
@@ -233,4 +287,27 @@ fn the_html_report_renders_in_chromium_without_errors_or_requests() {
     assert_eq!(failures[0][2], "model_invalid");
     let summary = tables["summary"].to_string();
     assert!(summary.contains("3 devices drifted, PSI > 0.25"), "{summary}");
+}
+
+/// Regression: a one-hour run's "anomalies per hour" chart was one bar the width of the chart.
+#[test]
+fn a_one_hour_run_draws_one_narrow_bar() {
+    let Some(browser) = browser() else { return };
+    let f = fixture();
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let window = ["--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T01:00:00Z"];
+    let mut args = vec!["--run-id", "hour"];
+    args.extend(window);
+    run_job(&f.readings(), &f.registry(), &output, &args, 0);
+    let r = report_json(&output, "hour");
+    assert_eq!(r["per_hour"].as_array().unwrap().len(), 1, "{}", r["per_hour"]);
+    expect_code(&["report", "--output", &output, "--run-id", "hour"], 0);
+    let page = Path::new(&output).join("_runs/hour/report.html");
+    let r = open_in_chromium(&browser, &page, "one-hour-report.png");
+    let chart = &r["charts"]["perHour"][0];
+    let width = chart["size"][0].as_f64().unwrap();
+    let bars = anomaly_bars(chart);
+    assert_eq!(bars.len(), 1, "{bars:?}");
+    assert!(bars[0].2 < width / 8.0, "a bar of {} px in a chart of {width} px", bars[0].2);
 }

@@ -106,7 +106,7 @@ fn aggregate_spec(
     let shard =
         Shard::new(args.shard_index.unwrap_or(0), args.shard_count.unwrap_or(1)).map_err(usage)?;
     let threads = threads(args.input.threads.or(config.run.threads))?;
-    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config);
+    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config)?;
     let mut settings = c.raw;
     if let Some(map) = settings.as_object_mut() {
         map.remove("registry");

@@ -121,9 +121,7 @@ pub fn plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
         )
         .into());
     }
-    if args.shards == 0 {
-        return Err(UsageError("--shards must be at least 1".into()).into());
-    }
+    crate::runs::check_shards(args.shards)?;
     let template = task_template(&args.azure, args.image.clone(), args.retries)?;
     let env = environment(args)?;
     let now = Utc::now();
@@ -235,9 +233,7 @@ fn batch_env(name: &'static str) -> Result<String, batchscore_batch::azure::Batc
 /// `batch fan-out`: the job manager of an Azure Batch job.
 pub fn fan_out(args: &FanOutArgs, printer: Printer) -> Result<u8> {
     check_pass_through(&args.run_args)?;
-    if args.shards == 0 {
-        return Err(UsageError("--shards must be at least 1".into()).into());
-    }
+    crate::runs::check_shards(args.shards)?;
     let account = batch_env("AZ_BATCH_ACCOUNT_URL")?;
     let job_id = batch_env("AZ_BATCH_JOB_ID")?;
     let template = task_template(&args.task, args.image.clone(), args.retries)?;

@@ -89,8 +89,14 @@ pub struct ServeArgs {
     #[arg(long, env = "BATCHSCORE_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
     /// The URL callers reach this service at (behind an ingress); status URLs are built on it.
+    /// Required to listen beyond loopback: a request's Host header is never used.
     #[arg(long, env = "BATCHSCORE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+    /// Without --public-url: peers (IP addresses, comma-separated) whose X-Forwarded-Host and
+    /// X-Forwarded-Proto headers status URLs follow, e.g. a reverse proxy on this host. Other
+    /// clients' forwarded headers are ignored.
+    #[arg(long, env = "BATCHSCORE_TRUSTED_PROXIES", value_name = "IPS", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
     /// File of accepted API keys, one a line (several for rotation).
     #[arg(long, env = "BATCHSCORE_API_KEYS_FILE", value_name = "FILE")]
     pub api_keys_file: Option<String>,
@@ -168,7 +174,8 @@ pub struct AggregateArgs {
     #[arg(long, env = "BATCHSCORE_RUN_ID", value_name = "ID")]
     pub run_id: Option<String>,
     /// Window length: `5s`, `1m`, `15m`, `1h`, `1d`, `1h30m`.
-    #[arg(long, value_name = "DURATION")]
+    // Hyphen values reach the settings check, which says why `-1s` is no window length.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub every: Option<String>,
     /// Shift of the window grid from the epoch (default `0s`).
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
@@ -400,7 +407,7 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
     pub format: ReportFormat,
     /// Where to write it: a file or URL, or `-` for stdout. Default: `report.html` (or
-    /// `report.json`) in the run's directory.
+    /// `report.json`) in the run's tables folder, `OUTPUT/_runs/RUN_ID/`.
     #[arg(long, value_name = "URL")]
     pub to: Option<String>,
 }

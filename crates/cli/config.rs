@@ -94,6 +94,7 @@ pub struct TrainSection {
 pub struct ServeSection {
     pub listen: Option<String>,
     pub public_url: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub api_keys_file: Option<String>,
     pub entra_tenant: Option<String>,
     pub jwt_jwks_url: Option<String>,

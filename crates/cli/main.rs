@@ -115,8 +115,15 @@ fn dispatch(
     let config = ConfigFile::resolve(cli.config.as_deref(), !cli.no_config, &cwd)?;
     let options = settings::storage_options(&cli.storage_options, &config, std::env::vars())?;
     let storage = slot.insert(Storage::with_options(options)?);
-    *received =
-        Some(signals::install(storage.canceller()).context("cannot install signal handlers")?);
+    // The service finishes its requests in flight after a signal; every other command is a job
+    // that answers a signal within a second.
+    let grace = match cli.command {
+        Command::Serve(_) => None,
+        _ => Some(signals::JOB_GRACE),
+    };
+    *received = Some(
+        signals::install(storage.canceller(), grace).context("cannot install signal handlers")?,
+    );
     match &cli.command {
         Command::Run(args) => commands::run(args, &config, storage, printer),
         Command::Train(args) => commands::train(args, &config, storage, printer),

@@ -11,6 +11,23 @@ use crate::cli::{ReportArgs, ReportFormat};
 use crate::config::ConfigFile;
 use crate::printer::Printer;
 use crate::runs::output_location;
+use crate::usage::UsageError;
+
+/// A `--to` that names a local directory, or ends in `/`, names no file to write.
+fn check_target(to: &str) -> Result<(), UsageError> {
+    let local = match to.strip_prefix("file://") {
+        Some(path) => Some(path),
+        None if !to.contains("://") => Some(to),
+        None => None,
+    };
+    if to.ends_with('/') || local.is_some_and(|p| std::path::Path::new(p).is_dir()) {
+        return Err(UsageError(format!(
+            "--to {to} is a directory: name the file to write, e.g. {}/report.html",
+            to.trim_end_matches('/')
+        )));
+    }
+    Ok(())
+}
 
 pub fn report(
     args: &ReportArgs,
@@ -21,7 +38,11 @@ pub fn report(
     let started = Instant::now();
     let output = output_location(args.output.as_deref(), config, storage)?;
     let (run_dir, manifest) = batchscore_scheduler::completed_run(&output, &args.run_id)?;
-    let report = RunReport::build(&run_dir, &manifest)?;
+    // Checked before the run is read: a wrong --to is a usage error, not a failure after minutes.
+    if let Some(to) = args.to.as_deref() {
+        check_target(to)?;
+    }
+    let report = RunReport::build(&output, &run_dir, &manifest)?;
     let (text, name) = match args.format {
         ReportFormat::Html => (html::render(&report)?, "report.html"),
         ReportFormat::Json => (serde_json::to_string_pretty(&report)? + "\n", "report.json"),
@@ -45,9 +66,11 @@ pub fn report(
             location.url_of(file)
         }
         None => {
-            // Reports can be rebuilt: a later one replaces the earlier.
-            run_dir.put(name, bytes.into())?;
-            run_dir.url_of(name)
+            // Beside the run's other tables, out of the way of readers of its folder. Reports
+            // can be rebuilt: a later one replaces the earlier.
+            let dir = batchscore_scheduler::tables_dir(&output, &manifest.run_id)?;
+            dir.put(name, bytes.into())?;
+            dir.url_of(name)
         }
     };
     printer.out(&format!(

@@ -72,10 +72,21 @@ pub fn parse_shard_command(run_args: &[String], shards: u32) -> Result<Cli, Usag
     })
 }
 
+/// Refuses a shard count no run can have, before anything is built for it.
+pub fn check_shards(shards: u32) -> Result<(), UsageError> {
+    if shards == 0 {
+        return Err(UsageError("--shards must be at least 1".into()));
+    }
+    batchscore_scheduler::Shard::new(0, shards)
+        .map_err(|e| UsageError(format!("--shards: {e}")))?;
+    Ok(())
+}
+
 /// `batchscore batch plan`: the job for one run as shards of an engine's array construct.
 pub fn batch_plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
     use batchscore_batch::{Engine, JobSpec};
     check_pass_through(&args.run_args)?;
+    check_shards(args.shards)?;
     if args.target == TargetArg::AzureBatch {
         return crate::azure::plan(args, printer);
     }

@@ -127,6 +127,18 @@ fn serve_config(args: &ServeArgs, config: &ConfigFile) -> Result<ServeConfig, Us
         .or_else(|| s.public_url.clone())
         .map(|u| url::Url::parse(&u).map_err(|e| UsageError(format!("--public-url {u}: {e}"))))
         .transpose()?;
+    let trusted_proxies = args
+        .trusted_proxies
+        .clone()
+        .or_else(|| s.trusted_proxies.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|ip| {
+            ip.trim()
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| UsageError(format!("--trusted-proxies: `{ip}` is not an IP address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let defaults = Limits::default();
     let positive = |name: &str, n: usize| match n {
         0 => Err(UsageError(format!("--{name} must be at least 1"))),
@@ -182,6 +194,7 @@ fn serve_config(args: &ServeArgs, config: &ConfigFile) -> Result<ServeConfig, Us
     Ok(ServeConfig {
         listen,
         public_url,
+        trusted_proxies,
         limits,
         cache_bytes: parse_size(&cache)? as u64,
         registry_refresh,

@@ -418,7 +418,7 @@ pub fn run_spec(
         .unwrap_or_else(|| "0".into());
     let max_failed = MaxFailed::parse(&max_failed).map_err(usage)?;
     let threads = threads(args.input.threads.or(config.run.threads))?;
-    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config);
+    let (min_part_rows, max_part_rows) = part_rows(args.min_part_rows, args.max_part_rows, config)?;
     let output_spec = OutputSpec {
         profile: match args.profile {
             Some(ProfileArg::Scored) => OutputProfile::Scored,
@@ -499,11 +499,32 @@ pub(crate) fn aggregation(
     Aggregation::new(section, sensors.as_deref()).map_err(usage)
 }
 
-/// Bounds on rows per work unit: flags (and their environment) > `[run]` > defaults.
-pub(crate) fn part_rows(min: Option<u64>, max: Option<u64>, config: &ConfigFile) -> (u64, u64) {
-    let min = min.or(config.run.min_part_rows).unwrap_or(DEFAULT_MIN_PART_ROWS).max(1);
-    let max = max.or(config.run.max_part_rows).unwrap_or(DEFAULT_MAX_PART_ROWS).max(min);
-    (min, max)
+/// Bounds on rows per work unit: flags (and their environment) > `[run]` > defaults. A bound
+/// of 0, or a maximum set below a set minimum, is refused; a default bound gives way to the
+/// other one set.
+pub(crate) fn part_rows(
+    min: Option<u64>,
+    max: Option<u64>,
+    config: &ConfigFile,
+) -> Result<(u64, u64), UsageError> {
+    let (min, max) = (min.or(config.run.min_part_rows), max.or(config.run.max_part_rows));
+    for (name, value) in [("min_part_rows", min), ("max_part_rows", max)] {
+        if value == Some(0) {
+            return Err(UsageError(format!(
+                "{name} is 0: a work unit holds at least one row (`--{}`)",
+                name.replace('_', "-")
+            )));
+        }
+    }
+    match (min, max) {
+        (Some(min), Some(max)) if max < min => {
+            Err(UsageError(format!("max_part_rows ({max}) is below min_part_rows ({min})")))
+        }
+        (Some(min), Some(max)) => Ok((min, max)),
+        (Some(min), None) => Ok((min, DEFAULT_MAX_PART_ROWS.max(min))),
+        (None, Some(max)) => Ok((DEFAULT_MIN_PART_ROWS.min(max), max)),
+        (None, None) => Ok((DEFAULT_MIN_PART_ROWS, DEFAULT_MAX_PART_ROWS)),
+    }
 }
 
 fn max_samples(text: &str) -> Result<MaxSamples, UsageError> {

@@ -1,7 +1,11 @@
 //! SIGINT and SIGTERM: the first one cancels the storage (no new units start, requests in
 //! flight are dropped, multipart uploads aborted) so the job stops at its next step and says how
-//! to resume; a second one ends the process at once. Azure Batch, Kubernetes and Slurm send
-//! SIGTERM before they kill a task, so a stopped task leaves only committed units behind.
+//! to resume; a second one ends the process at once. A job whose current step does not stop
+//! within [`JOB_GRACE`] (a polars computation, a write to a stalled disk) is ended then: every
+//! object is committed whole or not at all, so ending the process loses only uncommitted work,
+//! and schedulers that send SIGTERM get their answer within a second. Azure Batch, Kubernetes
+//! and Slurm send SIGTERM before they kill a task, so a stopped task leaves only committed units
+//! behind.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -36,8 +40,15 @@ pub fn name(signal: i32) -> &'static str {
     }
 }
 
-/// Installs the handlers; the first SIGINT or SIGTERM cancels `canceller`.
-pub fn install(canceller: Canceller) -> std::io::Result<Received> {
+/// How long a job has to stop on its own after the first signal before the process ends.
+pub const JOB_GRACE: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Installs the handlers; the first SIGINT or SIGTERM cancels `canceller`, and, with a
+/// `grace`, ends the process once that has passed.
+pub fn install(
+    canceller: Canceller,
+    grace: Option<std::time::Duration>,
+) -> std::io::Result<Received> {
     let received = Received::default();
     let armed = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
@@ -59,6 +70,16 @@ pub fn install(canceller: Canceller) -> std::io::Result<Received> {
                 "stopping: no new units; uploads in flight are aborted"
             );
             canceller.cancel();
+            if let Some(grace) = grace {
+                std::thread::sleep(grace);
+                crate::printer::Printer { quiet: false }.note(&format!(
+                    "stopped by {}: the step in progress did not stop within {} ms and was \
+                     ended; what was committed stays, and the same command resumes",
+                    name(signal),
+                    grace.as_millis()
+                ));
+                std::process::exit(i32::from(exit_code(signal)));
+            }
         }
     })?;
     Ok(received)

@@ -131,6 +131,11 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The folder of a run's other tables and report: `OUTPUT/_runs/RUN_ID/` for `OUTPUT/RUN_ID`.
+pub fn run_tables(run: &Path) -> PathBuf {
+    run.parent().unwrap().join("_runs").join(run.file_name().unwrap())
+}
+
 /// Reads every batch of a Parquet file.
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     let file = std::fs::File::open(path).unwrap();
@@ -142,10 +147,13 @@ pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
         .collect()
 }
 
-/// The single run directory under `output`.
+/// The single run directory under `output` (`_runs/`, the runs' tables, is not one).
 pub fn run_dir(output: &Path) -> PathBuf {
-    let mut dirs: Vec<PathBuf> =
-        std::fs::read_dir(output).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(output)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')))
+        .collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
     dirs.pop().unwrap()
 }

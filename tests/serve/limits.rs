@@ -144,6 +144,18 @@ fn oversize_malformed_and_out_of_bounds_requests_are_refused_with_reasons() {
         ),
         ("/v1/score", "".into(), StatusCode::BAD_REQUEST, "empty_body", "no body"),
         ("/v1/score", "\u{0}\u{1}".into(), StatusCode::BAD_REQUEST, "malformed_json", "line 1"),
+        // Regression: `[]` filled the request's fields by position and started a run of every
+        // device.
+        ("/v1/runs", "[]".into(), StatusCode::BAD_REQUEST, "malformed_json", "JSON object"),
+        (
+            "/v1/runs",
+            " [\"0..5\"]".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "JSON object",
+        ),
+        ("/v1/runs", "\"all\"".into(), StatusCode::BAD_REQUEST, "malformed_json", "JSON object"),
+        ("/v1/score", "[[]]".into(), StatusCode::BAD_REQUEST, "malformed_json", "JSON object"),
         (
             "/v1/runs",
             json!({"input": "/etc"}).to_string(),
@@ -211,4 +223,57 @@ fn oversize_malformed_and_out_of_bounds_requests_are_refused_with_reasons() {
         !Path::new(&output).join("_requests").exists()
             || std::fs::read_dir(Path::new(&output).join("_requests")).unwrap().count() == 0
     );
+}
+
+/// Regression: a `POST /v1/runs` whose body came a byte every half second held its connection
+/// past 45 s; the request timeout covered scoring only. Every route now answers 408 after it.
+#[test]
+fn a_trickled_body_on_any_route_is_cut_off_at_the_request_timeout() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let mut args = fixture_args(&output);
+    args.extend(["--request-timeout", "2s"].map(String::from));
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let body = r#"{"devices": "0..2", "run_id": "trickled"}"#;
+    let stream = sent_head(&service, "/v1/runs", body.len());
+    let mut writer = stream.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        // A byte every half second, 20 at most (10 s): the server must answer long before.
+        for byte in body.as_bytes().iter().take(20) {
+            if writer.write_all(&[*byte]).and_then(|()| writer.flush()).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let mut answer = String::new();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reader = stream;
+    let _ = reader.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    trickle.join().unwrap();
+    assert!(!Path::new(&output).join("_requests/trickled.json").exists(), "no run was started");
+}
+
+/// Regression: a wrong method answered 405 with an empty body; every other error is JSON.
+#[test]
+fn a_wrong_method_is_answered_in_json() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let service = Service::start(&strs(&fixture_args(&output)), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let client = client();
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/v1/runs"),
+        (reqwest::Method::GET, "/v1/score"),
+        (reqwest::Method::PUT, "/v1/runs/x"),
+        (reqwest::Method::POST, "/healthz"),
+    ] {
+        let request = client.request(method.clone(), format!("{}{path}", service.url));
+        let (status, headers, value) = body(with_key(request).send().unwrap());
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(header(&headers, "content-type").starts_with("application/json"));
+        assert_eq!(value["error"]["code"], "method_not_allowed", "{method} {path}: {value}");
+    }
 }

@@ -185,14 +185,21 @@ fn strs(args: &[String]) -> Vec<&str> {
 /// Opens a scoring request and sends all of it but its last byte: the server has accepted it
 /// and waits for the rest.
 fn half_sent_score(service: &Service, body: &str) -> TcpStream {
+    let mut stream = sent_head(service, "/v1/score", body.len());
+    stream.write_all(&body.as_bytes()[..body.len() - 1]).unwrap();
+    stream.flush().unwrap();
+    stream
+}
+
+/// Opens a POST to `path` and sends its head only, announcing a body of `length` bytes.
+fn sent_head(service: &Service, path: &str, length: usize) -> TcpStream {
     let addr = service.url.trim_start_matches("http://");
     let mut stream = TcpStream::connect(addr).unwrap();
     let head = format!(
-        "POST /v1/score HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        length
     );
     stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(&body.as_bytes()[..body.len() - 1]).unwrap();
     stream.flush().unwrap();
     stream
 }

@@ -88,8 +88,8 @@ fn logic_apps_sequence_retries_and_conflicts_run_once() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(dirs.len(), 3, "{dirs:?}");
-    assert!(dirs.contains(&"_requests".to_string()));
+    assert_eq!(dirs.len(), 4, "{dirs:?}");
+    assert!(dirs.contains(&"_requests".to_string()) && dirs.contains(&"_runs".to_string()));
 
     let (status, _, missing) =
         body(with_key(client.get(format!("{}/v1/runs/no-such-run", service.url))).send().unwrap());
@@ -112,12 +112,21 @@ fn status_urls_follow_the_public_url_or_the_forwarded_host() {
         assert_eq!(answer.status(), StatusCode::ACCEPTED);
         header(answer.headers(), "location")
     };
-    // Behind an ingress that terminates TLS: the forwarded scheme and host.
+    // Regression: without a public URL the Location followed any client's X-Forwarded-Host
+    // (or Host), so a client could send pollers elsewhere. Only a trusted proxy's count.
     let service = Service::start(&strs(&fixture_args(&output)), &[("BATCHSCORE_API_KEYS", KEY)]);
     let forwarded =
         [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "batchscore.example.net")];
+    let own = format!("{}/v1/runs/located", service.url);
+    assert_eq!(location(&service, &forwarded), own);
+    assert_eq!(location(&service, &[("Host", "evil.example")]), own);
+    drop(service);
+    // Behind a proxy on this host that terminates TLS: its forwarded scheme and host.
+    let mut args = fixture_args(&output);
+    args.extend(["--trusted-proxies", "127.0.0.1,::1"].map(String::from));
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
     assert_eq!(location(&service, &forwarded), "https://batchscore.example.net/v1/runs/located");
-    // A Host that is not a host name is not echoed into the Location.
+    // A forwarded host that is not a host name is not echoed into the Location.
     let odd = location(&service, &[("X-Forwarded-Host", "evil.example/<script>")]);
     assert_eq!(odd, format!("{}/v1/runs/located", service.url));
     drop(service);
@@ -367,4 +376,59 @@ fn sigterm_finishes_requests_in_flight_and_leaves_the_run_resumable() {
     let (status, summary, _) = poll(&client, resumed);
     assert_eq!(status, StatusCode::OK, "{summary}");
     check_same_as_uninterrupted(&run);
+}
+
+/// Regression: `POST /v1/runs` with the run id of a run made by the CLI (or whose request
+/// record was damaged before a restart) and other devices answered 202 and then 200
+/// "complete" with the other run's summary: a Logic App took an unscored window as scored.
+/// The run's own plan and the request must agree, else 409 naming what differs.
+#[test]
+fn a_run_id_of_another_run_is_a_conflict_naming_what_differs() {
+    let f = fixture();
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    run_job(
+        &f.readings(),
+        &f.registry(),
+        &output,
+        &["--run-id", "cli-run", "--devices", "0..2"],
+        0,
+    );
+    let service = Service::start(&strs(&fixture_args(&output)), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let client = client();
+    let start = |request: &Value| {
+        body(
+            with_key(client.post(format!("{}/v1/runs", service.url))).json(request).send().unwrap(),
+        )
+    };
+    let (status, _, error) = start(&json!({"run_id": "cli-run", "devices": "5..9"}));
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["error"]["code"], "run_id_conflict");
+    assert!(error["error"]["message"].as_str().unwrap().contains("device selection"), "{error}");
+    assert!(
+        !Path::new(&output).join("_requests/cli-run.json").exists(),
+        "a refused request leaves no record that would refuse the right one"
+    );
+    // The same devices as the CLI's run: that run, answered as complete.
+    let first = start(&json!({"run_id": "cli-run", "devices": "0..2"}));
+    assert_eq!(first.0, StatusCode::ACCEPTED, "{}", first.2);
+    let (status, summary, _) = poll(&client, first);
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["totals"]["devices_scored"], 2);
+
+    // A request record damaged, the server restarted: the run's plan still decides.
+    let served = json!({"run_id": "served", "devices": "3..5"});
+    let (status, summary, _) = poll(&client, start(&served));
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    drop(service);
+    std::fs::write(Path::new(&output).join("_requests/served.json"), b"{damaged").unwrap();
+    let service = Service::start(&strs(&fixture_args(&output)), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let (status, _, error) = body(
+        with_key(client.post(format!("{}/v1/runs", service.url)))
+            .json(&json!({"run_id": "served", "devices": "10..20"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("device selection"), "{error}");
 }

@@ -255,3 +255,29 @@ fn a_changed_registry_is_picked_up_without_a_restart() {
     assert!(answer[0]["score"].is_number(), "the new model was not picked up: {answer}");
     assert_eq!(body(client.get(format!("{}/readyz", service.url)).send().unwrap()).2["models"], 6);
 }
+
+/// Regression: one `1e400` in one row failed the whole request with 400 (Stream Analytics
+/// fails its job on any status but 200 and 503), and a key given twice in a row kept its last
+/// value silently. Both are now that row's error; the other rows are scored.
+#[test]
+fn a_row_that_cannot_be_read_fails_alone() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let service = Service::start(&strs(&fixture_args(&output)), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let client = client();
+    let good = full_row(1, 20.0).to_string();
+    let huge = good.replacen("20.0", "1e400", 1);
+    let twice = good.replacen('{', r#"{"device_id": 2, "#, 1);
+    assert!(huge.contains("1e400") && twice.matches("device_id").count() == 2);
+    let request = format!(r#"{{"data": [{good}, {huge}, {twice}, {good}]}}"#);
+    let (status, _, answer) = body(
+        with_key(client.post(format!("{}/v1/score", service.url))).body(request).send().unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let rows = answer.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows[0]["score"].is_number() && rows[3]["score"] == rows[0]["score"], "{answer}");
+    assert_eq!(rows[1]["code"], "bad_value", "{answer}");
+    assert_eq!(rows[2]["code"], "bad_row", "{answer}");
+    assert!(rows[2]["error"].as_str().unwrap().contains("`device_id` appears twice"), "{answer}");
+}

@@ -50,7 +50,7 @@ pub fn template(engine: Engine, spec: &JobSpec) -> Result<String, TemplateError>
     check(spec)?;
     match engine {
         Engine::Kubernetes => kubernetes(spec),
-        Engine::Slurm => Ok(slurm(spec)),
+        Engine::Slurm => slurm(spec),
         Engine::AwsBatch => aws_batch(spec),
     }
 }
@@ -156,10 +156,20 @@ fn shell_word(word: &str) -> String {
     format!("'{}'", word.replace('\'', r"'\''"))
 }
 
-fn slurm(spec: &JobSpec) -> String {
+/// Slurm's default `MaxArraySize`: array indexes run to 1000.
+const SLURM_MAX_ARRAY_SIZE: u32 = 1001;
+
+fn slurm(spec: &JobSpec) -> Result<String, TemplateError> {
+    if spec.shards > SLURM_MAX_ARRAY_SIZE {
+        return Err(invalid(format!(
+            "{} shards: a Slurm job array has at most MaxArraySize - 1 = 1000 as its last index \
+             by default ({SLURM_MAX_ARRAY_SIZE} tasks); use fewer shards",
+            spec.shards
+        )));
+    }
     let command: Vec<String> = spec.command.iter().map(|a| shell_word(a)).collect();
     let permanent: Vec<String> = PERMANENT_EXIT_CODES.iter().map(u8::to_string).collect();
-    format!(
+    Ok(format!(
         "#!/bin/sh\n\
          # {name}: {shards} shards of one batchscore run as a Slurm job array.\n\
          # Written by `batchscore batch plan`; submit with `sbatch FILE`.\n\
@@ -188,7 +198,7 @@ fn slurm(spec: &JobSpec) -> String {
         permanent = permanent.join(", "),
         cases = permanent.join("|"),
         command = command.join(" "),
-    )
+    ))
 }
 
 fn aws_batch(spec: &JobSpec) -> Result<String, TemplateError> {
@@ -249,6 +259,11 @@ mod tests {
         }
         let one = JobSpec { shards: 1, ..spec() };
         assert!(template(Engine::AwsBatch, &one).unwrap_err().to_string().contains("2 to 10,000"));
+        // Regression: a billion shards wrote a script for a billion array tasks.
+        let slurm = |shards| template(Engine::Slurm, &JobSpec { shards, ..spec() });
+        assert!(slurm(1_000_000_000).unwrap_err().to_string().contains("MaxArraySize"));
+        assert!(slurm(1002).is_err());
+        assert!(slurm(1001).unwrap().contains("--array=0-1000%"));
         assert!(template(Engine::Kubernetes, &JobSpec { image: None, ..spec() }).is_err());
         let huge = JobSpec { shards: 100_001, ..spec() };
         assert!(template(Engine::Kubernetes, &huge).unwrap_err().to_string().contains("100000"));

@@ -509,8 +509,22 @@ impl Location {
         }
     }
 
+    /// On local disk, refuses a write into a directory that makes no files (see
+    /// `staging::probe_dir_of`) instead of letting object_store retry it forever.
+    pub(crate) fn check_writable(&self, rel: &str) -> Result<(), IoError> {
+        if !self.local {
+            return Ok(());
+        }
+        let target = std::path::Path::new("/").join(self.path(rel)?.as_ref());
+        crate::staging::probe_dir_of(&target).map_err(|e| IoError::Storage {
+            url: self.url_of(rel),
+            source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(e) },
+        })
+    }
+
     /// Writes `bytes` at `rel` in one atomic put: readers see the old object or the new one.
     pub fn put(&self, rel: &str, bytes: Bytes) -> Result<(), IoError> {
+        self.check_writable(rel)?;
         let path = self.path(rel)?;
         let store = self.store.clone();
         self.block_on(async move { store.put(&path, PutPayload::from(bytes)).await })
@@ -526,6 +540,7 @@ impl Location {
     /// that our own earlier try wrote it. Every caller treats an existing object as written by
     /// an attempt of the same plan (identical bytes, or a fingerprint it checks).
     pub fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<bool, IoError> {
+        self.check_writable(rel)?;
         let path = self.path(rel)?;
         let mut backoff = self.retry_backoff;
         let mut attempt = 0;

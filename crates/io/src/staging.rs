@@ -42,6 +42,34 @@ pub(crate) fn remove_under(dir: std::path::PathBuf) -> Result<usize, std::io::Er
     Ok(removed)
 }
 
+/// Checks that files can be made in the directory a local write of `target` would make its
+/// staging file in (or the nearest one that exists). object_store's local backend retries a
+/// create that fails with "not found" after making the parent directories, forever when the
+/// directory exists but makes no files (procfs and sysfs answer so: `--to /proc/version` hung).
+pub(crate) fn probe_dir_of(target: &std::path::Path) -> Result<(), std::io::Error> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(mut dir) = target.parent() else { return Ok(()) };
+    while !dir.exists() {
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => return Ok(()),
+        }
+    }
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".batchscore-probe-{}-{n}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot make files in {}: {e}", dir.display()),
+        )),
+    }
+}
+
 /// Whether a local write failed because a file it had made is gone: object_store reports a
 /// staging file removed before its link into place as "not found", or as a failed rename whose
 /// cause is the operating system's "no such file" (seen when a completed attempt swept the
@@ -101,5 +129,17 @@ mod tests {
         assert!(vanished(&failed(std::io::ErrorKind::NotFound)));
         assert!(!vanished(&failed(std::io::ErrorKind::PermissionDenied)));
         assert!(vanished(&IoError::NotFound { url: "x".into() }));
+    }
+
+    /// Regression: `report --to /proc/version` hung (object_store's local backend retried the
+    /// staging file's create forever); a directory that makes no files is now an error.
+    #[test]
+    fn a_directory_that_makes_no_files_is_refused() {
+        let err = probe_dir_of(std::path::Path::new("/proc/version")).unwrap_err();
+        assert!(err.to_string().contains("cannot make files in /proc"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        probe_dir_of(&dir.path().join("a/b/c.parquet")).unwrap();
+        assert!(!dir.path().join("a").exists(), "the probe makes no directories");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nor leaves files");
     }
 }

@@ -53,6 +53,7 @@ struct ObjectSink<'a> {
 
 impl<'a> ObjectSink<'a> {
     fn new(location: &'a Location, rel: &'a str) -> Result<Self, IoError> {
+        location.check_writable(rel)?;
         let (_, path) = location.resolve(rel)?;
         Ok(Self {
             location,

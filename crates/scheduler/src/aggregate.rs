@@ -169,7 +169,7 @@ fn claim(
         settings: run_level(&spec.settings, spec.shard.count()),
         plan: None,
     };
-    RunCommit::claim(spec.output.join(&run_id)?, record, spec.shard)
+    RunCommit::claim(&spec.output, record, spec.shard)
 }
 
 struct UnitContext<'a> {

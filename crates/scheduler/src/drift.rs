@@ -7,8 +7,9 @@
 //! record goes to `_drift/unit-NNNNN.bin` before its receipt, so a committed unit always has
 //! it, and an attempt that finds the unit committed needs nothing else. When the run
 //! completes, the publisher merges the counts of split series (units in order, so the figures
-//! do not depend on which shard merged), writes `drift.parquet` beside the parts, and
-//! `_SUCCESS` records its counts ([`DriftSummary`]).
+//! do not depend on which shard merged), writes the drift table in the run's tables folder
+//! (`OUTPUT/_runs/RUN_ID/drift.parquet`, where no reader of the parts takes it for scored rows),
+//! and `_SUCCESS` records its counts ([`DriftSummary`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,9 +24,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::SchedulerError;
+use crate::layout::{DRIFT_TABLE, tables_path};
 
-/// The drift table of a complete run, relative to its directory.
-pub const DRIFT_TABLE: &str = "drift.parquet";
 const DIR: &str = "_drift";
 /// Unit files are read this many at a time when the run is published.
 const READ_CONCURRENCY: usize = 16;
@@ -175,7 +175,8 @@ pub(crate) fn encode_unit(
 /// Counts of a run's drift table, recorded in `_SUCCESS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DriftSummary {
-    /// The table, relative to the run's directory.
+    /// The table, relative to the output location (`_runs/RUN_ID/drift.parquet`; runs of
+    /// earlier builds: `drift.parquet`, relative to the run's folder).
     pub table: String,
     /// Series scored, and those whose model has no drift reference (drift unknown).
     pub series: u64,
@@ -189,8 +190,9 @@ pub struct DriftSummary {
 }
 
 /// Merges every unit's partials of the run in `out` (`units` units) and writes the drift
-/// table; returns its counts.
+/// table under `output`; returns its counts.
 pub(crate) fn publish(
+    output: &Location,
     out: &Location,
     run_id: &str,
     units: usize,
@@ -250,7 +252,7 @@ pub(crate) fn publish(
     }
     let (batch, summary) = table(run_id, &merged)?;
     let bytes = encode_parquet(&batch.schema(), &[batch], &WriteOptions::default())?;
-    out.put_if_absent(DRIFT_TABLE, bytes)?;
+    output.put_if_absent(&summary.table, bytes)?;
     Ok(summary)
 }
 
@@ -311,7 +313,8 @@ fn table(
         merged.iter().map(|s| ModelKey::name(s.device, s.sensor.as_deref())).collect();
     let mut rows =
         Vec::with_capacity(lines.iter().map(|l| l.as_ref().map_or(1, |f| f.len())).sum());
-    let mut summary = DriftSummary { table: DRIFT_TABLE.into(), ..DriftSummary::default() };
+    let mut summary =
+        DriftSummary { table: tables_path(run_id, DRIFT_TABLE), ..DriftSummary::default() };
     let mut drifted = BTreeSet::new();
     for (at, (series, features)) in merged.iter().zip(&lines).enumerate() {
         summary.series += 1;
@@ -460,8 +463,8 @@ mod tests {
         seven.rows = 6;
         put(&together, 0, vec![seven, whole(9, &[feature(&values)])]);
         let read = |out: &Location| {
-            publish(out, "run-x", 2).unwrap();
-            out.get(DRIFT_TABLE).unwrap()
+            publish(out, out, "run-x", 2).unwrap();
+            out.get(&tables_path("run-x", DRIFT_TABLE)).unwrap()
         };
         assert_eq!(read(&split), read(&together));
         let batches = batchscore_io::decode_parquet("drift", read(&split)).unwrap();
@@ -479,10 +482,11 @@ mod tests {
         let out = storage.open("memory:///unknown-split").unwrap();
         put(&out, 0, vec![series(3, None), series(5, None)]);
         put(&out, 1, vec![series(5, None)]);
-        let summary = publish(&out, "run-x", 2).unwrap();
+        let summary = publish(&out, &out, "run-x", 2).unwrap();
         assert_eq!(summary.series_unknown, 2);
+        assert_eq!(summary.table, "_runs/run-x/drift.parquet");
         let batches =
-            batchscore_io::decode_parquet("drift", out.get(DRIFT_TABLE).unwrap()).unwrap();
+            batchscore_io::decode_parquet("drift", out.get(&summary.table).unwrap()).unwrap();
         let devices = batches[0].column_by_name("device_id").unwrap();
         let devices = devices.as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!(devices.values().to_vec(), [3, 5]);
@@ -504,7 +508,7 @@ mod tests {
         for unit in 0..2 {
             put(&out, unit, vec![whole(3, std::slice::from_ref(&f))]);
         }
-        let err = publish(&out, "run-x", 2).unwrap_err().to_string();
+        let err = publish(&out, &out, "run-x", 2).unwrap_err().to_string();
         assert!(err.contains("more than one unit"), "{err}");
     }
 

@@ -15,6 +15,7 @@ mod drift;
 mod error;
 mod execute;
 mod fingerprint;
+mod layout;
 mod output;
 mod plan;
 mod pool;
@@ -32,16 +33,17 @@ pub use aggregate::{TransformSpec, transform};
 pub use batchscore_io::{error_causes, error_chain};
 pub use commit::Totals;
 pub use commit::{DeviceOutcome, DeviceStatus, Manifest, PartInfo, ShardError};
-pub use dataset::{InputColumns, Layout, sensor_order};
-pub use drift::{DRIFT_TABLE, DriftSummary};
+pub use dataset::{InputColumns, Layout, TIMESTAMP_RANGE_US, sensor_order};
+pub use drift::DriftSummary;
 pub use error::SchedulerError;
+pub use layout::{DRIFT_TABLE, RUN_TABLES, run_dir, table_location, tables_dir, tables_path};
 pub use output::{OutputFormat, OutputProfile, OutputSpec};
 pub use plan::{Plan, Unit};
 pub use pool::worker_pool;
 pub use progress::{NoProgress, Progress};
 pub use run::{
-    DEFAULT_CHUNK_ROWS, PlanSummary, RunReport, RunSpec, StoredRun, check_run_id, dry_run, run,
-    store_plan,
+    DEFAULT_CHUNK_ROWS, PlanSummary, RunReport, RunSpec, StoredPlanCheck, StoredRun, check_run_id,
+    check_stored_plan, dry_run, run, store_plan,
 };
 pub use select::{DeviceSelection, MaxFailed, SensorSelection, Shard, TimeWindow};
 pub use status::{RunState, RunStatus, ShardState, completed_run, status};

@@ -232,6 +232,35 @@ fn stored_record(spec: &RunSpec) -> Result<Option<(PlanRecord, Registry)>, Sched
     Ok(Some((record, registry)))
 }
 
+/// What a run id already holds, against the settings of `spec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredPlanCheck {
+    /// No `--run-id`, or no run under it yet.
+    NoRun,
+    /// The run's stored plan was made with these settings.
+    Agrees,
+    /// The run has a plan record but no stored plan (an aggregation, a build before stored
+    /// plans): its settings cannot be compared without scanning the input.
+    NotComparable,
+}
+
+/// Checks `spec` against the run its run id names, reading only the run's plan record and the
+/// registry's index: another run's settings are [`SchedulerError::RunConflict`] naming what
+/// differs. What a caller that answers for a run without running it (the service) asks first.
+pub fn check_stored_plan(spec: &RunSpec) -> Result<StoredPlanCheck, SchedulerError> {
+    let Some(run_id) = &spec.run_id else {
+        return Ok(StoredPlanCheck::NoRun);
+    };
+    check_run_id(run_id)?;
+    if spec.output.join(run_id)?.get_opt(PLAN)?.is_none() {
+        return Ok(StoredPlanCheck::NoRun);
+    }
+    Ok(match stored_record(spec)? {
+        Some(_) => StoredPlanCheck::Agrees,
+        None => StoredPlanCheck::NotComparable,
+    })
+}
+
 /// A shard of a run whose plan is stored: the plan is read, not computed (no listing, no
 /// footers but those of this shard's files), after checking that this shard's settings are the
 /// run's.
@@ -276,7 +305,7 @@ pub struct StoredRun {
 /// nothing; other settings are refused as for a shard.
 pub fn store_plan(spec: &RunSpec) -> Result<StoredRun, SchedulerError> {
     if let Some((record, _)) = stored_record(spec)? {
-        RunCommit::join(spec.output.join(&record.run_id)?, record.clone(), spec.shard)?;
+        RunCommit::join(&spec.output, record.clone(), spec.shard)?;
         let rows = record.plan.as_ref().map_or(0, |p| p.total_rows);
         return Ok(StoredRun {
             output_url: spec.output.url_of(&record.run_id),
@@ -423,7 +452,7 @@ fn run_shard(spec: &RunSpec, progress: &dyn Progress) -> Result<RunReport, Sched
     let commit = match origin {
         Origin::Scanned(fingerprint, stored) => claim(spec, &plan, fingerprint, run_id, stored)?,
         // The record is in hand: nothing to write, nothing to read again.
-        Origin::Stored(record) => RunCommit::join(spec.output.join(&run_id)?, record, spec.shard)?,
+        Origin::Stored(record) => RunCommit::join(&spec.output, record, spec.shard)?,
     };
     let run_id = commit.run_id().to_string();
     timings.insert("plan".to_string(), ms(started.elapsed()));
@@ -513,7 +542,6 @@ fn claim(
     run_id: String,
     stored: StoredPlan,
 ) -> Result<RunCommit, SchedulerError> {
-    let out = spec.output.join(&run_id)?;
     let record = PlanRecord {
         format: crate::commit::FORMAT,
         run_id,
@@ -525,7 +553,7 @@ fn claim(
         settings: run_level(&spec.settings, spec.shard.count()),
         plan: Some(stored),
     };
-    RunCommit::claim(out, record, spec.shard)
+    RunCommit::claim(&spec.output, record, spec.shard)
 }
 
 /// The settings that hold for the whole run: those of one shard without what may differ

@@ -223,8 +223,22 @@ impl Shard {
     /// The whole job in one process.
     pub const WHOLE: Shard = Shard { index: 0, count: 1 };
 
-    /// Shard `index` of `count`; `index < count`.
+    /// The most shards a run is split into: as many as an AWS Batch array job has children,
+    /// and the last shard to commit reads every shard's manifest.
+    pub const MAX_COUNT: u32 = 10_000;
+
+    /// Shard `index` of `count`; `index < count <= MAX_COUNT`.
     pub fn new(index: u32, count: u32) -> Result<Self, SchedulerError> {
+        if count > Self::MAX_COUNT {
+            return Err(invalid(
+                "shard",
+                format!(
+                    "{count} shards: a run has at most {} (more tasks than nodes already \
+                     balance well at a few per node)",
+                    Self::MAX_COUNT
+                ),
+            ));
+        }
         if count == 0 || index >= count {
             return Err(invalid(
                 "shard",

@@ -31,7 +31,7 @@ use url::Url;
 use crate::auth::Authenticator;
 use crate::handlers::{metrics, ready, run_status, score, start_run};
 use crate::metrics::Metrics;
-use crate::middleware::{authenticate, limit_scoring, observe};
+use crate::middleware::{authenticate, limit_scoring, observe, time_limit};
 use crate::models::Models;
 use crate::runs::{RunLauncher, Runs};
 use crate::score::RowShape;
@@ -47,8 +47,8 @@ pub struct Limits {
     /// Scoring requests served at once; more wait up to `queue_wait`, then get 503.
     pub max_in_flight: usize,
     pub queue_wait: Duration,
-    /// Longest a scoring request may hold its slot, body upload included: a client that
-    /// sends its body slowly (or stops) gets 408 and the slot goes to the next.
+    /// Longest any request may take, body upload included: a client that sends its body
+    /// slowly (or stops) gets 408, and a scoring slot it held goes to the next.
     pub request_timeout: Duration,
     /// Longest a client may take to send a request head (a connection that sends nothing is
     /// closed after it).
@@ -86,8 +86,12 @@ impl Default for Limits {
 pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The URL callers reach the service at (behind a proxy or ingress); `Location` headers
-    /// are built on it. Without it, from the request's `Host` (and `X-Forwarded-Proto`).
+    /// are built on it. Required to listen beyond loopback. Without it, on the address listened
+    /// on, or on `X-Forwarded-Host`/`-Proto` of a request from a trusted proxy.
     pub public_url: Option<Url>,
+    /// Peers whose `X-Forwarded-Host` and `X-Forwarded-Proto` are believed (a reverse proxy on
+    /// this host); any other client's are ignored, so no request can send pollers elsewhere.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub limits: Limits,
     /// Bytes of model files the cache may hold.
     pub cache_bytes: u64,
@@ -146,6 +150,16 @@ impl Server {
                 reason: format!(
                     "{} is reachable beyond this machine and no API key or token issuer is configured: \
                      set BATCHSCORE_API_KEYS (or --api-keys-file) or --entra-tenant/--jwt-jwks-url, or listen on 127.0.0.1",
+                    config.listen
+                ),
+            });
+        }
+        if config.public_url.is_none() && !config.listen.ip().is_loopback() {
+            return Err(ServeError::Config {
+                setting: "public-url",
+                reason: format!(
+                    "{} is reachable beyond this machine: set --public-url, the URL callers reach \
+                     the service at (status URLs are built on it, never on a request's Host)",
                     config.listen
                 ),
             });
@@ -231,7 +245,7 @@ async fn accept_loop(
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -255,6 +269,15 @@ async fn accept_loop(
             // nothing at all is let go after the same time.
             let mut first = [0u8; 1];
             if let Ok(Ok(1..)) = tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
+                // Each request knows its peer: forwarded headers are believed from trusted
+                // proxies only.
+                let app = tower::util::MapRequest::new(
+                    app,
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(Peer(peer));
+                        request
+                    },
+                );
                 let service = TowerToHyperService::new(app);
                 let connection =
                     builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -269,6 +292,10 @@ async fn accept_loop(
         tracing::warn!("requests still in flight after {DRAIN:?}; stopping anyway");
     }
 }
+
+/// The address a request came from (its TCP peer).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub SocketAddr);
 
 /// How long a stop waits for the requests in flight.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -288,7 +315,15 @@ fn router(state: Shared) -> Router {
         .route("/readyz", get(ready))
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the route does not answer this method",
+            )
+        })
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -2,18 +2,18 @@
 //! [`crate::score`] (blocking work on tokio's blocking pool), and shape the answer: Logic Apps'
 //! 202 + absolute `Location` + `Retry-After`, Stream Analytics' JSON array, metrics text.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::ApiError;
-use crate::app::{AppState, Shared};
+use crate::app::{AppState, Peer, Shared};
 use crate::runs::{RunRequest, RunView};
-use crate::score::{RowResult, ScoreRequest, score_rows};
+use crate::score::{RowResult, ScoreRequest, parse_rows, score_rows};
 
 pub(crate) async fn ready(State(state): State<Shared>) -> Response {
     match state.models.registry() {
@@ -32,13 +32,24 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// Parses a JSON body; an empty (or blank) body is whatever `empty` says.
+/// Parses a JSON object body; an empty (or blank) body is whatever `empty` says. Any other
+/// JSON (`[]` would fill a struct's fields by position, and start a run of every device) is 400.
 fn parse_body<T: DeserializeOwned>(
     body: &Bytes,
     empty: impl FnOnce() -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let text = body.trim_ascii_start();
+    if text.is_empty() {
         return empty();
+    }
+    if !text.starts_with(b"{") {
+        // Malformed JSON says where; well-formed JSON of another kind says what it must be.
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .map_err(|e| ApiError::from_json(&e))?;
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            "the request body must be a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e))
 }
@@ -69,6 +80,7 @@ async fn blocking<T: Send + 'static>(
 
 pub(crate) async fn start_run(
     State(state): State<Shared>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -83,12 +95,13 @@ pub(crate) async fn start_run(
     let (run_id, view) = view;
     // The start always answers 202 with the status URL, whatever the run's state: Logic Apps
     // then polls it and ends on its 200 or error status.
-    let location = location(&state, &headers, &run_id)?;
+    let location = location(&state, &headers, peer.map(|p| p.0), &run_id)?;
     Ok(accepted(&state, location, view.body))
 }
 
 pub(crate) async fn run_status(
     State(state): State<Shared>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -96,7 +109,7 @@ pub(crate) async fn run_status(
     let lookup = id.clone();
     let RunView { status, body } = blocking(move || runs.view(&lookup)).await?;
     if status == StatusCode::ACCEPTED {
-        let location = location(&state, &headers, &id)?;
+        let location = location(&state, &headers, peer.map(|p| p.0), &id)?;
         return Ok(accepted(&state, location, body));
     }
     Ok((status, Json(body)).into_response())
@@ -113,7 +126,12 @@ fn accepted(state: &AppState, location: String, body: serde_json::Value) -> Resp
 }
 
 /// The absolute status URL of a run (Logic Apps requires an absolute `Location`).
-fn location(state: &AppState, headers: &HeaderMap, run_id: &str) -> Result<String, ApiError> {
+fn location(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<Peer>,
+    run_id: &str,
+) -> Result<String, ApiError> {
     let path = format!("v1/runs/{run_id}");
     if let Some(base) = &state.config.public_url {
         let base = if base.path().ends_with('/') {
@@ -125,6 +143,12 @@ fn location(state: &AppState, headers: &HeaderMap, run_id: &str) -> Result<Strin
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         });
     }
+    // Forwarded headers come from a client as easily as from a proxy: believed only from a
+    // trusted one.
+    let trusted = peer.is_some_and(|p| state.config.trusted_proxies.contains(&p.0.ip()));
+    if !trusted {
+        return Ok(format!("http://{}/{path}", state.local_addr));
+    }
     let text = |name: &str| {
         headers
             .get(name)
@@ -135,15 +159,12 @@ fn location(state: &AppState, headers: &HeaderMap, run_id: &str) -> Result<Strin
         Some("https") => "https",
         _ => "http",
     };
-    // Each candidate on its own: a forwarded host that is not a host name falls back to `Host`,
-    // then to the address the server is bound to.
+    // A forwarded host that is not a host name falls back to the address listened on.
     let host_name = |h: &String| {
         !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
     };
-    let host = text("x-forwarded-host")
-        .filter(host_name)
-        .or_else(|| text("host").filter(host_name))
-        .unwrap_or_else(|| state.local_addr.to_string());
+    let host =
+        text("x-forwarded-host").filter(host_name).unwrap_or_else(|| state.local_addr.to_string());
     Ok(format!("{scheme}://{host}/{path}"))
 }
 
@@ -167,7 +188,7 @@ pub(crate) async fn score(
             ),
         ));
     }
-    let results = score_rows(&state.models, &state.shape, request.data).await?;
+    let results = score_rows(&state.models, &state.shape, parse_rows(request.data)).await?;
     let errors = results.iter().filter(|r| matches!(r, RowResult::Failed { .. })).count() as u64;
     state.metrics.rows_scored.inc_by(results.len() as u64 - errors);
     state.metrics.row_errors.inc_by(errors);

@@ -54,9 +54,39 @@ pub(crate) async fn authenticate(
     }
 }
 
+/// Every request ends within `request_timeout`, body upload included: 408 after it. A stalled
+/// body (a byte every half second) holds no connection, slot or worker longer.
+pub(crate) async fn time_limit(
+    State(state): State<Shared>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request took longer than {limit:?} (body upload included)"),
+        )
+        .into_response(),
+    }
+}
+
+/// The scoring gauge, held while a request has a slot: dropped with the request when
+/// [`time_limit`] ends it.
+struct InFlight<'a>(&'a crate::metrics::Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.score_in_flight.dec();
+    }
+}
+
 /// At most `max_in_flight` scoring requests at once; the next wait up to `queue_wait` and are
 /// then answered 503 + `Retry-After` (never 429, which fails a Stream Analytics job). A request
-/// holds its slot at most `request_timeout`, so slow or stalled uploads cannot starve the rest.
+/// holds its slot at most `request_timeout` ([`time_limit`]), so slow or stalled uploads cannot
+/// starve the rest.
 pub(crate) async fn limit_scoring(
     State(state): State<Shared>,
     request: Request,
@@ -80,19 +110,8 @@ pub(crate) async fn limit_scoring(
         }
     };
     state.metrics.score_in_flight.inc();
-    let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request took longer than {:?} (body upload included)",
-                limits.request_timeout
-            ),
-        )
-        .into_response(),
-    };
-    state.metrics.score_in_flight.dec();
+    let _in_flight = InFlight(&state.metrics);
+    let response = next.run(request).await;
     drop(permit);
     response
 }

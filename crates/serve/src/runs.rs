@@ -20,7 +20,9 @@ use std::thread::JoinHandle;
 
 use axum::http::StatusCode;
 use batchscore_io::{EXIT_FAILED_KEYS, ErrorClass, Location};
-use batchscore_scheduler::{Progress, RunSpec, RunState, RunStatus, SchedulerError, TimeWindow};
+use batchscore_scheduler::{
+    Progress, RunSpec, RunState, RunStatus, SchedulerError, StoredPlanCheck, TimeWindow,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -336,6 +338,7 @@ impl Runs {
                 ));
             }
         }
+        self.check_existing_run(&spec, &run_id, &normal)?;
         let record = RequestRecord {
             run_id: run_id.clone(),
             request: normal.clone(),
@@ -365,6 +368,47 @@ impl Runs {
             Record { spec, request: normal, phase, progress: Arc::default() },
         );
         Ok(run_id)
+    }
+
+    /// Refuses a run id whose run (made by the CLI, another server, or before its request record
+    /// was damaged) was planned with other settings: answering with its state would report an
+    /// unscored window as scored. Checked before the request record is written, so a refused
+    /// request leaves nothing behind.
+    fn check_existing_run(
+        &self,
+        spec: &RunSpec,
+        run_id: &str,
+        normal: &RunRequest,
+    ) -> Result<(), ApiError> {
+        match batchscore_scheduler::check_stored_plan(spec) {
+            Ok(StoredPlanCheck::NoRun | StoredPlanCheck::Agrees) => Ok(()),
+            Ok(StoredPlanCheck::NotComparable) => match self.read_request(run_id)? {
+                Some(stored) if stored.request == *normal => Ok(()),
+                _ => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "run_id_conflict",
+                    format!(
+                        "run `{run_id}` exists and holds no plan this server can compare \
+                             with the request (an aggregation, or a run of an earlier build); \
+                             use another run id"
+                    ),
+                )),
+            },
+            Err(e @ SchedulerError::RunConflict { .. }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "run_id_conflict",
+                batchscore_io::error_chain(&e),
+            )),
+            Err(e @ SchedulerError::CorruptRecord { .. }) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "run_id_conflict",
+                format!(
+                    "run `{run_id}` cannot be taken for this request: {}",
+                    batchscore_io::error_chain(&e)
+                ),
+            )),
+            Err(e) => Err(scheduler_error(&e)),
+        }
     }
 
     /// Records a run unless another request got there first; queues it when it is to run.

@@ -345,16 +345,19 @@ pub struct OneOffJob {
 }
 
 impl OneOffJob {
-    /// `{"job": POST /jobs body, "tasks": POST addtaskcollection body}`. The job is created
-    /// with `onAllTasksComplete: noaction` because a job without tasks counts as complete;
-    /// switch it to `terminatejob` once the tasks are in.
+    /// `{"job": POST /jobs body, "tasks": [task, ...]}`. `tasks` is the JSON array that
+    /// `az batch task create --json-file` takes as a collection (it adds them 100 a call,
+    /// through addtaskcollection); the REST body's `{"value": [...]}` wrapper would be taken
+    /// as one task without an id. The job is created with `onAllTasksComplete: noaction`
+    /// because a job without tasks counts as complete; switch it to `terminatejob` once the
+    /// tasks are in.
     pub fn to_json(&self) -> Result<Value, BatchError> {
         check_id("job id", &self.id)?;
         let mut job =
             job_specification(&self.pool, &self.env, self.job_wall_clock_seconds, "noaction");
         job.insert("id".into(), json!(self.id));
         job.insert("displayName".into(), json!(format!("batchscore {}", self.id)));
-        Ok(json!({"job": Value::Object(job), "tasks": {"value": self.tasks}}))
+        Ok(json!({"job": Value::Object(job), "tasks": self.tasks}))
     }
 }
 

@@ -39,6 +39,15 @@ fn hour_label(hours: f64) -> String {
         .unwrap_or_default()
 }
 
+/// The fewest hours the per-hour chart spans: a run of an hour or two is a few narrow bars in
+/// their place on a half day, not one bar the width of the chart.
+const MIN_HOURS_SHOWN: f64 = 12.0;
+
+/// An axis top for counts up to `max`: integer, with room above the highest bar.
+fn count_top(max: u64) -> u64 {
+    max.max(1) + max.max(1).div_ceil(10)
+}
+
 /// Anomalies per hour (bars) with the share of anomalous rows.
 pub(super) fn per_hour(hours: &[HourRow]) -> Result<String, FeaturesError> {
     svg("anomalies per hour", 300, |root| {
@@ -47,17 +56,21 @@ pub(super) fn per_hour(hours: &[HourRow]) -> Result<String, FeaturesError> {
             (Some(a), Some(b)) => (x(a), x(b) + 1.0),
             _ => (0.0, 1.0),
         };
-        let top = hours.iter().map(|h| h.anomalies).max().unwrap_or(0).max(1) as f64 * 1.1;
+        let pad = ((MIN_HOURS_SHOWN - (x1 - x0)) / 2.0).max(0.0).floor();
+        let (x0, x1) = (x0 - pad, x1 + pad);
+        let top = count_top(hours.iter().map(|h| h.anomalies).max().unwrap_or(0));
         let mut chart = ChartBuilder::on(root)
             .margin(12)
             .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(x0..x1, 0.0..top)
+            .y_label_area_size(64)
+            .build_cartesian_2d(x0..x1, 0..top)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_labels(8)
             .x_label_formatter(&|v| hour_label(*v))
+            .y_labels(6)
+            .y_label_formatter(&|v| super::html::thousands(*v))
             .y_desc("anomalous rows")
             .label_style((FONT, 12))
             .draw()
@@ -65,49 +78,61 @@ pub(super) fn per_hour(hours: &[HourRow]) -> Result<String, FeaturesError> {
         chart
             .draw_series(hours.iter().map(|h| {
                 let left = x(h);
-                Rectangle::new(
-                    [(left + 0.05, 0.0), (left + 0.95, h.anomalies as f64)],
-                    ANOMALY.filled(),
-                )
+                Rectangle::new([(left + 0.05, 0), (left + 0.95, h.anomalies)], ANOMALY.filled())
             }))
             .map_err(|e| e.to_string())?;
         Ok(())
     })
 }
 
-/// The series with the highest anomaly rates, as horizontal bars.
+/// Height of one bar's row in the highest-rates chart, in pixels.
+const BAR_ROW: u32 = 22;
+
+/// The series with the highest anomaly rates, as horizontal bars, highest first, each labelled
+/// with its model key. Rows are a float axis (bar `i` spans `i + 0.15 .. i + 0.85` from the
+/// top) and the keys are drawn beside each bar's middle: an integer axis made plotters fill
+/// each bar to the chart's top (a staircase) and put its labels between bars.
 pub(super) fn top_series(series: &[SeriesRow]) -> Result<String, FeaturesError> {
-    let height = 60 + 22 * series.len().max(1) as u32;
+    let n = series.len().max(1);
+    let height = 60 + BAR_ROW * n as u32;
     svg("highest anomaly rates", height, |root| {
-        let n = series.len().max(1) as i32;
-        let top = series.iter().map(|s| s.anomaly_rate).fold(0.0, f64::max).max(0.01) * 1.1;
+        let top = series.iter().map(|s| s.anomaly_rate).fold(0.0, f64::max).max(0.01) * 110.0;
+        let rows = n as f64;
         let mut chart = ChartBuilder::on(root)
             .margin(12)
             .x_label_area_size(30)
-            .y_label_area_size(140)
-            .build_cartesian_2d(0.0..top * 100.0, 0..n)
+            .y_label_area_size(150)
+            .build_cartesian_2d(0.0..top, 0.0..rows)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .disable_y_mesh()
-            .y_labels(series.len().max(1))
-            .y_label_formatter(&|i| {
-                let i = (n - 1 - *i) as usize;
-                series.get(i).map(|s| s.key.clone()).unwrap_or_default()
-            })
+            .y_labels(0)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("anomalous rows, %")
             .label_style((FONT, 12))
             .draw()
             .map_err(|e| e.to_string())?;
+        // Row i (highest rate first) sits at the top: y grows upwards.
+        let y = |i: usize| rows - i as f64;
         chart
             .draw_series(series.iter().enumerate().map(|(i, s)| {
-                let y = n - 1 - i as i32;
                 Rectangle::new(
-                    [(0.0, y), (s.anomaly_rate * 100.0, y + 1)],
+                    [(0.0, y(i) - 0.85), (s.anomaly_rate * 100.0, y(i) - 0.15)],
                     ANOMALY.mix(0.8).filled(),
                 )
             }))
             .map_err(|e| e.to_string())?;
+        let label =
+            TextStyle::from((FONT, 12).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Right,
+                plotters::style::text_anchor::VPos::Center,
+            ));
+        for (i, s) in series.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(0.0, y(i) - 0.5));
+            root.draw(&Text::new(s.key.clone(), (px - 6, py), label.clone()))
+                .map_err(|e| e.to_string())?;
+        }
         Ok(())
     })
 }
@@ -117,16 +142,18 @@ pub(super) fn scores(h: &ScoreHistogram) -> Result<String, FeaturesError> {
     svg("score distribution", 300, |root| {
         let (lo, hi) = (h.edges[0], h.edges[h.edges.len() - 1]);
         let hi = if hi > lo { hi } else { lo + 1.0 };
-        let top = h.normal.iter().chain(&h.anomalous).copied().max().unwrap_or(0).max(1) as f64;
+        let top = count_top(h.normal.iter().chain(&h.anomalous).copied().max().unwrap_or(0));
         let mut chart = ChartBuilder::on(root)
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(64)
-            .build_cartesian_2d(lo..hi, 0.0..top * 1.1)
+            .build_cartesian_2d(lo..hi, 0..top)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc("score (lower = more abnormal)")
+            .y_labels(6)
+            .y_label_formatter(&|v| super::html::thousands(*v))
             .y_desc("rows")
             .label_style((FONT, 12))
             .draw()
@@ -136,10 +163,7 @@ pub(super) fn scores(h: &ScoreHistogram) -> Result<String, FeaturesError> {
         {
             chart
                 .draw_series(counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| {
-                    Rectangle::new(
-                        [(h.edges[i], 0.0), (h.edges[i + 1], *c as f64)],
-                        color.mix(0.6).filled(),
-                    )
+                    Rectangle::new([(h.edges[i], 0), (h.edges[i + 1], *c)], color.mix(0.6).filled())
                 }))
                 .map_err(|e| e.to_string())?
                 .label(label)

@@ -132,8 +132,13 @@ pub struct FailureRow {
 }
 
 impl RunReport {
-    /// The report of the complete run in `run_dir` whose `_SUCCESS` is `manifest`.
-    pub fn build(run_dir: &Location, manifest: &Manifest) -> Result<Self, FeaturesError> {
+    /// The report of the complete run in `run_dir` (under `output`) whose `_SUCCESS` is
+    /// `manifest`.
+    pub fn build(
+        output: &Location,
+        run_dir: &Location,
+        manifest: &Manifest,
+    ) -> Result<Self, FeaturesError> {
         let parts = numbers::scan_parts(run_dir, manifest)?;
         let worst: Vec<&SeriesRow> = parts.top_series.iter().take(TIMELINES).collect();
         let timelines = match parts.has_scores {
@@ -141,7 +146,7 @@ impl RunReport {
             false => Vec::new(),
         };
         let drift = match &manifest.drift {
-            Some(summary) => Some(numbers::drift(run_dir, summary)?),
+            Some(summary) => Some(numbers::drift(output, &manifest.run_id, summary)?),
             None => None,
         };
         let failed = manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed);

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Cursor;
 
 use batchscore_io::Location;
-use batchscore_scheduler::{DRIFT_TABLE, DriftSummary, Manifest};
+use batchscore_scheduler::{DriftSummary, Manifest};
 use polars::prelude::{
     DataFrame, DataType, Expr, IntoLazy, NULL, ParquetReader, SerReader, col, len, lit,
 };
@@ -134,12 +134,17 @@ fn for_each_part(
                     .into(),
             });
         }
-        let bytes = run_dir.get(&part.path)?;
+        // Every byte is checked against `_SUCCESS` before polars sees it: a damaged part is a
+        // damaged run, never a report of other numbers.
+        let bytes = part.read_checked(run_dir)?;
         let read = |projection: Option<Vec<String>>| {
             ParquetReader::new(Cursor::new(bytes.clone()))
                 .with_columns(projection)
                 .finish()
-                .map_err(FeaturesError::polars("read a part"))
+                .map_err(|e| FeaturesError::Table {
+                    url: url.clone(),
+                    reason: format!("not a Parquet part polars can read: {e}"),
+                })
         };
         let frame = match &columns {
             Some(c) => read(Some(c.projection()))?,
@@ -430,12 +435,23 @@ fn timeline(s: &SeriesRow, rows: Vec<(i64, f64, bool)>) -> Timeline {
 
 /// The drift table's worst rows, read with polars.
 pub(super) fn drift(
-    run_dir: &Location,
+    output: &Location,
+    run_id: &str,
     summary: &DriftSummary,
 ) -> Result<DriftSection, FeaturesError> {
-    let bytes = run_dir.get(DRIFT_TABLE)?;
-    let read = FeaturesError::polars("read the drift table");
-    let frame = ParquetReader::new(Cursor::new(bytes)).finish().map_err(&read)?;
+    let (dir, table) = batchscore_scheduler::table_location(output, run_id, &summary.table)?;
+    let url = dir.url_of(&table);
+    let damaged = |reason: String| FeaturesError::Table { url: url.clone(), reason };
+    let bytes = match dir.get(&table) {
+        Ok(bytes) => bytes,
+        Err(batchscore_io::IoError::NotFound { .. }) => {
+            return Err(damaged("the drift table `_SUCCESS` names is missing".into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Whatever polars cannot read or find in it, the table is damaged.
+    let read = |e: polars::prelude::PolarsError| damaged(format!("a damaged drift table: {e}"));
+    let frame = ParquetReader::new(Cursor::new(bytes)).finish().map_err(read)?;
     let total = frame.height() as u64;
     let worst = frame
         .lazy()

@@ -10,9 +10,14 @@
 //! - `_receipts/part-NNNNN.json`: what unit N wrote (part size, checksum, device outcomes),
 //!   written create-only after its part; a unit is committed when both exist with the recorded
 //!   size. Receipts hold no timings, so concurrent attempts of a unit write identical bytes.
-//! - `_manifests/shard-I-of-N.json` and `_failures/shard-I-of-N.parquet`: one per shard.
+//! - `_manifests/shard-I-of-N.json`: one per shard.
+//! - `_SUCCESS`: see below.
+//!
+//! Under `OUTPUT/_runs/RUN_ID/` (the run's other tables, out of its folder's readers' way):
+//! - `failures/shard-I-of-N.parquet`: one per shard with failed series.
 //! - `drift.parquet`: drift per series and feature, written just before `_SUCCESS`.
-//! - `_SUCCESS`: the merged manifest, written create-only once every shard has its manifest,
+//!
+//! Last, `OUTPUT/RUN_ID/_SUCCESS`: the merged manifest, written create-only once every shard has its manifest,
 //!   and validated whenever it is found. Readers follow it, not a directory listing.
 //!
 //! [`RunCommit`] is the only writer of these objects and the only judge of "is this unit
@@ -83,6 +88,9 @@ pub(crate) fn validate_success(
 /// One attempt's hold on a run directory, from the claim to `_SUCCESS`.
 #[derive(Debug)]
 pub(crate) struct RunCommit {
+    /// The output location, for the run's tables (`_runs/RUN_ID/...`).
+    output: Location,
+    /// The run's folder.
     out: Location,
     shard: Shard,
     plan: PlanRecord,
@@ -128,12 +136,17 @@ pub(crate) struct UnitOutput {
 pub(crate) type ProduceUnit<'a> = dyn Fn() -> Result<UnitOutput, SchedulerError> + 'a;
 
 impl RunCommit {
-    /// Claims `out` (the run's directory) for `plan`: writes `_plan.json` create-only, or checks
-    /// that the record found there is for the same plan and shard count; then lists the
-    /// directory once.
-    pub fn claim(out: Location, plan: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
+    /// Claims the run's directory under `output` for `plan`: writes `_plan.json` create-only,
+    /// or checks that the record found there is for the same plan and shard count; then lists
+    /// the directory once.
+    pub fn claim(
+        output: &Location,
+        plan: PlanRecord,
+        shard: Shard,
+    ) -> Result<Self, SchedulerError> {
+        let out = crate::layout::run_dir(output, &plan.run_id)?;
         if out.put_if_absent(PLAN, to_json("plan record", &plan)?)? {
-            return Self::open(out, plan, shard);
+            return Self::open(output, out, plan, shard);
         }
         let found: PlanRecord = from_json(&out, PLAN, &out.get(PLAN)?)?;
         if found.run_id != plan.run_id || found.fingerprint != plan.fingerprint {
@@ -143,12 +156,26 @@ impl RunCommit {
                 changes: found.differences(&plan),
             });
         }
-        Self::join(out, found, shard)
+        Self::check_shards(output, out, found, shard)
     }
 
     /// Joins the run whose `_plan.json` holds `found` (a shard that read the stored plan):
     /// checks the shard count, nothing is written.
-    pub fn join(out: Location, found: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
+    pub fn join(
+        output: &Location,
+        found: PlanRecord,
+        shard: Shard,
+    ) -> Result<Self, SchedulerError> {
+        let out = crate::layout::run_dir(output, &found.run_id)?;
+        Self::check_shards(output, out, found, shard)
+    }
+
+    fn check_shards(
+        output: &Location,
+        out: Location,
+        found: PlanRecord,
+        shard: Shard,
+    ) -> Result<Self, SchedulerError> {
         if let Some(planned) = found.shard_count
             && planned != shard.count()
         {
@@ -159,13 +186,18 @@ impl RunCommit {
                 given: shard.count(),
             });
         }
-        Self::open(out, found, shard)
+        Self::open(output, out, found, shard)
     }
 
     /// Lists the run directory once, for "committed?" on the first pass.
-    fn open(out: Location, plan: PlanRecord, shard: Shard) -> Result<Self, SchedulerError> {
+    fn open(
+        output: &Location,
+        out: Location,
+        plan: PlanRecord,
+        shard: Shard,
+    ) -> Result<Self, SchedulerError> {
         let listing = out.list("")?.into_iter().map(|e| (e.path, e.size)).collect();
-        Ok(Self { out, shard, plan, listing })
+        Ok(Self { output: output.clone(), out, shard, plan, listing })
     }
 
     pub fn run_id(&self) -> &str {
@@ -279,8 +311,9 @@ impl RunCommit {
         let name = self.shard.name();
         let mut failures_tables = Vec::new();
         if devices.iter().any(|d| d.status == DeviceStatus::Failed) {
-            let path = format!("_failures/{name}.parquet");
-            self.out.put_if_absent(&path, failures_table(&self.plan.run_id, &devices)?)?;
+            let path =
+                crate::layout::tables_path(&self.plan.run_id, &format!("failures/{name}.parquet"));
+            self.output.put_if_absent(&path, failures_table(&self.plan.run_id, &devices)?)?;
             failures_tables.push(path);
         }
         let manifest = Manifest::assemble(
@@ -301,7 +334,7 @@ impl RunCommit {
 
     /// Writes `_SUCCESS` once every shard of the run has its manifest, merging them
     /// (`complete_outcomes` adds what only the whole run knows, such as selected devices no
-    /// shard saw, and `Publish::Drift` merges the units' drift partials into `drift.parquet`);
+    /// shard saw, and `Publish::Drift` merges the units' drift partials into the drift table);
     /// validates a `_SUCCESS` that is already there. The merged manifest when the run is
     /// complete, `None` while other shards are missing. A complete run's directory is then
     /// swept of staging files a killed attempt left.
@@ -353,8 +386,12 @@ impl RunCommit {
             self.plan.settings.clone(),
         );
         if publish == Publish::Drift {
-            manifest.drift =
-                Some(crate::drift::publish(&self.out, &self.plan.run_id, self.plan.units)?);
+            manifest.drift = Some(crate::drift::publish(
+                &self.output,
+                &self.out,
+                &self.plan.run_id,
+                self.plan.units,
+            )?);
         }
         self.out.put_if_absent(SUCCESS, to_json("success manifest", &manifest)?)?;
         self.sweep();

@@ -112,6 +112,38 @@ pub struct PartInfo {
     pub sha256: String,
 }
 
+impl PartInfo {
+    /// Reads the part from the run's folder `run_dir` and checks it is the part committed: the
+    /// size and SHA-256 recorded. A missing or altered part is a damaged run.
+    pub fn read_checked(&self, run_dir: &Location) -> Result<bytes::Bytes, SchedulerError> {
+        use sha2::Digest;
+        let url = run_dir.url_of(&self.path);
+        let damaged = |reason: String| SchedulerError::CorruptRecord { url: url.clone(), reason };
+        let bytes = match run_dir.get(&self.path) {
+            Ok(bytes) => bytes,
+            Err(batchscore_io::IoError::NotFound { .. }) => {
+                return Err(damaged("a part `_SUCCESS` names is missing".into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if bytes.len() as u64 != self.bytes {
+            return Err(damaged(format!(
+                "{} bytes, `_SUCCESS` recorded {}: the part was changed after its run",
+                bytes.len(),
+                self.bytes
+            )));
+        }
+        if hex::encode(sha2::Sha256::digest(&bytes)) != self.sha256 {
+            return Err(damaged(
+                "its SHA-256 is not the one `_SUCCESS` recorded: the part was changed after its \
+                 run"
+                .into(),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
 /// What a unit committed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,7 +181,8 @@ pub struct Manifest {
     pub totals: Totals,
     pub parts: Vec<PartInfo>,
     pub devices: Vec<DeviceOutcome>,
-    /// Failures tables written (relative paths).
+    /// Failures tables written, relative to the output location (`_runs/RUN_ID/failures/...`;
+    /// runs of earlier builds: `_failures/...`, relative to the run's folder).
     pub failures_tables: Vec<String>,
     /// Wall-clock milliseconds per phase (of this attempt; merged manifests keep each shard's).
     pub timings_ms: BTreeMap<String, u64>,

@@ -99,6 +99,22 @@ fn missing(url: String, column: &str) -> SchedulerError {
     SchedulerError::Input(IoError::MissingColumn { url, column: column.into() })
 }
 
+/// The timestamps the engine reads, in microseconds since the epoch: the years 0001 to 9999
+/// (Parquet readers, Spark and SQL engines hold no other). A reading outside them is bad input:
+/// a window grid, an hour count or a chart over it would span more than every reading made.
+pub const TIMESTAMP_RANGE_US: std::ops::Range<i64> =
+    -62_135_596_800_000_000..253_402_300_800_000_000;
+
+/// The error for a reading whose timestamp is outside [`TIMESTAMP_RANGE_US`].
+pub(crate) fn timestamp_out_of_range(url: &str, column: &str, us: i64) -> SchedulerError {
+    SchedulerError::InvalidValue {
+        url: url.to_string(),
+        column: column.to_string(),
+        value: format!("{us} µs since 1970-01-01"),
+        reason: "timestamps are read from the year 0001 to 9999".into(),
+    }
+}
+
 fn to_micros(value: i64, unit: TimeUnit) -> i64 {
     match unit {
         TimeUnit::Second => value.saturating_mul(1_000_000),

@@ -477,6 +477,9 @@ fn append_batch(
             continue;
         }
         let t = ts.value(row);
+        if !super::TIMESTAMP_RANGE_US.contains(&t) {
+            return Err(super::timestamp_out_of_range(url, &c.timestamp, t));
+        }
         if !window.contains(t) {
             continue;
         }
