@@ -1,6 +1,8 @@
 # batchscore as a static binary in an empty image (for Azure Container Apps, Kubernetes, Batch
 # container tasks). Build: docker build -t batchscore . ; run: see the README ("Real-time
-# scoring", "Trigger from Logic Apps").
+# scoring", "Trigger from Logic Apps"). `serve` listens on all interfaces here, so it needs
+# BATCHSCORE_PUBLIC_URL (the URL callers reach it at, e.g. the Container App's ingress URL):
+#   docker run -e BATCHSCORE_PUBLIC_URL=https://... -e BATCHSCORE_API_KEYS=... batchscore
 #
 # Not built on the development machines (they have no container engine); the build stage uses
 # the same command as the README's release build, for musl so the binary links statically.

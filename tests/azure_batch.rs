@@ -207,3 +207,162 @@ fn a_job_manager_says_why_batch_refused_its_tasks() {
     assert!(stderr.contains("HTTP 403 AuthorizationFailure"), "{stderr}");
     assert!(stderr.contains("Azure Batch Job Submitter"), "{stderr}");
 }
+
+/// The Azure CLI of the suite (scripts/az-env.sh), or None where the suite does not ask for it.
+fn az_cli() -> Option<String> {
+    let az = std::env::var("BATCHSCORE_AZ").ok();
+    if az.is_none() {
+        assert!(
+            std::env::var("BATCHSCORE_TEST_SKLEARN").is_err(),
+            "BATCHSCORE_AZ is not set but the suite requires the Azure CLI test"
+        );
+        eprintln!("skipped: BATCHSCORE_AZ is not set (scripts/test.sh sets it)");
+    }
+    az
+}
+
+/// The account the CLI signs its requests for (Shared Key), as `az batch` reads it from the
+/// environment when no flag names it.
+const AZ_ACCOUNT: &str = "simulated";
+
+/// Starts the simulated pool in `--az-account` mode; returns it and its endpoint.
+fn pool_for_az(work: &Path, endpoint: &str, created: &str) -> (std::process::Child, String) {
+    let python = std::env::var("BATCHSCORE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/batch_pool/pool.py");
+    let binary = Path::new(env!("CARGO_BIN_EXE_batchscore"));
+    let endpoint_file = work.join("endpoint");
+    let child = Command::new(python)
+        .arg(script)
+        .args(["--az-account", AZ_ACCOUNT, "--endpoint-file"])
+        .arg(&endpoint_file)
+        .arg("--binary-dir")
+        .arg(binary.parent().unwrap())
+        .arg("--work")
+        .arg(work)
+        .args(["--nodes", "2", "--client-id", "pool-identity-client-id", "--timeout", "300"])
+        .args(["--created", created, "--api-version", "2024-02-01.19.0"])
+        .args(["--env", "AZURE_STORAGE_USE_EMULATOR=true"])
+        .args(["--env", &format!("AZURITE_BLOB_STORAGE_URL={endpoint}")])
+        .current_dir(work)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs the simulated pool");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(url) = std::fs::read_to_string(&endpoint_file) {
+            return (child, url);
+        }
+        assert!(std::time::Instant::now() < deadline, "the simulated pool did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs the commands of `batch plan`'s `next:` line as printed, in `sh`, with the real `az`
+/// first on the PATH and pointed at `batch_url` the way the CLI reads an account from the
+/// environment. `FILE` and `ACCOUNT` are the placeholders the line asks the user to fill.
+fn run_printed(said: &str, az: &str, batch_url: &str, file: &Path, dir: &Path) -> String {
+    let line = said.lines().find_map(|l| l.strip_prefix("next: ")).expect("a next: line");
+    let line = line.replace("FILE", file.to_str().unwrap()).replace("ACCOUNT", AZ_ACCOUNT);
+    let bin = Path::new(az).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let config = dir.join("azure-config");
+    let out = Command::new("/bin/sh")
+        .args(["-ec", &line])
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("AZURE_CONFIG_DIR", &config)
+        .env("AZURE_CORE_COLLECT_TELEMETRY", "false")
+        .env("AZURE_BATCH_ENDPOINT", batch_url)
+        .env("AZURE_BATCH_ACCOUNT", AZ_ACCOUNT)
+        .env("AZURE_BATCH_ACCESS_KEY", "c2ltdWxhdGVkIGFjY291bnQga2V5")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{line}\n{text}");
+    text
+}
+
+/// Waits for the simulated pool; its report, which must say every task succeeded.
+fn pool_report(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("pool.py printed no report ({e}): {}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(out.status.success(), "the simulated pool failed: {report:#}");
+    assert_eq!(report["violations"], serde_json::json!([]), "{report:#}");
+    report
+}
+
+/// Regression (issue 27, 6): `batch plan --from/--to` printed `jq .tasks FILE > tasks.json`
+/// for a file whose `tasks` was `{"value": [...]}`, which azure-cli 2.91.0 posts as one task
+/// without an id, so the one-off job never got its shards. Every az command `batch plan`
+/// prints now runs as printed with the real CLI against the simulated Batch service, which
+/// answers with Batch's bodies and then runs the job it was given.
+#[test]
+fn the_az_commands_batch_plan_prints_work_with_the_real_cli() {
+    let Some(endpoint) = azurite() else { return };
+    let Some(cli) = az_cli() else { return };
+    let p = unique("azcli");
+    let (readings, models) = upload_fixture(&endpoint, &p);
+    let dir = tempdir();
+    let config = storage_config(dir.path());
+    let out = az(&format!("{p}/out"));
+    let run_flags =
+        ["--input", &readings, "--registry", &models, "--output", &out, "--config", &config];
+
+    // A one-off job and its tasks: `jq` the file apart, create, add, switch to terminatejob.
+    let plan_file = dir.path().join("backfill.json");
+    let mut plan = vec!["batch", "plan", "--target", "azure-batch", "--name", "backfill"];
+    plan.extend(["--pool", "scoring", "--shards", "3", "--app-package", "batchscore:1.0"]);
+    plan.extend(["--from", "2026-01-01", "--to", "2026-01-02", "--retries", "1"]);
+    plan.extend(["--out", plan_file.to_str().unwrap(), "--"]);
+    plan.extend(run_flags);
+    plan.extend(SMALL_PARTS);
+    let said = expect_at(&endpoint, &plan, 0);
+    let work = dir.path().join("one-off");
+    std::fs::create_dir_all(&work).unwrap();
+    let (pool, url) = pool_for_az(&work, &endpoint, "2026-01-05T00:00:00Z");
+    run_printed(&said, &cli, &url, &plan_file, dir.path());
+    let report = pool_report(pool);
+    assert_eq!(report["requests"]["create_job"], 1, "{report:#}");
+    assert_eq!(report["requests"]["patch_job"], 1, "{report:#}");
+    assert_eq!(report["job"]["onAllTasksComplete"], "terminatejob");
+    let mut ids: Vec<&str> =
+        report["task_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    ids.sort_unstable();
+    let shards = ["shard-00000-of-00003", "shard-00001-of-00003", "shard-00002-of-00003"];
+    assert_eq!(ids, shards, "every shard a task of its own: {report:#}");
+    let run_id = "backfill-20260101T000000Z";
+    let status = expect_at(&endpoint, &["status", "--output", &out, "--run-id", run_id], 0);
+    assert!(status.contains("(complete)"), "{status}");
+
+    // A job schedule: created by the CLI, its first job run by the pool with its job manager.
+    let schedule_file = dir.path().join("daily.json");
+    let mut plan = vec!["batch", "plan", "--target", "azure-batch", "--name", "daily"];
+    plan.extend(["--pool", "scoring", "--shards", "2", "--every", "1d"]);
+    plan.extend(["--app-package", "batchscore:1.0", "--client-id", "pool-identity-client-id"]);
+    plan.extend(["--out", schedule_file.to_str().unwrap(), "--"]);
+    plan.extend(run_flags);
+    plan.extend(SMALL_PARTS);
+    let said = expect_at(&endpoint, &plan, 0);
+    let work = dir.path().join("schedule");
+    std::fs::create_dir_all(&work).unwrap();
+    let (pool, url) = pool_for_az(&work, &endpoint, "2026-01-02T00:00:10Z");
+    run_printed(&said, &cli, &url, &schedule_file, dir.path());
+    let report = pool_report(pool);
+    assert_eq!(report["requests"]["create_schedule"], 1, "{report:#}");
+    // Every field of the schedule reached the service as written.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&schedule_file).unwrap()).unwrap();
+    assert_eq!(report["schedule"], written, "the CLI changed the schedule on its way");
+    assert_eq!(report["manager"]["exit_codes"], serde_json::json!([0]), "{report:#}");
+    assert_eq!(report["tasks_added"], 2, "{report:#}");
+    let status = expect_at(
+        &endpoint,
+        &["status", "--output", &out, "--run-id", "daily-20260101T000000Z"],
+        0,
+    );
+    assert!(status.contains("(complete)"), "{status}");
+}

@@ -173,9 +173,10 @@ pub fn plan(args: &BatchPlanArgs, printer: Printer) -> Result<u8> {
                 env,
             };
             let json = schedule.to_json().map_err(usage)?;
+            // A line a shell takes as it is (tests/azure_batch.rs runs it with the real CLI).
             let next = format!(
                 "next: az batch job-schedule create --account-name ACCOUNT --json-file FILE \
-                 (first job {}; each scores the interval before it)",
+                 # first job {}; each scores the interval before it",
                 json["schedule"]["doNotRunUntil"].as_str().unwrap_or("")
             );
             (serde_json::to_string_pretty(&json)?, next)

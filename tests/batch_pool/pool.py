@@ -9,6 +9,14 @@ wrote it) would create, runs the job manager task's command line as Batch does (
 no shell of its own) with the environment Batch gives a task, retries it, and runs the tasks it
 added on N simulated nodes, retrying failures up to maxTaskRetryCount.
 
+Driven by the real Azure CLI instead (`--az-account NAME`, no `--schedule`): the service also
+serves what `az batch job-schedule create`, `az batch job create`, `az batch task create` and
+`az batch job set` call (POST /jobschedules, POST /jobs, POST /jobs/{id}/addtaskcollection,
+PATCH /jobs/{id}, with Shared Key auth and the CLI's api-version), writes its endpoint to
+`--endpoint-file`, waits for a schedule (then plays it as above) or for a one-off job switched
+to `onAllTasksComplete: terminatejob` (then runs its tasks), and answers with Batch's bodies
+and headers.
+
 Faults, each optional:
   --kill-manager-mid-add   the first Add Task Collection call adds half its tasks, then the job
                            manager is killed (SIGKILL) before it gets an answer; Batch retries it
@@ -41,12 +49,17 @@ TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class State:
-    def __init__(self, args):
+    def __init__(self, args, job=None, spec=None):
         self.args = args
         self.lock = threading.Lock()
+        self.job = job  # the job Batch made (from a schedule) or was asked to make
+        self.spec = spec  # its job specification (what the tasks' environment comes from)
+        self.schedule = None
+        self.ready = threading.Event()  # az mode: a schedule arrived, or a job is complete
         self.tasks = {}  # lower-case id -> task json
         self.order = []
-        self.requests = {"token": 0, "get_job": 0, "addtaskcollection": 0, "other": 0}
+        self.requests = {"token": 0, "get_job": 0, "addtaskcollection": 0, "other": 0,
+                         "create_schedule": 0, "create_job": 0, "patch_job": 0}
         self.violations = []
         self.calls = []  # tasks per addtaskcollection call
         self.servererror_pending = set(args.servererror_task)
@@ -61,7 +74,7 @@ class State:
             self.violations.append(text)
 
 
-def handler_for(state, job):
+def handler_for(state):
     args = state.args
 
     class Handler(BaseHTTPRequestHandler):
@@ -78,6 +91,17 @@ def handler_for(state, job):
             self.end_headers()
             self.wfile.write(data)
 
+        def created(self, status, url):
+            """Batch's answer to a create or update: no body, the entity's headers."""
+            self.send_response(status)
+            self.send_header("ETag", '"0x8DE0000000000001"')
+            self.send_header("Last-Modified", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()))
+            self.send_header("DataServiceId", url)
+            self.send_header("Location", url)
+            self.send_header("request-id", "00000000-0000-0000-0000-000000000001")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def error(self, status, code, message):
             state.violation(f"{self.command} {self.path}: {code}: {message}")
             self.reply(status, {"code": code, "message": {"lang": "en-US", "value": message}})
@@ -87,11 +111,13 @@ def handler_for(state, job):
                 self.reply(403, {"code": "AuthorizationFailure", "message": {"lang": "en-US",
                                  "value": "This request is not authorized to perform this operation."}})
                 return False
-            if query.get("api-version") != [args.api_version]:
+            if query.get("api-version", [None])[0] not in args.api_version:
                 self.error(400, "InvalidQueryParameterValue", f"api-version {query.get('api-version')}")
                 return False
-            if self.headers.get("Authorization") != f"Bearer {args.token}":
-                self.error(401, "AuthenticationFailed", "missing or wrong bearer token")
+            auth = self.headers.get("Authorization", "")
+            shared_key = args.az_account and auth.startswith(f"SharedKey {args.az_account}:")
+            if auth != f"Bearer {args.token}" and not shared_key:
+                self.error(401, "AuthenticationFailed", f"missing or wrong credentials: {auth[:20]!r}")
                 return False
             if not self.headers.get("client-request-id"):
                 self.error(400, "MissingRequiredHeader", "client-request-id")
@@ -113,7 +139,8 @@ def handler_for(state, job):
                 expires = int(time.time()) + 3600
                 return self.reply(200, {"access_token": args.token, "expires_on": str(expires),
                                         "resource": BATCH_RESOURCE, "token_type": "Bearer"})
-            if url.path == f"/jobs/{job['id']}":
+            job = state.job
+            if job is not None and url.path == f"/jobs/{job['id']}":
                 with state.lock:
                     state.requests["get_job"] += 1
                 if self.batch_checks(query):
@@ -123,12 +150,99 @@ def handler_for(state, job):
                 state.requests["other"] += 1
             self.error(404, "ResourceNotFound", url.path)
 
+        def read_json(self):
+            length = int(self.headers.get("Content-Length", "0"))
+            raw = self.rfile.read(length)
+            if not self.headers.get("Content-Type", "").startswith("application/json"):
+                self.error(400, "InvalidHeaderValue", "content-type")
+                return None
+            try:
+                return json.loads(raw)
+            except ValueError as e:
+                self.error(400, "InvalidRequestBody", str(e))
+                return None
+
+        def create_schedule(self, query):
+            """`az batch job-schedule create`: the schedule's first job is made at once."""
+            with state.lock:
+                state.requests["create_schedule"] += 1
+            if not self.batch_checks(query):
+                return
+            schedule = self.read_json()
+            if schedule is None:
+                return
+            for field in ("id", "schedule", "jobSpecification"):
+                if field not in schedule:
+                    return self.error(400, "MissingRequiredProperty", field)
+            if state.schedule is not None:
+                return self.error(409, "JobScheduleExists", schedule["id"])
+            spec = schedule["jobSpecification"]
+            with state.lock:
+                state.schedule = schedule
+                state.spec = spec
+                state.job = job_of_schedule(schedule, args.created)
+            self.created(201, f"{self.endpoint()}/jobschedules/{schedule['id']}")
+            state.ready.set()
+
+        def create_job(self, query):
+            """`az batch job create`: a one-off job; its tasks come next."""
+            with state.lock:
+                state.requests["create_job"] += 1
+            if not self.batch_checks(query):
+                return
+            job = self.read_json()
+            if job is None:
+                return
+            for field in ("id", "poolInfo"):
+                if field not in job:
+                    return self.error(400, "MissingRequiredProperty", field)
+            if state.job is not None:
+                return self.error(409, "JobExists", job["id"])
+            with state.lock:
+                state.spec = job
+                state.job = dict(job, creationTime=args.created, state="active")
+            self.created(201, f"{self.endpoint()}/jobs/{job['id']}")
+
+        def endpoint(self):
+            return f"http://{self.headers.get('Host', '127.0.0.1')}"
+
+        def do_PATCH(self):
+            """`az batch job set`: a one-off job whose tasks are all in completes with them."""
+            url = urlparse(self.path)
+            query = parse_qs(url.query)
+            job = state.job
+            if job is None or url.path != f"/jobs/{job['id']}":
+                with state.lock:
+                    state.requests["other"] += 1
+                return self.error(404, "JobNotFound", url.path)
+            with state.lock:
+                state.requests["patch_job"] += 1
+            if not self.batch_checks(query):
+                return
+            patch = self.read_json()
+            if patch is None:
+                return
+            unknown = set(patch) - {"priority", "maxParallelTasks", "allowTaskPreemption",
+                                    "onAllTasksComplete", "constraints", "poolInfo", "metadata"}
+            if unknown:
+                return self.error(400, "InvalidPropertyName", ", ".join(sorted(unknown)))
+            with state.lock:
+                job.update(patch)
+            self.created(200, f"{self.endpoint()}/jobs/{job['id']}")
+            if patch.get("onAllTasksComplete") == "terminatejob":
+                state.ready.set()
+
         def do_POST(self):
             url = urlparse(self.path)
             query = parse_qs(url.query)
+            if args.az_account and url.path == "/jobschedules":
+                return self.create_schedule(query)
+            if args.az_account and url.path == "/jobs":
+                return self.create_job(query)
+            job = state.job
             length = int(self.headers.get("Content-Length", "0"))
             raw = self.rfile.read(length)
-            if url.path != f"/jobs/{job['id']}/addtaskcollection":
+            if job is None or url.path != f"/jobs/{job['id']}/addtaskcollection":
                 with state.lock:
                     state.requests["other"] += 1
                 return self.error(404, "ResourceNotFound", url.path)
@@ -207,15 +321,28 @@ def settings(items):
     return {e["name"]: e["value"] for e in items or []}
 
 
+def job_of_schedule(schedule, created):
+    """The job a schedule's first recurrence makes."""
+    spec = schedule["jobSpecification"]
+    return {"id": f"{schedule['id']}:job-1", "creationTime": created, "state": "active",
+            "poolInfo": spec["poolInfo"], "onAllTasksComplete": spec.get("onAllTasksComplete")}
+
+
 class Pool:
-    def __init__(self, state, job, spec, endpoint, base_env):
+    def __init__(self, state, endpoint, base_env):
         self.state = state
-        self.job = job
-        self.spec = spec
         self.endpoint = endpoint
         self.base_env = base_env
         self.work = state.args.work
         self.report = {}
+
+    @property
+    def job(self):
+        return self.state.job
+
+    @property
+    def spec(self):
+        return self.state.spec
 
     def task_env(self, task, node, attempt_dir):
         env = dict(self.base_env)
@@ -334,14 +461,17 @@ class Pool:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--schedule", required=True)
+    p.add_argument("--schedule", help="the job schedule JSON (else --az-account)")
+    p.add_argument("--az-account", help="serve the Azure CLI's calls for this account name")
+    p.add_argument("--endpoint-file", help="where to write the service's URL (--az-account)")
     p.add_argument("--binary-dir", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--created", required=True, help="the job's creationTime (RFC 3339)")
     p.add_argument("--token", default="simulated-entra-token")
     p.add_argument("--client-id", required=True)
-    p.add_argument("--api-version", default="2025-06-01")
+    p.add_argument("--api-version", action="append", default=["2025-06-01"],
+                   help="accepted api-versions (batchscore's; add the CLI's)")
     p.add_argument("--env", action="append", default=[])
     p.add_argument("--kill-manager-mid-add", action="store_true")
     p.add_argument("--servererror-task", action="append", default=[])
@@ -351,13 +481,17 @@ def main():
     p.add_argument("--forbid", action="store_true")
     p.add_argument("--timeout", type=float, default=600)
     args = p.parse_args()
+    if bool(args.schedule) == bool(args.az_account):
+        p.error("give --schedule FILE or --az-account NAME")
 
-    schedule = json.load(open(args.schedule))
-    spec = schedule["jobSpecification"]
-    job = {"id": f"{schedule['id']}:job-1", "creationTime": args.created, "state": "active",
-           "poolInfo": spec["poolInfo"], "onAllTasksComplete": spec.get("onAllTasksComplete")}
     state = State(args)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state, job))
+    if args.schedule:
+        schedule = json.load(open(args.schedule))
+        state.schedule = schedule
+        state.spec = schedule["jobSpecification"]
+        state.job = job_of_schedule(schedule, args.created)
+        state.ready.set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state))
     server.daemon_threads = True
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -366,7 +500,11 @@ def main():
     base_env.update(dict(e.split("=", 1) for e in args.env))
     # The node's managed identity endpoint, here on loopback.
     base_env["IDENTITY_ENDPOINT"] = endpoint + "/metadata/identity/oauth2/token"
-    pool = Pool(state, job, spec, endpoint, base_env)
+    pool = Pool(state, endpoint, base_env)
+    if args.endpoint_file:
+        with open(args.endpoint_file + ".tmp", "w") as f:
+            f.write(endpoint)
+        os.rename(args.endpoint_file + ".tmp", args.endpoint_file)
 
     def on_timeout():
         with state.lock:
@@ -381,7 +519,10 @@ def main():
     started = time.monotonic()
     ok = False
     try:
-        if pool.run_manager():
+        if not state.ready.wait(args.timeout):
+            state.violation("no job schedule, and no job switched to terminatejob, arrived")
+        elif state.schedule is None or pool.run_manager():
+            # A schedule's job runs its job manager first; a one-off job has its tasks already.
             pool.run_tasks()
             tasks = pool.report.get("tasks", {})
             ok = bool(tasks) and all(t["exit_codes"][-1] == 0 for t in tasks.values())
@@ -396,7 +537,8 @@ def main():
         server.shutdown()
         server.server_close()
     pool.report.update({
-        "job": job,
+        "job": state.job,
+        "schedule": state.schedule,
         "wall_seconds": round(time.monotonic() - started, 2),
         "requests": state.requests,
         "tasks_added": len(state.tasks),
