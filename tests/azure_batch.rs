@@ -225,8 +225,20 @@ fn az_cli() -> Option<String> {
 /// environment when no flag names it.
 const AZ_ACCOUNT: &str = "simulated";
 
+/// The simulated pool's process, killed if a test ends (or fails) before waiting for it.
+struct PoolProcess(Option<std::process::Child>);
+
+impl Drop for PoolProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts the simulated pool in `--az-account` mode; returns it and its endpoint.
-fn pool_for_az(work: &Path, endpoint: &str, created: &str) -> (std::process::Child, String) {
+fn pool_for_az(work: &Path, endpoint: &str, created: &str) -> (PoolProcess, String) {
     let python = std::env::var("BATCHSCORE_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/batch_pool/pool.py");
     let binary = Path::new(env!("CARGO_BIN_EXE_batchscore"));
@@ -248,14 +260,15 @@ fn pool_for_az(work: &Path, endpoint: &str, created: &str) -> (std::process::Chi
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python runs the simulated pool");
+    let child = PoolProcess(Some(child));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
+    while std::time::Instant::now() < deadline {
         if let Ok(url) = std::fs::read_to_string(&endpoint_file) {
             return (child, url);
         }
-        assert!(std::time::Instant::now() < deadline, "the simulated pool did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    panic!("the simulated pool did not start within 30 s");
 }
 
 /// Runs the commands of `batch plan`'s `next:` line as printed, in `sh`, with the real `az`
@@ -285,8 +298,8 @@ fn run_printed(said: &str, az: &str, batch_url: &str, file: &Path, dir: &Path) -
 }
 
 /// Waits for the simulated pool; its report, which must say every task succeeded.
-fn pool_report(child: std::process::Child) -> serde_json::Value {
-    let out = child.wait_with_output().unwrap();
+fn pool_report(mut pool: PoolProcess) -> serde_json::Value {
+    let out = pool.0.take().unwrap().wait_with_output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("pool.py printed no report ({e}): {}", String::from_utf8_lossy(&out.stderr))
     });
