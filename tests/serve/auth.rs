@@ -207,3 +207,27 @@ fn only_loopback_may_go_without_authentication() {
     assert_eq!(short.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&short.stderr).contains("short\""), "the key was echoed");
 }
+
+/// Regression: without `--public-url`, status URLs followed the request's `Host` and
+/// `X-Forwarded-Host`; beyond loopback the service now needs the URL callers reach it at.
+#[test]
+fn beyond_loopback_the_public_url_is_required() {
+    let f = fixture();
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let (readings, registry) = (f.readings(), f.registry());
+    let serve = ["serve", "--listen", "0.0.0.0:0", "--input", &readings, "--registry", &registry];
+    let serve = [&serve[..], &["--output", &output]].concat();
+    let out = command().args(&serve).env("BATCHSCORE_API_KEYS", KEY).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--public-url"), "{stderr}");
+    let bad = command()
+        .args(&serve)
+        .args(["--public-url", "https://x.example", "--trusted-proxies", "proxy.local"])
+        .env("BATCHSCORE_API_KEYS", KEY)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an IP address"));
+}

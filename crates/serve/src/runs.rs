@@ -370,43 +370,40 @@ impl Runs {
         Ok(run_id)
     }
 
-    /// Refuses a run id whose run (made by the CLI, another server, or before its request record
-    /// was damaged) was planned with other settings: answering with its state would report an
-    /// unscored window as scored. Checked before the request record is written, so a refused
-    /// request leaves nothing behind.
+    /// Refuses a run id whose run was not started for this request: one made by the CLI or
+    /// another server, or one whose request record was damaged, planned with other settings.
+    /// Answering with its state would report an unscored window as scored. A readable request
+    /// record decides (it is this service's own word for what the run id stands for, and stays
+    /// so when the registry is retrained later); without one, the run's own plan must agree
+    /// with the request. Checked before the request record is written, so a refused request
+    /// leaves nothing behind.
     fn check_existing_run(
         &self,
         spec: &RunSpec,
         run_id: &str,
         normal: &RunRequest,
     ) -> Result<(), ApiError> {
+        if let Some(stored) = self.read_request(run_id)? {
+            return match stored.request == *normal {
+                true => Ok(()),
+                false => Err(conflict(run_id)),
+            };
+        }
+        let refused =
+            |reason: String| ApiError::new(StatusCode::CONFLICT, "run_id_conflict", reason);
         match batchscore_scheduler::check_stored_plan(spec) {
             Ok(StoredPlanCheck::NoRun | StoredPlanCheck::Agrees) => Ok(()),
-            Ok(StoredPlanCheck::NotComparable) => match self.read_request(run_id)? {
-                Some(stored) if stored.request == *normal => Ok(()),
-                _ => Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "run_id_conflict",
-                    format!(
-                        "run `{run_id}` exists and holds no plan this server can compare \
-                             with the request (an aggregation, or a run of an earlier build); \
-                             use another run id"
-                    ),
-                )),
-            },
-            Err(e @ SchedulerError::RunConflict { .. }) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "run_id_conflict",
-                batchscore_io::error_chain(&e),
-            )),
-            Err(e @ SchedulerError::CorruptRecord { .. }) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "run_id_conflict",
-                format!(
-                    "run `{run_id}` cannot be taken for this request: {}",
-                    batchscore_io::error_chain(&e)
-                ),
-            )),
+            Ok(StoredPlanCheck::NotComparable) => Err(refused(format!(
+                "run `{run_id}` exists and holds no plan this server can compare with the \
+                 request (an aggregation, or a run of an earlier build); use another run id"
+            ))),
+            Err(e @ SchedulerError::RunConflict { .. }) => {
+                Err(refused(batchscore_io::error_chain(&e)))
+            }
+            Err(e @ SchedulerError::CorruptRecord { .. }) => Err(refused(format!(
+                "run `{run_id}` cannot be taken for this request: {}",
+                batchscore_io::error_chain(&e)
+            ))),
             Err(e) => Err(scheduler_error(&e)),
         }
     }
