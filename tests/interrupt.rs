@@ -263,7 +263,7 @@ fn a_job_busy_in_one_long_step_answers_sigterm_within_a_second() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(143), "{stderr}");
     assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
-    // Not a timing: the step takes tens of seconds; the job's own bound is 0.8 s, and the rest
+    // Not a timing: the step takes tens of seconds; the job's own bound is 0.7 s, and the rest
     // is margin for a loaded machine.
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
 }

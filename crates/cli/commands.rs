@@ -393,7 +393,8 @@ fn render_summary(r: &RunReport, threads: usize) -> String {
     }
     lines.extend(sensors_warning(r));
     if let Some(drift) = &r.drift {
-        lines.push(format!("  drift     {} ({})", drift.line(), drift.table));
+        let table = crate::printer::table_url(&r.output_url, &drift.table);
+        lines.push(format!("  drift     {} ({table})", drift.line()));
     }
     let failures: Vec<_> =
         r.manifest.devices.iter().filter(|d| d.status == DeviceStatus::Failed).collect();

@@ -43,6 +43,17 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// Where a table a manifest records is, for people: manifests record the run's tables
+/// relative to the output (`_runs/RUN_ID/drift.parquet`), runs of earlier builds relative to
+/// the run's folder; `run_url` is the run's folder.
+pub fn table_url(run_url: &str, table: &str) -> String {
+    let run_url = run_url.trim_end_matches('/');
+    match run_url.rsplit_once('/') {
+        Some((output, _)) if table.starts_with("_runs/") => format!("{output}/{table}"),
+        _ => format!("{run_url}/{table}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -50,5 +61,15 @@ mod tests {
         assert_eq!(super::thousands(0), "0");
         assert_eq!(super::thousands(1000), "1,000");
         assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn tables_beside_the_run_or_in_it() {
+        let run = "az://c/out/run-1/";
+        assert_eq!(
+            super::table_url(run, "_runs/run-1/drift.parquet"),
+            "az://c/out/_runs/run-1/drift.parquet"
+        );
+        assert_eq!(super::table_url(run, "drift.parquet"), "az://c/out/run-1/drift.parquet");
     }
 }

@@ -194,7 +194,8 @@ pub fn status(
         ),
     ];
     if let Some(drift) = &s.drift {
-        lines.push(format!("  drift     {} ({})", drift.line(), drift.table));
+        let table = crate::printer::table_url(&s.url, &drift.table);
+        lines.push(format!("  drift     {} ({table})", drift.line()));
     }
     let missing: Vec<&str> =
         s.shards.iter().filter(|sh| !sh.committed).map(|sh| sh.name.as_str()).collect();

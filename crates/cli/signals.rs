@@ -41,7 +41,7 @@ pub fn name(signal: i32) -> &'static str {
 }
 
 /// How long a job has to stop on its own after the first signal before the process ends.
-pub const JOB_GRACE: std::time::Duration = std::time::Duration::from_millis(800);
+pub const JOB_GRACE: std::time::Duration = std::time::Duration::from_millis(700);
 
 /// Installs the handlers; the first SIGINT or SIGTERM cancels `canceller`, and, with a
 /// `grace`, ends the process once that has passed.
