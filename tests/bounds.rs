@@ -137,6 +137,7 @@ fn report_targets_that_name_no_writable_file_are_refused() {
     assert!(text.contains("cannot make files in /proc"), "{text}");
     let text = report(&dir.path().display().to_string(), 2);
     assert!(text.contains("is a directory") && text.contains("report.html"), "{text}");
+    assert!(report("", 2).contains("--to is empty"));
     // Running into the same wall, a run's output is refused too, not a hang.
     let text = run_job(&f.readings(), &f.registry(), "/proc/batchscore-out", &[], 2);
     assert!(text.contains("cannot make files in /proc"), "{text}");

@@ -15,6 +15,9 @@ use crate::usage::UsageError;
 
 /// A `--to` that names a local directory, or ends in `/`, names no file to write.
 fn check_target(to: &str) -> Result<(), UsageError> {
+    if to.trim().is_empty() {
+        return Err(UsageError("--to is empty: name the file to write, or `-` for stdout".into()));
+    }
     let local = match to.strip_prefix("file://") {
         Some(path) => Some(path),
         None if !to.contains("://") => Some(to),
