@@ -144,11 +144,12 @@ pub struct ServeArgs {
     /// Longest a scoring request may take, body upload included, before 408 (default 30s).
     #[arg(long, env = "BATCHSCORE_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
-    /// Longest a client may take to send a request's head before its connection is closed
-    /// (default 30s).
+    /// Longest a client may take to send a request's head, and longest a connection may sit
+    /// without a byte from its client while none of its requests is in flight, before it is
+    /// closed (default 30s).
     #[arg(long, env = "BATCHSCORE_HEADER_TIMEOUT", value_name = "DURATION")]
     pub header_timeout: Option<String>,
-    /// Connections open at once; more are closed at once (default 4096).
+    /// Connections open at once; more are closed at once (default 1024).
     #[arg(long, env = "BATCHSCORE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Runs executed at once (default 1).

@@ -277,3 +277,110 @@ fn a_wrong_method_is_answered_in_json() {
         assert_eq!(value["error"]["code"], "method_not_allowed", "{method} {path}: {value}");
     }
 }
+
+/// Regression: the plain port spoke HTTP/2 with prior knowledge, and the header timeout held
+/// for HTTP/1 only, so connections that sent the 33-byte HTTP/2 preface (or one request and
+/// then nothing) stayed open for good; 4,096 of them filled `--max-connections` and every new
+/// connection, `/healthz` included, was reset. Now no connection outlives `--header-timeout`
+/// unused, HTTP/2 prefaces are closed at once, and an unfinished head is at most 32 KiB.
+#[test]
+fn no_client_can_hold_connections_it_does_not_use() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let mut args = fixture_args(&output);
+    args.extend(["--header-timeout", "1s", "--max-connections", "8"].map(String::from));
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let addr = service.url.trim_start_matches("http://").to_string();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    // Eight HTTP/2 clients with prior knowledge, and eight HTTP/1 clients gone idle after one
+    // keep-alive request: the cap is full for at most the timeout.
+    let mut held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(preface).unwrap();
+            s
+        })
+        .collect();
+    for s in held.drain(..) {
+        let answer = read_until_closed(s).expect("an HTTP/2 preface is closed, not held");
+        assert!(!answer.contains("HTTP/2"), "{answer}");
+    }
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    for s in idle {
+        let answer = read_until_closed(s).expect("an idle keep-alive connection is closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed before the timeout");
+    // Then the service answers everyone again.
+    let client = client();
+    assert_eq!(client.get(format!("{}/healthz", service.url)).send().unwrap().status(), 200);
+    // An unfinished head past 32 KiB is refused at once, not buffered.
+    let mut big = TcpStream::connect(&addr).unwrap();
+    big.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ").unwrap();
+    let _ = big.write_all(&[b'a'; 40 * 1024]);
+    let answer = read_until_closed(big).unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+/// Regression: the request counter was labelled with the raw method, so 2,000 requests with
+/// made-up 4 KB methods grew `/metrics` from 2 KB to 8 MB.
+#[test]
+fn made_up_methods_do_not_grow_the_metrics() {
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let service = Service::start(&strs(&fixture_args(&output)), &[("BATCHSCORE_API_KEYS", KEY)]);
+    let client = client();
+    let before = metrics_text(&client, &service).len();
+    for i in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("X{i}{}", "M".repeat(4000)).as_bytes());
+        let _ = client.request(method.unwrap(), format!("{}/healthz", service.url)).send();
+    }
+    let text = metrics_text(&client, &service);
+    assert!(!text.contains("MMMM"), "a made-up method became a label");
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(text.len() < before + 4096, "{} -> {} bytes", before, text.len());
+}
+
+/// Regression: nothing checked the open-file limit at start; under 256, idle connections used
+/// every handle and rows were answered 200 `model_invalid` ("Too many open files"). The soft
+/// limit is raised to the hard one, and a cap that does not fit beside storage is lowered,
+/// saying so.
+#[test]
+fn the_connection_cap_fits_the_open_file_limit() {
+    let f = fixture();
+    let dir = tempdir();
+    let output = dir.path().join("out").display().to_string();
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=200:300", "--"])
+        .arg(env!("CARGO_BIN_EXE_batchscore"))
+        .args(["--no-config", "serve", "--listen", "127.0.0.1:0", "--max-connections", "1024"])
+        .args(["--input", &f.readings(), "--registry", &f.registry(), "--output", &output])
+        .env("BATCHSCORE_API_KEYS", KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let said = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    // The hard limit, 300, less the handles kept for storage: 44 connections.
+    assert!(said.contains("serving at most 44"), "{said}");
+    assert!(said.contains("ulimit -n"), "{said}");
+}

@@ -211,8 +211,9 @@ impl IoError {
 /// Whether an object_store error is a passing fault of a remote service.
 ///
 /// Transient: an HTTP status of 5xx, 408 or 429, or a transport failure (connect, request,
-/// timeout, interrupted or truncated response) after object_store's own retries. Permanent:
-/// everything local (disk, permissions, symlink loops, a directory where a file should be), any
+/// timeout, interrupted or truncated response) after object_store's own retries, and running
+/// out of file handles. Permanent: everything else local (disk, permissions, symlink loops, a
+/// directory where a file should be), any
 /// other status, refusals (401/403, preconditions) and whatever cannot be told apart: a
 /// scheduler retries transient exits, so a guess of "transient" would retry a permanent
 /// problem forever.
@@ -221,7 +222,7 @@ fn is_transient(error: &object_store::Error) -> bool {
     match error {
         E::Generic { store, source } => {
             if LOCAL_STORES.contains(store) {
-                return false;
+                return out_of_file_handles(source.as_ref());
             }
             let mut text = String::new();
             let mut transport = false;
@@ -250,7 +251,26 @@ fn is_transient(error: &object_store::Error) -> bool {
     }
 }
 
-/// The `store` names of object_store's local backends, whose errors are never passing faults.
+/// Whether a local error is the process or the system running out of file handles (EMFILE,
+/// ENFILE): the one local failure that passes once connections or other work close theirs.
+/// The service answered such rows `model_invalid`, which Stream Analytics drops.
+fn out_of_file_handles(error: &(dyn std::error::Error + 'static)) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(ENFILE | EMFILE))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// The `store` names of object_store's local backends, whose errors are passing faults only
+/// when file handles ran out.
 const LOCAL_STORES: [&str; 2] = ["LocalFileSystem", "InMemory"];
 
 /// The HTTP status in object_store's "Server returned non-2xx status code: 503 ..." messages.
@@ -346,6 +366,10 @@ mod tests {
         assert!(!local(std::io::Error::other("Too many levels of symbolic links")).is_retryable());
         assert!(!local(std::io::Error::from(std::io::ErrorKind::PermissionDenied)).is_retryable());
         assert!(!local(std::io::Error::from(std::io::ErrorKind::TimedOut)).is_retryable());
+        // Regression: "Too many open files" while loading a model was a permanent row error;
+        // it passes once handles are closed.
+        assert!(local(std::io::Error::from_raw_os_error(24)).is_retryable());
+        assert!(local(std::io::Error::from_raw_os_error(23)).is_retryable());
         assert!(!generic("InMemory", "out of range".into()).is_retryable());
         assert!(!IoError::NotFound { url: "u".into() }.is_retryable());
         let denied = IoError::Storage {

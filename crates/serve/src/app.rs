@@ -50,8 +50,9 @@ pub struct Limits {
     /// Longest any request may take, body upload included: a client that sends its body
     /// slowly (or stops) gets 408, and a scoring slot it held goes to the next.
     pub request_timeout: Duration,
-    /// Longest a client may take to send a request head (a connection that sends nothing is
-    /// closed after it).
+    /// Longest a client may take to send a request head, and longest a connection may stay
+    /// silent with no request in flight (idle keep-alive, nothing sent at all): then it is
+    /// closed.
     pub header_timeout: Duration,
     /// Connections open at once; the next are closed at once.
     pub max_connections: usize,
@@ -73,7 +74,7 @@ impl Default for Limits {
             queue_wait: Duration::from_millis(100),
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
-            max_connections: 4096,
+            max_connections: 1024,
             max_queued_runs: 100,
             run_workers: 1,
             poll_after_seconds: 20,
@@ -164,6 +165,9 @@ impl Server {
                 ),
             });
         }
+        let mut config = config;
+        config.limits.max_connections =
+            crate::connection::fit_open_files(config.limits.max_connections);
         let metrics = Arc::new(Metrics::new(&config.version));
         let (registry, cache_bytes, m) = (sources.registry, config.cache_bytes, metrics.clone());
         let models = tokio::task::spawn_blocking(move || Models::open(registry, cache_bytes, m))
@@ -224,25 +228,19 @@ impl Server {
 }
 
 /// Accepts connections until `shutdown`, then lets the requests in flight finish (at most
-/// [`DRAIN`]). Hand-rolled rather than `axum::serve` for two bounds it does not set: a client
-/// must send its request head within `header_timeout` (hyper has no such limit without a
-/// timer, so idle half-open connections could pile up), and at most `max_connections` are open
-/// (the next are closed at once).
+/// [`DRAIN`]). Hand-rolled rather than `axum::serve` for the bounds it does not set: at most
+/// `max_connections` are open (the next are closed at once), and each is closed once its client
+/// leaves it idle for `header_timeout` ([`crate::connection`]).
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: &Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(crate::connection::builder(limits.header_timeout));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut refused = Refused::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -258,38 +256,44 @@ async fn accept_loop(
             () = &mut shutdown => break,
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
-            tracing::warn!(limit = limits.max_connections, "connection refused: too many open");
+            refused.one(limits.max_connections);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
-        let first_byte = limits.header_timeout;
+        let idle = limits.header_timeout;
         tokio::spawn(async move {
-            // hyper's head timeout starts with the head's first byte: a client that sends
-            // nothing at all is let go after the same time.
-            let mut first = [0u8; 1];
-            if let Ok(Ok(1..)) = tokio::time::timeout(first_byte, stream.peek(&mut first)).await {
-                // Each request knows its peer: forwarded headers are believed from trusted
-                // proxies only.
-                let app = tower::util::MapRequest::new(
-                    app,
-                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(Peer(peer));
-                        request
-                    },
-                );
-                let service = TowerToHyperService::new(app);
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                // A connection's errors (a client that vanished, a malformed head) are its own.
-                let _ = watcher.watch(connection.into_owned()).await;
-            }
+            crate::connection::serve(stream, peer, app, builder, watcher, idle).await;
             drop(permit);
         });
     }
     drop(listener);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN:?}; stopping anyway");
+    }
+}
+
+/// Connections refused for the cap, logged at most once a second (2,000 refusals wrote 2,000
+/// lines in 1.6 s).
+#[derive(Debug, Default)]
+struct Refused {
+    since_logged: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+impl Refused {
+    fn one(&mut self, limit: usize) {
+        self.since_logged += 1;
+        let now = tokio::time::Instant::now();
+        if self.logged_at.is_none_or(|at| now - at >= Duration::from_secs(1)) {
+            tracing::warn!(
+                limit,
+                refused = self.since_logged,
+                "connections refused: too many open"
+            );
+            self.since_logged = 0;
+            self.logged_at = Some(now);
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod app;
 pub mod auth;
+mod connection;
 mod error;
 mod handlers;
 pub mod metrics;

@@ -164,16 +164,36 @@ impl Metrics {
     }
 
     /// Counts one answered request.
+    /// Counts one request. Every label takes its value from a fixed set (route templates,
+    /// standard methods, status codes), so no client can grow the series: 2,000 requests with
+    /// made-up 4 KB methods grew `/metrics` from 2 KB to 8 MB.
     pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.to_string(),
-                method: method.to_string(),
+                method: method_label(method).to_string(),
                 status: status.to_string(),
             })
             .inc();
         self.request_duration
             .get_or_create(&RouteLabels { route: route.to_string() })
             .observe(seconds);
+    }
+}
+
+/// A request method as a label: the standard ones, `other` for the rest.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] =
+        ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    KNOWN.into_iter().find(|known| *known == method).unwrap_or("other")
+}
+
+#[cfg(test)]
+mod label_tests {
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(super::method_label("POST"), "POST");
+        assert_eq!(super::method_label(&"X".repeat(4096)), "other");
+        assert_eq!(super::method_label("post"), "other");
     }
 }

@@ -317,12 +317,16 @@ impl Runs {
         let normal = normalised(&spec, &run_id);
         {
             let mut state = self.lock();
+            let queue = state.queue.len();
             if let Some(record) = state.records.get_mut(&run_id) {
                 if record.request != normal {
                     return Err(conflict(&run_id));
                 }
                 // Asking again for a run that failed (or was stopped) is the retry.
                 if matches!(record.phase, Phase::Failed(_) | Phase::Interrupted) {
+                    if queue >= self.max_queued {
+                        return Err(Self::full(queue));
+                    }
                     record.phase = Phase::Queued;
                     record.spec = spec;
                     state.queue.push_back(run_id.clone());
@@ -330,13 +334,7 @@ impl Runs {
                 }
                 return Ok(run_id);
             }
-            if state.queue.len() >= self.max_queued {
-                return Err(ApiError::unavailable(
-                    "queue_full",
-                    format!("{} runs are waiting already; retry later", state.queue.len()),
-                    30,
-                ));
-            }
+            self.has_room(&state)?;
         }
         self.check_existing_run(&spec, &run_id, &normal)?;
         let record = RequestRecord {
@@ -366,7 +364,7 @@ impl Runs {
         self.insert(
             run_id.clone(),
             Record { spec, request: normal, phase, progress: Arc::default() },
-        );
+        )?;
         Ok(run_id)
     }
 
@@ -409,12 +407,17 @@ impl Runs {
     }
 
     /// Records a run unless another request got there first; queues it when it is to run.
-    fn insert(&self, run_id: String, record: Record) {
+    /// Queues it only while the queue has room, checked under the same lock as the insert:
+    /// 200 simultaneous requests with `--max-queued-runs 3` queued 8 when the check came first.
+    fn insert(&self, run_id: String, record: Record) -> Result<(), ApiError> {
         let mut state = self.lock();
         if state.records.contains_key(&run_id) {
-            return;
+            return Ok(());
         }
         let queued = matches!(record.phase, Phase::Queued);
+        if queued {
+            self.has_room(&state)?;
+        }
         if state.records.len() >= MAX_KNOWN_RUNS {
             state.records.retain(|_, r| !matches!(r.phase, Phase::Complete(_) | Phase::Failed(_)));
         }
@@ -423,6 +426,23 @@ impl Runs {
             state.queue.push_back(run_id);
             self.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// 503 when `--max-queued-runs` runs wait already.
+    fn has_room(&self, state: &State) -> Result<(), ApiError> {
+        match state.queue.len() {
+            n if n >= self.max_queued => Err(Self::full(n)),
+            _ => Ok(()),
+        }
+    }
+
+    fn full(waiting: usize) -> ApiError {
+        ApiError::unavailable(
+            "queue_full",
+            format!("{waiting} runs are waiting already; retry later"),
+            30,
+        )
     }
 
     fn read_request(&self, run_id: &str) -> Result<Option<RequestRecord>, ApiError> {
@@ -465,7 +485,7 @@ impl Runs {
                         phase: Phase::Queued,
                         progress: Arc::default(),
                     },
-                );
+                )?;
                 Ok(self.known(run_id).unwrap_or_else(|| pending(run_id, "queued", json!({}))))
             }
             // Started elsewhere (a batch job): reported, not driven from here.
@@ -640,5 +660,43 @@ mod tests {
         // Requests are refused with unknown fields (input, registry, output among them).
         let refused = serde_json::from_str::<RunRequest>(r#"{"output": "/elsewhere"}"#);
         assert!(refused.unwrap_err().to_string().contains("unknown field `output`"));
+    }
+
+    #[derive(Debug)]
+    struct Refuses;
+
+    impl RunLauncher for Refuses {
+        fn spec(&self, _: &RunRequest) -> Result<RunSpec, LaunchError> {
+            Err(LaunchError { class: ErrorClass::Usage, message: "not in this test".into() })
+        }
+    }
+
+    /// Regression: with `--max-queued-runs 3` and 200 simultaneous `POST /v1/runs`, the queue
+    /// reached 8 (the room was checked before, not with, the insert).
+    #[test]
+    fn the_queue_never_holds_more_than_its_bound_under_concurrency() {
+        let storage = batchscore_io::Storage::new().unwrap();
+        let metrics = Arc::new(Metrics::new("test"));
+        let runs = Runs::new(Arc::new(Refuses), storage.open("memory://out").unwrap(), metrics, 3);
+        let template = spec(&storage, "0..1", (None, None));
+        let refused = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for i in 0..200 {
+                let (runs, template, refused) = (&runs, &template, &refused);
+                scope.spawn(move || {
+                    let record = Record {
+                        spec: template.clone(),
+                        request: RunRequest { run_id: Some(format!("r{i}")), ..Default::default() },
+                        phase: Phase::Queued,
+                        progress: Arc::default(),
+                    };
+                    if runs.insert(format!("r{i}"), record).is_err() {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(runs.lock().queue.len(), 3);
+        assert_eq!(refused.load(Ordering::Relaxed), 197);
     }
 }

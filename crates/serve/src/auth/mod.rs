@@ -34,6 +34,25 @@ fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
+/// Distinct characters a key must have: `aaaaaaaaaaaaaaaa` or `1212121212121212` is as good as
+/// no key.
+const MIN_DISTINCT: usize = 8;
+
+/// What makes `key` unfit, if anything.
+fn weakness(key: &str) -> Option<String> {
+    if key.len() < MIN_KEY_LEN {
+        return Some(format!("is shorter than {MIN_KEY_LEN} characters"));
+    }
+    if key.contains(char::is_whitespace) {
+        return Some("contains spaces".into());
+    }
+    let distinct: std::collections::HashSet<char> = key.chars().collect();
+    if distinct.len() < MIN_DISTINCT {
+        return Some(format!("has fewer than {MIN_DISTINCT} different characters"));
+    }
+    None
+}
+
 impl ApiKeys {
     /// Keys separated by commas or newlines (an environment variable or a file); blank lines
     /// and lines starting with `#` are skipped. Every key must have at least 16 characters and
@@ -46,14 +65,11 @@ impl ApiKeys {
             .filter(|k| !k.is_empty() && !k.starts_with('#'))
             .enumerate()
         {
-            if key.len() < MIN_KEY_LEN || key.contains(char::is_whitespace) {
+            if let Some(weak) = weakness(key) {
                 // The key itself is never quoted: only its position.
                 return Err(ServeError::Config {
                     setting: "api-keys",
-                    reason: format!(
-                        "key #{} is shorter than {MIN_KEY_LEN} characters or contains spaces",
-                        i + 1
-                    ),
+                    reason: format!("key #{} {weak}; make one with `openssl rand -hex 24`", i + 1),
                 });
             }
             digests.push(digest(key));
@@ -139,17 +155,17 @@ impl Authenticator {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header is not `Bearer <key or token>`")
             })?;
-        // A JWT has three dot-separated parts; a key has none (keys may not contain spaces,
-        // and generated keys are base64 or hex).
+        // A key first (a digest lookup): a key with two dots looked like a JWT and could not be
+        // used once tokens were configured. Then a JWT, which has three dot-separated parts.
+        if let Some(n) = self.keys.find(token) {
+            return Ok(Principal::ApiKey(n));
+        }
         if let (Some(jwt), 2) = (&self.jwt, token.matches('.').count()) {
             return jwt.validate(token).await.map(Principal::Token);
         }
-        match self.keys.find(token) {
-            Some(n) => Ok(Principal::ApiKey(n)),
-            None if self.keys.is_empty() => {
-                Err(ApiError::unauthorized("expected an Entra ID access token"))
-            }
-            None => Err(ApiError::unauthorized("unknown API key")),
+        match self.keys.is_empty() {
+            true => Err(ApiError::unauthorized("expected an Entra ID access token")),
+            false => Err(ApiError::unauthorized("unknown API key")),
         }
     }
 }
@@ -171,6 +187,12 @@ mod tests {
         assert_eq!(format!("{keys:?}"), "ApiKeys(2 keys)");
         let short = ApiKeys::parse("ok-key-0123456789,short").unwrap_err().to_string();
         assert!(short.contains("key #2") && !short.contains("short,"), "{short}");
+        // Regression: sixteen equal characters were accepted.
+        for weak in ["aaaaaaaaaaaaaaaa", "1212121212121212121212", "abcabcabcabcabcabc"] {
+            let err = ApiKeys::parse(weak).unwrap_err().to_string();
+            assert!(err.contains("different characters") && err.contains("openssl rand"), "{err}");
+            assert!(!err.contains(weak), "the key was quoted: {err}");
+        }
     }
 
     #[tokio::test]
