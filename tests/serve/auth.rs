@@ -10,6 +10,11 @@ struct KeySetServer {
 }
 
 fn serve_key_set(document: String) -> KeySetServer {
+    serve_answer("200 OK", document)
+}
+
+/// A key set URL on loopback that answers every fetch with `status` and `document`.
+fn serve_answer(status: &'static str, document: String) -> KeySetServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/keys", listener.local_addr().unwrap());
     let fetches = Arc::new(AtomicUsize::new(0));
@@ -27,7 +32,7 @@ fn serve_key_set(document: String) -> KeySetServer {
             }
             count.fetch_add(1, Ordering::SeqCst);
             let answer = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
                 document.len()
             );
             let _ = stream.write_all(answer.as_bytes());
@@ -230,4 +235,54 @@ fn beyond_loopback_the_public_url_is_required() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an IP address"));
+}
+
+/// Regression: while the key set could not be fetched, only the request that tried the fetch
+/// got 503; every other token request for the next 5 s got 401 "unknown key", which Logic Apps
+/// and Stream Analytics take as final. Now every one gets 503 + `Retry-After`. And an API key
+/// with two dots could not be used once tokens were configured.
+#[test]
+fn an_identity_provider_outage_is_503_for_every_token_request() {
+    let dir = tempdir();
+    let signing = rsa_key(dir.path(), "signing.pem");
+    let outage = serve_answer("500 Internal Server Error", "{}".into());
+    let dotted = "dotted.api.key-0123456789abcdef";
+    let output = dir.path().join("out").display().to_string();
+    let mut args = fixture_args(&output);
+    args.extend(
+        ["--jwt-jwks-url", &outage.url, "--jwt-issuer", TENANT_ISSUER, "--jwt-audience", AUDIENCE]
+            .map(String::from),
+    );
+    let service = Service::start(&strs(&args), &[("BATCHSCORE_API_KEYS", dotted)]);
+    let client = client();
+    let url = format!("{}/metrics", service.url);
+    let claims = json!({"iss": TENANT_ISSUER, "aud": AUDIENCE, "exp": now() + 600, "oid": "x"});
+    let signed = token(&signing, "k1", claims);
+    let answers: Vec<(StatusCode, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, url, signed) = (&client, &url, &signed);
+                scope.spawn(move || {
+                    let response = client
+                        .get(url)
+                        .header("Authorization", format!("Bearer {signed}"))
+                        .send()
+                        .unwrap();
+                    (response.status(), header(response.headers(), "retry-after"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // And later ones, within the 5 s in which no new fetch is tried.
+    let later =
+        client.get(&url).header("Authorization", format!("Bearer {signed}")).send().unwrap();
+    let answers =
+        [answers, vec![(later.status(), header(later.headers(), "retry-after"))]].concat();
+    for (status, retry_after) in &answers {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{answers:?}");
+        assert_eq!(retry_after, "5", "{answers:?}");
+    }
+    let key = client.get(&url).header("Authorization", format!("Bearer {dotted}")).send().unwrap();
+    assert_eq!(key.status(), StatusCode::OK, "an API key with dots is a key");
 }

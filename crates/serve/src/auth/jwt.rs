@@ -6,8 +6,11 @@
 //! The key set is fetched on first use and then every `refresh` (Entra suggests 24 h); a token
 //! signed with a key not in the set triggers one early fetch (keys rotate), at most once per
 //! `min_refetch`, so tokens with invented `kid`s cannot make the service hammer the issuer.
-//! When the set cannot be fetched, the keys already held stay in use; with none, requests get
-//! 503 (retry), not 401 (the caller did nothing wrong).
+//! When the set cannot be fetched, the keys already held stay in use; a token whose key is not
+//! among them gets 503 + `Retry-After`, not 401, for as long as the last fetch failed: the
+//! caller did nothing wrong, and Logic Apps and Stream Analytics take 401 as final. Requests
+//! that waited for a fetch share its outcome. Redirects of the key set's URL are followed only
+//! to https (or http on loopback), three at most.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -71,13 +74,7 @@ impl JwtSettings {
         issuers: Vec<String>,
         audiences: Vec<String>,
     ) -> Result<Self, ServeError> {
-        let loopback = match jwks_url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(d)) => d == "localhost",
-            None => false,
-        };
-        if jwks_url.scheme() != "https" && !(jwks_url.scheme() == "http" && loopback) {
+        if !safe_key_url(&jwks_url) {
             return Err(ServeError::Config {
                 setting: "jwt-jwks-url",
                 reason: format!(
@@ -102,6 +99,29 @@ impl JwtSettings {
     }
 }
 
+/// Where signing keys may come from: https, or plain http from a loopback address (tests).
+fn safe_key_url(url: &Url) -> bool {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    url.scheme() == "https" || (url.scheme() == "http" && loopback)
+}
+
+/// Why a redirect of the key set's URL is not followed, if it is not: more than 3, or to
+/// neither https nor loopback (a key set served over plain http elsewhere could be anyone's).
+fn redirect_refused(to: &Url, followed: usize) -> Option<&'static str> {
+    if followed >= 3 {
+        Some("more than 3 redirects")
+    } else if !safe_key_url(to) {
+        Some("a redirect to neither https nor loopback")
+    } else {
+        None
+    }
+}
+
 /// The claims read from a valid token; the rest are checked by the validation.
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -115,6 +135,8 @@ struct KeySet {
     fetched: Option<Instant>,
     /// When the last fetch was tried, successful or not.
     tried: Option<Instant>,
+    /// Why the last fetch failed; `None` after a successful one.
+    failed: Option<String>,
 }
 
 /// Checks tokens against a cached key set.
@@ -158,6 +180,12 @@ impl JwtValidator {
         validation.leeway = settings.leeway_seconds;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                match redirect_refused(attempt.url(), attempt.previous().len()) {
+                    None => attempt.follow(),
+                    Some(why) => attempt.error(why),
+                }
+            }))
             .build()
             .map_err(|e| ServeError::Config { setting: "jwt-jwks-url", reason: e.to_string() })?;
         Ok(JwtValidator {
@@ -189,39 +217,44 @@ impl JwtValidator {
         if let Some(key) = self.cached(kid, false) {
             return Ok(key);
         }
+        let tried_before = self.keys.read().map(|s| s.tried).unwrap_or_default();
         let _one = self.fetching.lock().await;
-        // Another request may have fetched while this one waited.
+        // Another request may have fetched while this one waited: its outcome is this one's.
         if let Some(key) = self.cached(kid, false) {
             return Ok(key);
         }
-        if self.may_fetch() {
+        let fetched_meanwhile =
+            self.keys.read().map(|s| s.tried).unwrap_or_default() != tried_before;
+        if !fetched_meanwhile && self.may_fetch() {
             match self.fetch().await {
                 Ok(keys) => {
                     let mut set = self.write();
                     set.keys = keys;
                     set.fetched = Some(Instant::now());
                     set.tried = set.fetched;
+                    set.failed = None;
                 }
                 Err(reason) => {
-                    self.write().tried = Some(Instant::now());
                     tracing::warn!(url = %self.settings.jwks_url, %reason, "cannot fetch the token signing keys");
-                    if self.read_len() == 0 {
-                        return Err(ApiError::unavailable(
-                            "keys_unavailable",
-                            "the token signing keys cannot be fetched; retry later",
-                            5,
-                        ));
-                    }
+                    let mut set = self.write();
+                    set.tried = Some(Instant::now());
+                    set.failed = Some(reason);
                 }
             }
         }
         // A stale set still verifies the keys it has.
-        self.cached(kid, true)
-            .ok_or_else(|| ApiError::unauthorized("the token is signed with an unknown key"))
-    }
-
-    fn read_len(&self) -> usize {
-        self.keys.read().map(|s| s.keys.len()).unwrap_or(0)
+        if let Some(key) = self.cached(kid, true) {
+            return Ok(key);
+        }
+        // Unknown to the keys held: unknown for sure only if the last fetch worked.
+        if self.keys.read().map(|s| s.failed.is_some() || s.fetched.is_none()).unwrap_or(true) {
+            return Err(ApiError::unavailable(
+                "keys_unavailable",
+                "the token signing keys cannot be fetched now; retry later",
+                5,
+            ));
+        }
+        Err(ApiError::unauthorized("the token is signed with an unknown key"))
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeySet> {
@@ -308,6 +341,17 @@ mod tests {
             JwtSettings::entra("contoso.onmicrosoft.com", vec!["api://batchscore".into()]).unwrap();
         assert_eq!(entra.issuers[0], "https://sts.windows.net/contoso.onmicrosoft.com/");
         assert!(JwtSettings::entra("a/b", vec!["x".into()]).is_err());
+    }
+
+    /// Regression: a key set URL that redirected was followed anywhere.
+    #[test]
+    fn redirects_go_to_https_or_loopback_only() {
+        let to = |url: &str, n| redirect_refused(&Url::parse(url).unwrap(), n);
+        assert_eq!(to("https://login.microsoftonline.com/t/keys", 0), None);
+        assert_eq!(to("http://127.0.0.1:9/keys", 2), None);
+        assert!(to("http://keys.example.net/keys", 0).is_some());
+        assert!(to("file:///etc/passwd", 0).is_some());
+        assert!(to("https://login.microsoftonline.com/t/keys", 3).is_some());
     }
 
     #[test]
