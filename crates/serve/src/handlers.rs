@@ -12,8 +12,9 @@ use url::Url;
 
 use crate::ApiError;
 use crate::app::{AppState, Peer, Shared};
+use crate::rows::{BodyError, request_rows};
 use crate::runs::{RunRequest, RunView};
-use crate::score::{RowResult, ScoreRequest, parse_rows, score_rows};
+use crate::score::{RowResult, score_rows};
 
 pub(crate) async fn ready(State(state): State<Shared>) -> Response {
     match state.models.registry() {
@@ -32,26 +33,27 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// Parses a JSON object body; an empty (or blank) body is whatever `empty` says. Any other
-/// JSON (`[]` would fill a struct's fields by position, and start a run of every device) is 400.
+/// Parses a JSON object body; an empty (or blank) body is whatever `empty` says.
 fn parse_body<T: DeserializeOwned>(
     body: &Bytes,
     empty: impl FnOnce() -> Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    let text = body.trim_ascii_start();
-    if text.is_empty() {
+    if body.trim_ascii_start().is_empty() {
         return empty();
     }
-    if !text.starts_with(b"{") {
-        // Malformed JSON says where; well-formed JSON of another kind says what it must be.
-        serde_json::from_slice::<serde::de::IgnoredAny>(body)
-            .map_err(|e| ApiError::from_json(&e))?;
-        return Err(ApiError::bad_request(
-            "malformed_json",
-            "the request body must be a JSON object",
-        ));
-    }
+    require_object(body)?;
     serde_json::from_slice(body).map_err(|e| ApiError::from_json(&e))
+}
+
+/// Any JSON but an object is 400 (`[]` would fill a struct's fields by position, and start a
+/// run of every device). Malformed JSON says where; well-formed JSON of another kind says what
+/// it must be.
+fn require_object(body: &[u8]) -> Result<(), ApiError> {
+    if body.trim_ascii_start().starts_with(b"{") {
+        return Ok(());
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| ApiError::from_json(&e))?;
+    Err(ApiError::bad_request("malformed_json", "the request body must be a JSON object"))
 }
 
 /// The body, or 413 when it is over the limit.
@@ -174,21 +176,29 @@ pub(crate) async fn score(
 ) -> Result<Json<Vec<RowResult>>, ApiError> {
     let limits = &state.config.limits;
     let body = body_or_limit(body, limits.max_body_bytes)?;
-    let request: ScoreRequest = parse_body(&body, || {
-        Err(ApiError::bad_request("empty_body", "the request has no body; send {\"data\": [rows]}"))
-    })?;
-    if request.data.len() > limits.max_rows {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_rows",
-            format!(
-                "{} rows in one request; at most {} (lower the caller's batch size)",
-                request.data.len(),
-                limits.max_rows
-            ),
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the request has no body; send {\"data\": [rows]}",
         ));
     }
-    let results = score_rows(&state.models, &state.shape, parse_rows(request.data)).await?;
+    require_object(&body)?;
+    let rows = match request_rows(&body, limits.max_rows) {
+        Ok(rows) => rows,
+        Err(BodyError::TooManyRows) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_rows",
+                format!(
+                    "more than {} rows in one request; at most {} (lower the caller's batch size)",
+                    limits.max_rows, limits.max_rows
+                ),
+            ));
+        }
+        Err(BodyError::Json(e)) => return Err(ApiError::from_json(&e)),
+    };
+    drop(body);
+    let results = score_rows(&state.models, &state.shape, rows).await?;
     let errors = results.iter().filter(|r| matches!(r, RowResult::Failed { .. })).count() as u64;
     state.metrics.rows_scored.inc_by(results.len() as u64 - errors);
     state.metrics.row_errors.inc_by(errors);

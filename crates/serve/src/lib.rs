@@ -26,6 +26,7 @@ mod handlers;
 pub mod metrics;
 mod middleware;
 pub mod models;
+pub mod rows;
 pub mod runs;
 pub mod score;
 

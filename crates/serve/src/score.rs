@@ -17,99 +17,16 @@ use std::sync::Arc;
 use batchscore_detectors::Detector;
 use batchscore_registry::{Model, ModelKey};
 use batchscore_scheduler::{InputColumns, Layout};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::ApiError;
 use crate::models::{ModelError, Models};
+use crate::rows::row_fields;
+use serde_json::value::RawValue;
 
 /// Requests with more rows are scored on the blocking pool rather than on an async worker.
 const INLINE_ROWS: usize = 256;
-
-/// The request body: each row kept as its JSON text, parsed on its own ([`parse_rows`]).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScoreRequest {
-    pub data: Vec<Box<serde_json::value::RawValue>>,
-}
-
-/// A JSON value whose objects name each key once: serde_json's `Value` keeps the last of
-/// repeated keys, which would score a row on a value its sender may not have meant.
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut object = Map::new();
-        while let Some((key, Strict(value))) = map.next_entry::<String, Strict>()? {
-            if object.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("the key `{key}` appears twice")));
-            }
-            object.insert(key, value);
-        }
-        Ok(Value::Object(object))
-    }
-}
-
-/// Parses each row of a request on its own: a row's number beyond `f64` or repeated key is
-/// that row's error.
-pub fn parse_rows(rows: Vec<Box<serde_json::value::RawValue>>) -> Vec<Result<Value, RowResult>> {
-    rows.into_iter()
-        .map(|raw| {
-            serde_json::from_str::<Strict>(raw.get()).map(|s| s.0).map_err(|e| {
-                let text = e.to_string();
-                let code = if text.contains("out of range") { "bad_value" } else { "bad_row" };
-                RowResult::failed(code, format!("the row cannot be read: {text}"))
-            })
-        })
-        .collect()
-}
 
 /// One row's answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -120,7 +37,7 @@ pub enum RowResult {
 }
 
 impl RowResult {
-    fn failed(code: &'static str, error: impl Into<String>) -> Self {
+    pub(crate) fn failed(code: &'static str, error: impl Into<String>) -> Self {
         RowResult::Failed { error: error.into(), code }
     }
 }
@@ -227,7 +144,7 @@ fn parse_row(value: &Value, shape: &RowShape) -> Result<Parsed, RowResult> {
 /// Scores the rows of one model: gathers each feature's column, scores them in one call.
 fn score_group(
     model: &Model,
-    rows: &[Value],
+    rows: &[Box<RawValue>],
     members: &[(usize, Option<f64>)],
     out: &mut [Option<RowResult>],
 ) {
@@ -250,9 +167,17 @@ fn score_group(
                 continue;
             }
             None => {
+                // Parsed again, one row at a time: no row is held parsed (crate::rows).
+                let row = match row_fields(&rows[*i]) {
+                    Ok(row) => row,
+                    Err(e) => {
+                        out[*i] = Some(e);
+                        continue;
+                    }
+                };
                 let mut values = Vec::with_capacity(features.len());
                 for feature in features {
-                    let value = match rows[*i].get(feature) {
+                    let value = match row.get(feature) {
                         Some(value) => number(feature, value),
                         // Named alone: listing every feature made an answer 11 times its request.
                         None => Err(RowResult::failed(
@@ -306,14 +231,14 @@ fn score_group(
 /// by group. Rows are parsed once, here.
 type Plan = (Vec<Result<(usize, Option<f64>), RowResult>>, Vec<ModelKey>);
 
-fn plan(rows: &[Result<Value, RowResult>], shape: &RowShape) -> Plan {
+fn plan(rows: &[Box<RawValue>], shape: &RowShape) -> Plan {
     let mut groups: HashMap<ModelKey, usize> = HashMap::new();
     let mut keys: Vec<ModelKey> = Vec::new();
     let planned = rows
         .iter()
         .map(|row| {
-            let row = row.as_ref().map_err(Clone::clone)?;
-            let Parsed { key, long_value } = parse_row(row, shape)?;
+            let row = row_fields(row)?;
+            let Parsed { key, long_value } = parse_row(&row, shape)?;
             let group = *groups.entry(key).or_insert_with_key(|key| {
                 keys.push(key.clone());
                 keys.len() - 1
@@ -325,7 +250,7 @@ fn plan(rows: &[Result<Value, RowResult>], shape: &RowShape) -> Plan {
 }
 
 fn compute(
-    rows: &[Value],
+    rows: &[Box<RawValue>],
     planned: Vec<Result<(usize, Option<f64>), RowResult>>,
     models: &[Result<Arc<Model>, ModelError>],
 ) -> Vec<RowResult> {
@@ -362,20 +287,18 @@ fn compute(
         .collect()
 }
 
-/// Scores `rows` (each parsed, or its error), in order. Fails as a whole only when the service
-/// cannot answer for any row (the registry not open yet, storage unavailable): 503, which
-/// callers retry.
+/// Scores `rows` (each row's JSON text, [`crate::rows`]), in order. Fails as a whole only when
+/// the service cannot answer for any row (the registry not open yet, storage unavailable): 503,
+/// which callers retry.
 pub async fn score_rows(
     models: &Models,
     shape: &RowShape,
-    rows: Vec<Result<Value, RowResult>>,
+    rows: Vec<Box<RawValue>>,
 ) -> Result<Vec<RowResult>, ApiError> {
     let registry = models.registry().ok_or_else(|| {
         ApiError::unavailable("not_ready", "the model registry is not open yet", 5)
     })?;
     let (planned, keys) = plan(&rows, shape);
-    // Rows that did not parse already have their answer in `planned`.
-    let rows: Vec<Value> = rows.into_iter().map(Result::unwrap_or_default).collect();
     let loaded = models.get_many(&registry, &keys).await;
     if let Some(Err(ModelError::Unavailable(reason))) =
         loaded.iter().find(|m| matches!(m, Err(ModelError::Unavailable(_))))
@@ -467,11 +390,12 @@ mod tests {
         #[test]
         fn one_answer_per_row_whatever_the_rows(rows in proptest::collection::vec(json_value(), 0..30)) {
             for layout in [Layout::Auto, Layout::Wide, Layout::Long] {
-                let parsed: Vec<Result<Value, RowResult>> = rows.iter().cloned().map(Ok).collect();
-                let (planned, keys) = plan(&parsed, &shape(layout));
+                let raw: Vec<Box<RawValue>> =
+                    rows.iter().map(|r| RawValue::from_string(r.to_string()).unwrap()).collect();
+                let (planned, keys) = plan(&raw, &shape(layout));
                 let models: Vec<Result<Arc<Model>, ModelError>> =
                     keys.iter().map(|_| Err(ModelError::Missing("none".into()))).collect();
-                let answer = compute(&rows, planned, &models);
+                let answer = compute(&raw, planned, &models);
                 proptest::prop_assert_eq!(answer.len(), rows.len());
                 for (row, entry) in rows.iter().zip(&answer) {
                     let RowResult::Failed { code, .. } = entry else {
@@ -481,28 +405,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Regression: one `1e400` in one row failed the whole request with 400 (Stream Analytics
-    /// fails its job on it), and a key given twice kept its last value without a word.
-    #[test]
-    fn a_row_that_cannot_be_read_is_that_rows_error() {
-        let body = r#"{"data": [{"device_id": 1, "temp": 1e400}, {"device_id": 2, "temp": 1.5},
-            {"device_id": 3, "temp": 1, "temp": 2}, [1, 2], {"device_id": 4, "t": -1e-400}]}"#;
-        let request: ScoreRequest = serde_json::from_str(body).unwrap();
-        let rows = parse_rows(request.data);
-        assert_eq!(rows.len(), 5);
-        let code = |i: usize| match &rows[i] {
-            Err(RowResult::Failed { code, error }) => Some((*code, error.clone())),
-            _ => None,
-        };
-        let (first, error) = code(0).unwrap();
-        assert_eq!(first, "bad_value", "{error}");
-        assert_eq!(rows[1].as_ref().ok(), Some(&json!({"device_id": 2, "temp": 1.5})));
-        let (third, error) = code(2).unwrap();
-        assert!(third == "bad_row" && error.contains("`temp` appears twice"), "{error}");
-        assert!(rows[3].is_ok(), "not an object: parse_row says so, as before");
-        assert!(rows[4].is_ok(), "an underflow is 0, as in the batch job's readers");
     }
 
     #[test]
