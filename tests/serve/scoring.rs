@@ -281,3 +281,31 @@ fn a_row_that_cannot_be_read_fails_alone() {
     assert_eq!(rows[2]["code"], "bad_row", "{answer}");
     assert!(rows[2]["error"].as_str().unwrap().contains("`device_id` appears twice"), "{answer}");
 }
+
+/// Regression: a row whose model was damaged was answered with the registry's path (the
+/// reason is for the log), and a row missing a feature listed every feature of its model, so
+/// an answer could be 11 times its request.
+#[test]
+fn row_errors_say_what_without_the_registry_or_every_feature() {
+    let f = fixture();
+    let dir = tempdir();
+    let registry = dir.path().join("registry");
+    copy_dir(Path::new(&f.registry()), &registry);
+    corrupt_model(&registry, "3");
+    let output = dir.path().join("out").display().to_string();
+    let registry_s = registry.display().to_string();
+    let args = ["--input", &f.readings(), "--registry", &registry_s, "--output", &output];
+    let service = Service::start(&args, &[("BATCHSCORE_API_KEYS", KEY)]);
+    let client = client();
+    let request = json!({"data": [full_row(3, 20.0), {"device_id": 1}]});
+    let (status, _, answer) = body(
+        with_key(client.post(format!("{}/v1/score", service.url))).json(&request).send().unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer[0]["code"], "model_invalid", "{answer}");
+    let said = answer.to_string();
+    assert!(!said.contains(&registry_s) && !said.contains("packs/"), "{said}");
+    assert_eq!(answer[1]["code"], "feature_missing", "{answer}");
+    assert!(!answer[1]["error"].as_str().unwrap().contains("pressure, "), "{answer}");
+    assert!(service.log().contains("a model could not be loaded"), "the reason is logged");
+}
