@@ -19,6 +19,7 @@ mod runs;
 mod serve;
 mod settings;
 mod signals;
+mod units;
 mod usage;
 
 use std::process::ExitCode;

@@ -195,13 +195,28 @@ pub(crate) fn unit_rows(total_rows: u64, min_part_rows: u64, max_part_rows: u64)
 /// registry it opened comes along). `None` when there is nothing to read: no `--run-id` (the id
 /// derives from a scan), no `_plan.json` yet, or one from a build that stored no plan.
 fn stored_record(spec: &RunSpec) -> Result<Option<(PlanRecord, Registry)>, SchedulerError> {
+    Ok(match stored(spec)? {
+        Stored::Plan(found) => Some(*found),
+        Stored::NoRun | Stored::NoPlan => None,
+    })
+}
+
+/// What run `spec.run_id` holds, checked against `spec` when it holds a stored plan.
+enum Stored {
+    NoRun,
+    /// A plan record without a stored plan.
+    NoPlan,
+    Plan(Box<(PlanRecord, Registry)>),
+}
+
+fn stored(spec: &RunSpec) -> Result<Stored, SchedulerError> {
     let Some(run_id) = &spec.run_id else {
-        return Ok(None);
+        return Ok(Stored::NoRun);
     };
     check_run_id(run_id)?;
     let out = spec.output.join(run_id)?;
     let Some(bytes) = out.get_opt(PLAN)? else {
-        return Ok(None);
+        return Ok(Stored::NoRun);
     };
     let record: PlanRecord = from_json(&out, PLAN, &bytes)?;
     if record.run_id != *run_id {
@@ -211,7 +226,7 @@ fn stored_record(spec: &RunSpec) -> Result<Option<(PlanRecord, Registry)>, Sched
         });
     }
     let Some(stored) = &record.plan else {
-        return Ok(None);
+        return Ok(Stored::NoPlan);
     };
     let registry = Registry::open_existing(spec.registry.clone())?;
     let ours = setting_components(spec, &registry, target_rows(spec, stored.total_rows))?;
@@ -229,7 +244,7 @@ fn stored_record(spec: &RunSpec) -> Result<Option<(PlanRecord, Registry)>, Sched
     }
     spec.output_spec.check(&spec.scored_columns(&stored.columns)?)?;
     check_sensor_selection(&spec.sensors, &stored.columns)?;
-    Ok(Some((record, registry)))
+    Ok(Stored::Plan(Box::new((record, registry))))
 }
 
 /// What a run id already holds, against the settings of `spec`.
@@ -248,16 +263,10 @@ pub enum StoredPlanCheck {
 /// registry's index: another run's settings are [`SchedulerError::RunConflict`] naming what
 /// differs. What a caller that answers for a run without running it (the service) asks first.
 pub fn check_stored_plan(spec: &RunSpec) -> Result<StoredPlanCheck, SchedulerError> {
-    let Some(run_id) = &spec.run_id else {
-        return Ok(StoredPlanCheck::NoRun);
-    };
-    check_run_id(run_id)?;
-    if spec.output.join(run_id)?.get_opt(PLAN)?.is_none() {
-        return Ok(StoredPlanCheck::NoRun);
-    }
-    Ok(match stored_record(spec)? {
-        Some(_) => StoredPlanCheck::Agrees,
-        None => StoredPlanCheck::NotComparable,
+    Ok(match stored(spec)? {
+        Stored::NoRun => StoredPlanCheck::NoRun,
+        Stored::NoPlan => StoredPlanCheck::NotComparable,
+        Stored::Plan(_) => StoredPlanCheck::Agrees,
     })
 }
 
